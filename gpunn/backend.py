@@ -1,0 +1,208 @@
+"""Device resolution and the array-module abstraction.
+
+Every layer is written once against an array module ``xp``: NumPy for arrays on the CPU,
+CuPy for arrays on a CUDA device. The device travels with the arrays; nothing here keeps a
+global "current device" that layers consult.
+
+Device strings: ``"auto" | "cpu" | "cuda" | "cuda:N"``. ``GPUNN_DEVICE=cpu`` in the
+environment turns ``"auto"`` into ``"cpu"`` without touching code.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "Device", "DeviceError", "resolve_device", "cuda_status", "cuda_available",
+    "get_array_module", "device_of", "to_device", "to_numpy", "synchronize", "is_cuda_array",
+]
+
+
+class DeviceError(RuntimeError):
+    """A device was asked for that cannot be used here; the message says why and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Device:
+    """A resolved device: ``kind`` is ``"cpu"`` or ``"cuda"``; ``index`` is the CUDA ordinal."""
+    kind: str
+    index: int = 0
+
+    def __str__(self) -> str:
+        return "cpu" if self.kind == "cpu" else f"cuda:{self.index}"
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.kind == "cuda"
+
+    @property
+    def xp(self):
+        """The array module for this device (numpy or cupy)."""
+        if self.kind == "cpu":
+            return np
+        import cupy
+        return cupy
+
+
+CPU = Device("cpu")
+
+_cuda_status_cache: tuple[bool, str, int] | None = None
+_auto_note_printed = False
+
+
+def cuda_status(refresh: bool = False) -> tuple[bool, str, int]:
+    """Return ``(usable, reason, device_count)`` for CUDA, never raising.
+
+    ``reason`` says what is missing when CUDA is not usable (cupy not installed, no driver,
+    no device). The probe asks the runtime for the device count and allocates one tiny array,
+    because ``cupy.cuda.is_available()`` can be True while allocations still fail.
+    """
+    global _cuda_status_cache
+    if _cuda_status_cache is not None and not refresh:
+        return _cuda_status_cache
+    _cuda_status_cache = _probe_cuda()
+    return _cuda_status_cache
+
+
+def _probe_cuda() -> tuple[bool, str, int]:
+    try:
+        import cupy
+    except ImportError:
+        return (False, "cupy is not installed (pip install 'gpunn[cuda12]' or 'gpunn[cuda13]', "
+                       "matching your CUDA driver)", 0)
+    except Exception as e:  # a broken install raises all sorts of things at import
+        return False, f"cupy failed to import: {type(e).__name__}: {e}", 0
+    try:
+        count = int(cupy.cuda.runtime.getDeviceCount())
+    except Exception as e:
+        msg = str(e) or type(e).__name__
+        if "driver" in msg.lower() or "cudaErrorInsufficientDriver" in msg:
+            return False, f"no usable NVIDIA driver ({msg}); install the driver or use device='cpu'", 0
+        return False, f"the CUDA runtime reports no device ({msg})", 0
+    if count == 0:
+        return False, "the CUDA driver reports zero devices", 0
+    try:
+        with cupy.cuda.Device(0):
+            cupy.zeros(1, dtype=cupy.float32).sum().item()
+    except Exception as e:
+        return False, f"CUDA device 0 is not usable: {type(e).__name__}: {e}", count
+    return True, f"{count} CUDA device(s)", count
+
+
+def cuda_available() -> bool:
+    """True when a CUDA device can run CuPy arrays. Never raises."""
+    return cuda_status()[0]
+
+
+def resolve_device(device: "str | Device | None" = "auto", *, quiet: bool = False) -> Device:
+    """Turn a device string into a :class:`Device`.
+
+    ``"auto"`` picks CUDA when usable, else the CPU (and says so once on stderr). An explicit
+    ``"cuda"``/``"cuda:N"`` without a usable device raises :class:`DeviceError` with the reason.
+    """
+    global _auto_note_printed
+    if isinstance(device, Device):
+        return device
+    if device is None:
+        device = "auto"
+    if not isinstance(device, str):
+        raise DeviceError(f"device must be a string like 'cpu', 'cuda', 'cuda:1' or 'auto', "
+                          f"got {type(device).__name__} {device!r}")
+    spec = device.strip().lower()
+    if spec == "auto":
+        env = os.environ.get("GPUNN_DEVICE", "").strip().lower()
+        if env and env != "auto":
+            return resolve_device(env, quiet=quiet)
+        ok, reason, _ = cuda_status()
+        if ok:
+            return Device("cuda", 0)
+        if not quiet and not _auto_note_printed:
+            print(f"gpunn: no usable CUDA device ({reason}); using the CPU", file=sys.stderr)
+            _auto_note_printed = True
+        return CPU
+    if spec == "cpu":
+        return CPU
+    if spec == "cuda" or spec.startswith("cuda:"):
+        index = 0
+        if spec.startswith("cuda:"):
+            try:
+                index = int(spec[5:])
+            except ValueError:
+                raise DeviceError(f"bad device {device!r}: expected 'cuda:N' with N an integer") from None
+            if index < 0:
+                raise DeviceError(f"bad device {device!r}: the CUDA ordinal must be >= 0")
+        ok, reason, count = cuda_status()
+        if not ok:
+            raise DeviceError(f"device {device!r} was asked for but CUDA is not usable: {reason}. "
+                              "Use device='cpu' (or 'auto') to train on the CPU.")
+        if index >= count:
+            raise DeviceError(f"device {device!r} does not exist: this machine has {count} CUDA "
+                              f"device(s), cuda:0..cuda:{count - 1}")
+        return Device("cuda", index)
+    raise DeviceError(f"unknown device {device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+def is_cuda_array(x) -> bool:
+    """True for a CuPy array; false for NumPy arrays and anything else. Never imports cupy."""
+    return type(x).__module__.startswith("cupy")
+
+
+def get_array_module(*arrays):
+    """Return ``cupy`` if any argument is a CuPy array, else ``numpy``.
+
+    Mixing NumPy and CuPy arrays in one call is a device mismatch and raises ``DeviceError``.
+    """
+    cuda = [is_cuda_array(a) for a in arrays if a is not None]
+    if any(cuda):
+        if not all(cuda) and any(isinstance(a, np.ndarray) for a in arrays):
+            raise DeviceError("arrays on different devices (some NumPy/CPU, some CuPy/CUDA); "
+                              "move them with to_device() first")
+        import cupy
+        return cupy
+    return np
+
+
+def device_of(x) -> Device:
+    """The device an array lives on."""
+    if is_cuda_array(x):
+        return Device("cuda", int(x.device.id))
+    return CPU
+
+
+def to_device(x, device: "str | Device"):
+    """Copy ``x`` (NumPy, CuPy or array-like) to ``device``; a no-op when already there."""
+    dev = resolve_device(device)
+    if dev.kind == "cpu":
+        return to_numpy(x)
+    import cupy
+    with cupy.cuda.Device(dev.index):
+        if is_cuda_array(x) and x.device.id == dev.index:
+            return x
+        return cupy.asarray(x)
+
+
+def to_numpy(x) -> np.ndarray:
+    """Return a NumPy array for ``x`` (copying from the GPU when needed)."""
+    if is_cuda_array(x):
+        return x.get()
+    return np.asarray(x)
+
+
+def synchronize(device: "str | Device | None" = None) -> None:
+    """Wait for all queued work on ``device`` (no-op on the CPU)."""
+    dev = resolve_device(device if device is not None else "auto", quiet=True)
+    if dev.is_cuda:
+        import cupy
+        with cupy.cuda.Device(dev.index):
+            cupy.cuda.Device(dev.index).synchronize()
+
+
+def _reset_for_tests() -> None:
+    """Forget cached probe results (tests monkeypatch cupy in and out)."""
+    global _cuda_status_cache, _auto_note_printed
+    _cuda_status_cache = None
+    _auto_note_printed = False
+

@@ -1,0 +1,58 @@
+"""Fully connected layer: y = x @ W + b, with W: (in, out) as in the coursework."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_array_module
+from ..errors import ShapeError
+from ..init import get_initialiser, make_rng
+from .base import Layer, check_dtype
+
+
+class Linear(Layer):
+    """``y = x @ W + b``.
+
+    x: (N, in_features) -> y: (N, out_features); W: (in_features, out_features); b: (out_features,)
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 init="xavier_uniform", rng=None, dtype=np.float32):
+        super().__init__()
+        if int(in_features) <= 0 or int(out_features) <= 0:
+            raise ValueError(f"Linear: in_features and out_features must be positive, got "
+                             f"{in_features}, {out_features}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        dtype = check_dtype(dtype, "Linear")
+        W = get_initialiser(init)((self.in_features, self.out_features), self.in_features,
+                                  self.out_features, make_rng(rng), dtype)
+        self.add_param("W", np.ascontiguousarray(W, dtype=dtype))
+        if bias:
+            self.add_param("b", np.zeros(self.out_features, dtype=dtype))
+        self._x = None
+
+    def forward(self, x, *, train: bool = False):
+        self.check_input(x, 2, feature_axis=1, features=self.in_features)
+        self._x = x
+        y = x @ self.params["W"]
+        if "b" in self.params:
+            y += self.params["b"]
+        return y
+
+    def backward(self, dout):
+        x = self._need_cache("_x")
+        if dout.shape != (x.shape[0], self.out_features):
+            raise ShapeError(f"{self!r}: backward expected dout of shape "
+                             f"{(x.shape[0], self.out_features)}, got {tuple(dout.shape)}")
+        self.store_grad("W", x.T @ dout)
+        if "b" in self.params:
+            self.store_grad("b", dout.sum(axis=0))
+        return dout @ self.params["W"].T
+
+    def output_shape(self, in_shape):
+        if tuple(in_shape) != (self.in_features,):
+            raise ShapeError(f"{self!r}: expects per-sample input ({self.in_features},), got "
+                             f"{tuple(in_shape)} (add a Flatten before it?)")
+        return (self.out_features,)
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, bias={'b' in self.params}"
