@@ -71,8 +71,8 @@ class Layer:
         for g in self.grads.values():
             g[...] = 0
 
-    def layers(self):
-        """This layer and, for containers, every layer inside it (depth first)."""
+    def walk(self):
+        """This layer and, for containers (Residual), every layer inside it, depth first."""
         yield self
 
     # -- devices --------------------------------------------------------------------------
