@@ -30,13 +30,15 @@ class GradcheckResult:
 
 
 def _snapshot(layers):
-    return [{k: v.copy() for k, v in layer.buffers.items()} for layer in layers]
+    return [({k: v.copy() for k, v in layer.buffers.items()}, dict(layer.host_state))
+            for layer in layers]
 
 
 def _restore(layers, snap):
-    for layer, saved in zip(layers, snap):
-        for k, v in saved.items():
+    for layer, (buffers, host_state) in zip(layers, snap):
+        for k, v in buffers.items():
             layer.buffers[k][...] = v
+        layer.host_state.update(host_state)
 
 
 def _compare(name, analytic, numeric, floor, result):
@@ -75,42 +77,23 @@ def check_layer(layer, x, *, train: bool = True, eps: float = 1e-6, floor: float
     """Check ``layer``'s backward against central differences of ``sum(forward(x) * R)``.
 
     x: any shape the layer accepts, float64 recommended. R is a fixed random array of the
-    output's shape. Layer buffers (running statistics, dropout step counters) are restored
+    output's shape. Layer state (running statistics, dropout step counters) is restored
     before every forward so each evaluation sees the same state.
     """
-    return check_model(_Single(layer), x, None, train=train, eps=eps, floor=floor, seed=seed,
+    return check_model(layer, x, None, train=train, eps=eps, floor=floor, seed=seed,
                        check_input=check_input)
-
-
-class _Single:
-    """Wraps one layer so check_layer and check_model share a body."""
-
-    def __init__(self, layer):
-        self.layer = layer
-
-    def all_layers(self):
-        return list(self.layer.walk())
-
-    def forward(self, x, *, train):
-        return self.layer.forward(x, train=train)
-
-    def backward(self, d):
-        return self.layer.backward(d)
-
-    def named_parameters(self):
-        return [(k, self.layer.params[k], self.layer.grads[k]) for k in self.layer.params]
 
 
 def check_model(model, x, labels=None, loss=None, *, train: bool = True, eps: float = 1e-6,
                 floor: float = 1e-8, seed: int = 0, check_input: bool = True) -> GradcheckResult:
-    """Check a model (forward/backward/named_parameters/all_layers, e.g. Sequential) end to end.
+    """Check a layer or model (e.g. Sequential) end to end.
 
     With ``loss`` (e.g. ``SoftmaxCrossEntropy()``) and ``labels``, the objective is
     ``loss.forward(model.forward(x), labels)``; otherwise ``sum(model.forward(x) * R)``.
     """
     xp = get_array_module(x)
     x = xp.ascontiguousarray(x)
-    layers = model.all_layers()
+    layers = list(model.walk())
     snap = _snapshot(layers)
 
     def run_forward():

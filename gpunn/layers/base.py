@@ -2,7 +2,9 @@
 
     params: dict[str, Array]      learnable arrays, on the layer's device
     grads:  dict[str, Array]      same keys; backward writes into these arrays in place
-    buffers: dict[str, Array]     non-learnable state saved with the model (running stats)
+    buffers: dict[str, Array]     non-learnable arrays saved with the model (running stats)
+    host_state: dict[str, int]    host-side integers saved with the model (dropout seed, step)
+    children() -> list[Layer]     sub-layers of a container (Sequential, Residual)
     forward(x, *, train) -> y     keeps what backward needs
     backward(dout) -> dx          fills grads, returns dL/dx
     output_shape(in_shape)        per-sample shape in -> per-sample shape out (no batch axis);
@@ -37,6 +39,7 @@ class Layer:
         self.params: dict = {}
         self.grads: dict = {}
         self.buffers: dict = {}
+        self.host_state: dict = {}
 
     # -- the contract -------------------------------------------------------------------
     def forward(self, x, *, train: bool = False):
@@ -68,12 +71,43 @@ class Layer:
         g[...] = value
 
     def zero_grad(self) -> None:
-        for g in self.grads.values():
-            g[...] = 0
+        for layer in self.walk():
+            for g in layer.grads.values():
+                g[...] = 0
+
+    # -- containers -----------------------------------------------------------------------
+    def children(self) -> list:
+        """Direct sub-layers (containers override)."""
+        return []
 
     def walk(self):
-        """This layer and, for containers (Residual), every layer inside it, depth first."""
+        """This layer and every layer inside it, depth first."""
         yield self
+        for child in self.children():
+            yield from child.walk()
+
+    def _named(self, attr: str, prefix: str = ""):
+        for k, v in getattr(self, attr).items():
+            yield prefix + k, v
+        for i, child in enumerate(self.children()):
+            yield from child._named(attr, f"{prefix}{i}.")
+
+    def named_parameters(self) -> list:
+        """``[(name, param, grad), ...]`` for this layer and its children, e.g. ``"2.0.W"``."""
+        out = []
+        for layer_prefix, layer in self._prefixed_layers():
+            for k, p in layer.params.items():
+                out.append((layer_prefix + k, p, layer.grads[k]))
+        return out
+
+    def parameters(self) -> list:
+        """``[(param, grad), ...]``: live arrays, for an optimizer built once."""
+        return [(p, g) for _, p, g in self.named_parameters()]
+
+    def _prefixed_layers(self, prefix: str = ""):
+        yield prefix, self
+        for i, child in enumerate(self.children()):
+            yield from child._prefixed_layers(f"{prefix}{i}.")
 
     # -- devices --------------------------------------------------------------------------
     @property
@@ -89,10 +123,14 @@ class Layer:
         return None
 
     def to(self, device):
-        """Move params, grads and buffers to ``device`` (in place); returns self."""
-        for d in (self.params, self.grads, self.buffers):
-            for k in list(d):
-                d[k] = to_device(d[k], device)
+        """Move params, grads and buffers (children's too) to ``device``; returns self.
+
+        The arrays are replaced, so build optimizers after moving the model.
+        """
+        for layer in self.walk():
+            for d in (layer.params, layer.grads, layer.buffers):
+                for k in list(d):
+                    d[k] = to_device(d[k], device)
         return self
 
     # -- input checks ---------------------------------------------------------------------

@@ -1,0 +1,46 @@
+"""Inverted dropout with masks from a counter-based generator (same mask on any device)."""
+from __future__ import annotations
+
+from ..init import make_rng
+from ..ops.dropout import dropout_forward
+from .activation import _Elementwise
+
+
+class Dropout(_Elementwise):
+    """Zero each element with probability ``p`` in training and scale the rest by 1/(1-p);
+    the identity when ``train=False``.
+
+    The mask is a pure function of (seed, step, element index); ``step`` counts training
+    forwards and is saved in ``state_dict`` (as ``host_state``), so a resumed run draws the
+    same masks as an uninterrupted one, on the CPU or a GPU.
+    """
+
+    def __init__(self, p: float = 0.5, *, seed: int | None = None, rng=None):
+        super().__init__()
+        p = float(p)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        self.p = p
+        if seed is None:
+            seed = int(make_rng(rng).integers(0, 2**63 - 1))
+        self.host_state["seed"] = int(seed)
+        self.host_state["step"] = 0
+        self._mask = None
+
+    def forward(self, x, *, train=False):
+        self._check(x)
+        if not train or self.p == 0.0:
+            self._mask = None
+            return x
+        y, self._mask = dropout_forward(x, self.p, self.host_state["seed"],
+                                        self.host_state["step"])
+        self.host_state["step"] += 1
+        return y
+
+    def backward(self, dout):
+        if self._mask is None:   # eval mode or p == 0: identity
+            return dout
+        return self._check_dout(dout, self._mask) * self._mask
+
+    def extra_repr(self):
+        return f"p={self.p}"

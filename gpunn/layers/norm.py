@@ -1,0 +1,110 @@
+"""Batch normalisation (Ioffe & Szegedy, 2015) over the batch (and spatial) axes.
+
+Training uses the batch statistics and updates running estimates in place (PyTorch's
+convention: running = (1 - momentum) * running + momentum * batch, with the unbiased
+variance); evaluation uses the running estimates.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_array_module
+from ..errors import ShapeError
+from .base import Layer, check_dtype
+
+
+class _BatchNorm(Layer):
+    _ndim = None          # 2 for (N, F), 4 for (N, C, H, W)
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *,
+                 dtype=np.float32):
+        super().__init__()
+        if int(num_features) <= 0:
+            raise ValueError(f"{type(self).__name__}: num_features must be positive")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"{type(self).__name__}: momentum must be in [0, 1], got {momentum}")
+        if eps <= 0:
+            raise ValueError(f"{type(self).__name__}: eps must be positive, got {eps}")
+        self.num_features, self.eps, self.momentum = int(num_features), float(eps), float(momentum)
+        dtype = check_dtype(dtype, type(self).__name__)
+        self.add_param("gamma", np.ones(self.num_features, dtype=dtype))
+        self.add_param("beta", np.zeros(self.num_features, dtype=dtype))
+        self.buffers["running_mean"] = np.zeros(self.num_features, dtype=dtype)
+        self.buffers["running_var"] = np.ones(self.num_features, dtype=dtype)
+        self._cache = None
+
+    def _axes_and_shape(self):
+        if self._ndim == 2:
+            return (0,), (1, -1)
+        return (0, 2, 3), (1, -1, 1, 1)
+
+    def forward(self, x, *, train=False):
+        self.check_input(x, self._ndim, feature_axis=1, features=self.num_features)
+        axes, bshape = self._axes_and_shape()
+        gamma = self.params["gamma"].reshape(bshape)
+        beta = self.params["beta"].reshape(bshape)
+        if train:
+            m = x.size // self.num_features
+            if m < 2:
+                raise ShapeError(f"{self!r}: training needs more than one value per feature "
+                                 f"to compute batch statistics, got input shape {tuple(x.shape)}")
+            mean = x.mean(axis=axes, keepdims=True)
+            xc = x - mean
+            var = (xc * xc).mean(axis=axes, keepdims=True)
+            inv_std = 1 / get_array_module(x).sqrt(var + x.dtype.type(self.eps))
+            xhat = xc * inv_std
+            mom = x.dtype.type(self.momentum)
+            rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+            rm *= 1 - mom
+            rm += mom * mean.reshape(-1)
+            rv *= 1 - mom
+            rv += mom * var.reshape(-1) * x.dtype.type(m / (m - 1))
+            self._cache = (xhat, inv_std, True)
+        else:
+            rm = self.buffers["running_mean"].reshape(bshape)
+            rv = self.buffers["running_var"].reshape(bshape)
+            inv_std = 1 / get_array_module(x).sqrt(rv + x.dtype.type(self.eps))
+            xhat = (x - rm) * inv_std
+            self._cache = (xhat, inv_std, False)
+        return gamma * xhat + beta
+
+    def backward(self, dout):
+        xhat, inv_std, batch_stats = self._need_cache("_cache")
+        if dout.shape != xhat.shape:
+            raise ShapeError(f"{self!r}: backward expected dout of shape {tuple(xhat.shape)}, "
+                             f"got {tuple(dout.shape)}")
+        axes, bshape = self._axes_and_shape()
+        self.store_grad("gamma", (dout * xhat).sum(axis=axes))
+        self.store_grad("beta", dout.sum(axis=axes))
+        dxhat = dout * self.params["gamma"].reshape(bshape)
+        if not batch_stats:     # statistics are constants in evaluation mode
+            return dxhat * inv_std
+        # The batch mean and variance depend on every x: subtract their contributions.
+        mean_dxhat = dxhat.mean(axis=axes, keepdims=True)
+        mean_dxhat_xhat = (dxhat * xhat).mean(axis=axes, keepdims=True)
+        return (dxhat - mean_dxhat - xhat * mean_dxhat_xhat) * inv_std
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNorm1d(_BatchNorm):
+    """x: (N, F) -> (N, F); statistics per feature over the batch."""
+    _ndim = 2
+
+    def output_shape(self, in_shape):
+        if tuple(in_shape) != (self.num_features,):
+            raise ShapeError(f"{self!r}: expects per-sample input ({self.num_features},), got "
+                             f"{tuple(in_shape)}")
+        return tuple(in_shape)
+
+
+class BatchNorm2d(_BatchNorm):
+    """x: (N, C, H, W) -> same; statistics per channel over batch and space."""
+    _ndim = 4
+
+    def output_shape(self, in_shape):
+        if len(in_shape) != 3 or in_shape[0] != self.num_features:
+            raise ShapeError(f"{self!r}: expects per-sample input ({self.num_features}, H, W), "
+                             f"got {tuple(in_shape)}")
+        return tuple(in_shape)

@@ -1,0 +1,221 @@
+"""Sequential models: forward, backward, parameters, devices, saving and a summary."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from .backend import to_device, to_numpy
+from .errors import ShapeError, StateDictError
+from .layers.base import Layer
+
+__all__ = ["Sequential", "atomic_savez", "load_npz"]
+
+_FORMAT = "gpunn-state-v1"
+_META_KEY = "__gpunn_meta__"
+
+
+class Sequential(Layer):
+    """Layers applied in order: ``y = layers[-1](...layers[0](x))``.
+
+    ``forward(x, train=None)`` uses the model's mode (``train()`` / ``eval()``) unless ``train``
+    is given. ``backward(dout)`` runs the layers in reverse and returns dL/dx.
+    """
+
+    def __init__(self, *layers):
+        super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: argument {i} is {type(layer).__name__}, not a Layer")
+        self.layers = list(layers)
+        self.training = True
+
+    def children(self):
+        return self.layers
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    # -- forward / backward ---------------------------------------------------------------
+    def forward(self, x, *, train: bool | None = None):
+        train = self.training if train is None else train
+        for layer in self.layers:
+            x = layer.forward(x, train=train)
+        return x
+
+    def __call__(self, x, *, train: bool | None = None):
+        return self.forward(x, train=train)
+
+    def backward(self, dout):
+        for layer in reversed(self.layers):
+            dout = layer.backward(dout)
+        return dout
+
+    def train(self, mode: bool = True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # -- shapes ---------------------------------------------------------------------------
+    def output_shape(self, in_shape):
+        """Per-sample output shape; raises ShapeError naming the first layer that cannot fit."""
+        shape = tuple(int(s) for s in in_shape)
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = layer.output_shape(shape)
+            except ShapeError as e:
+                raise ShapeError(f"layer {i} ({layer!r}) cannot take per-sample input "
+                                 f"{shape}: {e}") from None
+        return shape
+
+    def summary(self, input_shape) -> str:
+        """A table of each layer's output shape and parameter count (input_shape without N)."""
+        rows = [("", "input", str(tuple(input_shape)), "")]
+        shape = tuple(input_shape)
+        total = 0
+        for prefix, layer in self._prefixed_layers():
+            if layer is self:
+                continue
+            depth = prefix.count(".") - 1
+            if len(prefix.rstrip(".").split(".")) == 1:     # top-level layer: shapes chain
+                shape = layer.output_shape(shape)
+                out = str(shape)
+            else:
+                out = ""
+            n = sum(int(np.prod(p.shape)) for p in layer.params.values())
+            total += n
+            rows.append((prefix.rstrip("."), "  " * depth + repr(layer), out, f"{n:,}" if n else "-"))
+        head = ("#", "layer", "output shape", "params")
+        widths = [max(len(r[c]) for r in rows + [head]) for c in range(4)]
+        fmt = "  ".join("{:<%d}" % w for w in widths[:3]) + "  {:>%d}" % widths[3]
+        lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+        lines += [fmt.format(*r) for r in rows]
+        lines.append(f"total parameters: {total:,}")
+        return "\n".join(lines)
+
+    def num_parameters(self) -> int:
+        return sum(int(np.prod(p.shape)) for _, p, _ in self.named_parameters())
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Host (NumPy) copies of every parameter, buffer and host-side integer, by name."""
+        sd = {}
+        for prefix, layer in self._prefixed_layers():
+            for k, v in layer.params.items():
+                sd[prefix + k] = to_numpy(v).copy()
+            for k, v in layer.buffers.items():
+                sd[prefix + k] = to_numpy(v).copy()
+            for k, v in layer.host_state.items():
+                sd[prefix + k] = np.array(v, dtype=np.int64)
+        return sd
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Copy ``state`` into the model's arrays in place (optimizers stay valid).
+
+        Everything is checked first: missing keys, unexpected keys (with ``strict``) and shape
+        mismatches are all reported in one StateDictError, and nothing is changed on error.
+        """
+        targets = {}
+        for prefix, layer in self._prefixed_layers():
+            for d in (layer.params, layer.buffers):
+                for k, v in d.items():
+                    targets[prefix + k] = ("array", d, k, v.shape)
+            for k in layer.host_state:
+                targets[prefix + k] = ("int", layer.host_state, k, ())
+        missing = [k for k in targets if k not in state]
+        unexpected = [k for k in state if k not in targets and k != _META_KEY]
+        bad_shape = []
+        for k, (_, _, _, shape) in targets.items():
+            if k in state and tuple(np.shape(state[k])) != tuple(shape):
+                bad_shape.append(f"{k}: expected {tuple(shape)}, got {tuple(np.shape(state[k]))}")
+        problems = []
+        if missing:
+            problems.append(f"missing keys: {', '.join(missing)}")
+        if unexpected and strict:
+            problems.append(f"unexpected keys: {', '.join(unexpected)}")
+        if bad_shape:
+            problems.append(f"shape mismatch: {'; '.join(bad_shape)}")
+        if problems:
+            raise StateDictError("load_state_dict: " + " | ".join(problems) +
+                                 " (the model was not changed)")
+        for k, (kind, d, key, _) in targets.items():
+            if kind == "int":
+                d[key] = int(np.asarray(state[k]))
+            else:
+                dst = d[key]
+                dst[...] = to_device(np.asarray(to_numpy(state[k]), dtype=dst.dtype), _device_str(dst))
+
+    def save(self, path) -> None:
+        """Write the state dict to ``path`` (.npz) atomically: a crash never leaves half a file."""
+        atomic_savez(path, self.state_dict())
+
+    def load(self, path, strict: bool = True) -> "Sequential":
+        """Load weights saved by :meth:`save` (checked as in :meth:`load_state_dict`)."""
+        self.load_state_dict(load_npz(path), strict=strict)
+        return self
+
+    def extra_repr(self):
+        return ", ".join(repr(layer) for layer in self.layers)
+
+    def __repr__(self):
+        inner = "\n".join(f"  ({i}) {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential(\n{inner}\n)"
+
+
+def _device_str(a):
+    from .backend import device_of
+    return str(device_of(a))
+
+
+def atomic_savez(path, arrays: dict, meta: dict | None = None) -> None:
+    """``np.savez`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        raise ValueError(f"save: expected a path ending in .npz, got {path!r}")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    payload = dict(arrays)
+    payload[_META_KEY] = np.array(json.dumps({"format": _FORMAT, **(meta or {})}))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_npz(path, with_meta: bool = False):
+    """Read an .npz written by :func:`atomic_savez`; errors name the file and the problem."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such weights file: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a readable .npz weights file ({type(e).__name__}: {e})") from None
+    meta = {}
+    if _META_KEY in arrays:
+        try:
+            meta = json.loads(str(arrays.pop(_META_KEY)))
+        except json.JSONDecodeError:
+            raise ValueError(f"{path}: corrupt gpunn metadata") from None
+    return (arrays, meta) if with_meta else arrays

@@ -1,0 +1,39 @@
+"""Inverted-dropout masks from the counter-based generator in ``ops/random.py``.
+
+mask_i = scale if (bits_i >> 40) >= threshold else 0, with scale = 1 / (1 - p) in x's dtype,
+so the same (seed, step) gives the same mask on the CPU and on a GPU.
+"""
+from __future__ import annotations
+
+from ..backend import get_array_module, is_cuda_array
+from .random import keep_threshold, random_bits, stream_key
+
+
+def dropout_mask(shape, p: float, seed: int, step: int, dtype, xp):
+    """Mask of ``shape`` holding 0 or 1/(1-p) (dtype ``dtype``) for stream (seed, step)."""
+    n = 1
+    for s in shape:
+        n *= int(s)
+    bits = random_bits(stream_key(seed, step), n, xp)
+    keep = (bits >> xp.uint64(40)) >= xp.uint64(keep_threshold(p))
+    scale = xp.asarray(1.0 / (1.0 - p), dtype=dtype)
+    return (keep.astype(dtype) * scale).reshape(shape)
+
+
+def dropout_forward(x, p: float, seed: int, step: int):
+    """y = x * mask; returns (y, mask). x: any shape."""
+    if is_cuda_array(x):
+        return _dropout_forward_cuda(x, p, seed, step)
+    return _dropout_forward_cpu(x, p, seed, step)
+
+
+def _dropout_forward_cpu(x, p, seed, step):
+    xp = get_array_module(x)
+    mask = dropout_mask(x.shape, p, seed, step, x.dtype, xp)
+    return x * mask, mask
+
+
+def _dropout_forward_cuda(x, p, seed, step):
+    # The fused RawKernel body (kernels/dropout.cu) is wired in with the CUDA ops; until then
+    # CuPy runs the same uint64 arithmetic through its NumPy-compatible API.
+    return _dropout_forward_cpu(x, p, seed, step)

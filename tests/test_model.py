@@ -1,0 +1,127 @@
+"""Sequential: live parameters, state dicts, saving, summary, architecture checks."""
+import os
+
+import numpy as np
+import pytest
+
+from gpunn.errors import ShapeError, StateDictError
+from gpunn.gradcheck import check_model
+from gpunn.layers import BatchNorm1d, Dropout, Linear, ReLU, Residual, Tanh
+from gpunn.model import Sequential
+
+F64 = np.float64
+
+
+def _mlp(dtype=np.float32, seed=0):
+    return Sequential(Linear(6, 8, bias=False, rng=seed, dtype=dtype), BatchNorm1d(8, dtype=dtype),
+                      ReLU(), Dropout(0.3, seed=seed),
+                      Residual(Linear(8, 8, rng=seed + 1, dtype=dtype), Tanh()),
+                      Linear(8, 3, rng=seed + 2, dtype=dtype))
+
+
+def test_whole_model_gradcheck(rng):
+    res = check_model(_mlp(F64), rng.standard_normal((7, 6)))
+    assert res.max_rel_error < 1e-6, str(res)
+
+
+def test_named_parameters_and_live_pairs(rng):
+    m = _mlp()
+    names = [n for n, _, _ in m.named_parameters()]
+    assert names == ["0.W", "1.gamma", "1.beta", "4.0.W", "4.0.b", "5.W", "5.b"]
+    pairs = m.parameters()
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    m.backward(np.ones_like(m.forward(x, train=True)))
+    for (p, g), (_, p2, g2) in zip(pairs, m.named_parameters()):
+        assert p is p2 and g is g2
+    assert all(np.abs(g).sum() > 0 for _, g in pairs)
+    m.zero_grad()
+    assert all(np.abs(g).sum() == 0 for _, g in pairs)
+
+
+def test_state_dict_round_trip_reproduces_outputs(rng, tmp_path):
+    a, b = _mlp(seed=0), _mlp(seed=10)
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    a.forward(x, train=True)          # move running stats and the dropout step
+    b.load_state_dict(a.state_dict())
+    np.testing.assert_array_equal(a.forward(x, train=False), b.forward(x, train=False))
+    np.testing.assert_array_equal(a.forward(x, train=True), b.forward(x, train=True))
+    path = tmp_path / "w.npz"
+    a.save(path)
+    c = _mlp(seed=20).load(path)
+    np.testing.assert_array_equal(a.forward(x, train=True), c.forward(x, train=True))
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+
+
+def test_load_state_dict_keeps_arrays_in_place():
+    m = _mlp()
+    p0 = m.parameters()[0][0]
+    m.load_state_dict(_mlp(seed=5).state_dict())
+    assert m.parameters()[0][0] is p0          # an optimizer holding p0 stays valid
+    np.testing.assert_array_equal(p0, _mlp(seed=5).parameters()[0][0])
+
+
+def test_load_state_dict_errors_change_nothing():
+    m = _mlp()
+    before = m.state_dict()
+    sd = _mlp(seed=3).state_dict()
+    del sd["5.b"]
+    sd["4.0.W"] = np.zeros((8, 9), np.float32)
+    sd["9.W"] = np.zeros(1, np.float32)
+    with pytest.raises(StateDictError) as e:
+        m.load_state_dict(sd)
+    msg = str(e.value)
+    assert "missing keys: 5.b" in msg and "unexpected keys: 9.W" in msg
+    assert "4.0.W: expected (8, 8), got (8, 9)" in msg
+    after = m.state_dict()
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])
+
+
+def test_load_bad_files(tmp_path):
+    m = _mlp()
+    with pytest.raises(FileNotFoundError, match="nope.npz"):
+        m.load(tmp_path / "nope.npz")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="bad.npz"):
+        m.load(bad)
+
+
+def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
+    m = _mlp()
+    path = tmp_path / "w.npz"
+    m.save(path)
+    good = path.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(np, "savez", boom)
+    with pytest.raises(OSError, match="disk full"):
+        _mlp(seed=4).save(path)
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == ["w.npz"]
+
+
+def test_summary_and_output_shape():
+    m = _mlp()
+    s = m.summary((6,))
+    assert "total parameters: " in s
+    assert m.num_parameters() == 6 * 8 + 16 + 8 * 8 + 8 + 8 * 3 + 3
+    assert f"{m.num_parameters():,}" in s
+    assert m.output_shape((6,)) == (3,)
+    with pytest.raises(ShapeError, match=r"layer 0 \(Linear\(6, 8"):
+        m.output_shape((5,))
+
+
+def test_train_eval_mode(rng):
+    m = Sequential(Dropout(0.5, seed=0))
+    x = np.ones((10, 10), np.float32)
+    assert not np.array_equal(m(x), x)
+    m.eval()
+    np.testing.assert_array_equal(m(x), x)
+    assert not np.array_equal(m(x, train=True), x)
+
+
+def test_rejects_non_layers():
+    with pytest.raises(TypeError, match="argument 1 is int"):
+        Sequential(ReLU(), 3)
