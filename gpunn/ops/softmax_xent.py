@@ -1,0 +1,150 @@
+"""Fused, numerically stable softmax + cross-entropy: loss and dL/dlogits in one pass.
+
+Per row i of logits z: (N, K), with label y_i (CONVENTIONS.md):
+
+    m = max_k z_k,  s = sum_k exp(z_k - m)
+    loss_i = log(s) - (z_y - m)                       # = log(s) + m - z_y, cancellation-free
+    dz_k   = (exp(z_k - m) / s - [k == y]) * scale    # scale = 1/N ("mean") or 1 ("sum")
+    loss   = sum_i loss_i / N ("mean") or sum_i loss_i ("sum")
+
+Subtracting the row maximum keeps every exponent <= 0, so no logit magnitude overflows
+(1e4 and -1e4 in float32 included); the largest term of s is exactly 1, so log(s) is finite.
+
+A label outside [0, K) makes that row's loss and gradient NaN (in both bodies) instead of
+reading another row's memory or wrapping around: the low-level op does not raise, so a
+GPU step needs no host synchronisation. ``gpunn.losses.SoftmaxCrossEntropy`` checks labels
+and raises a clear error before calling in.
+
+The loss comes back as a 0-d array of the logits' dtype on the logits' device, so a GPU
+training loop can keep it there; ``float(loss)`` copies it to the host.
+
+Dispatch: a NumPy array goes to the ``_cpu`` body; a CuPy array to the ``_cuda`` body,
+which until the RawKernel (kernels/softmax_xent.cu) is wired in runs the ``_cpu`` body
+through CuPy's NumPy-compatible API.
+"""
+from __future__ import annotations
+
+from ..backend import get_array_module, is_cuda_array
+
+__all__ = ["softmax_cross_entropy", "softmax_cross_entropy_soft", "log_softmax", "softmax",
+           "REDUCTIONS"]
+
+REDUCTIONS = ("mean", "sum")
+
+
+def _scale(reduction: str, n: int) -> float:
+    if reduction == "mean":
+        return 1.0 / n
+    if reduction == "sum":
+        return 1.0
+    raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+# -- index labels -----------------------------------------------------------------------------
+def softmax_cross_entropy(logits, labels, reduction: str = "mean"):
+    """Loss and gradient for integer class labels.
+
+    logits: (N, K) float32/float64; labels: (N,) integer class indices in [0, K)
+    (int32 is what the CUDA body takes; the NumPy body accepts any integer dtype).
+    Returns ``(loss, dlogits)``: loss a 0-d array (logits' dtype and device), dlogits (N, K).
+    """
+    if is_cuda_array(logits):
+        return _softmax_cross_entropy_cuda(logits, labels, reduction)
+    return _softmax_cross_entropy_cpu(logits, labels, reduction)
+
+
+def _softmax_cross_entropy_cpu(logits, labels, reduction):
+    xp = get_array_module(logits, labels)
+    n, k = logits.shape
+    dt = logits.dtype
+    scale = _scale(reduction, n)
+
+    m = logits.max(axis=1, keepdims=True)                     # (N, 1)
+    e = logits - m                                             # shifted logits, all <= 0
+    # labels outside [0, K): gather from a clipped index, then poison the row with NaN through s
+    idx = labels.astype(xp.intp)                               # a copy: clipped below
+    valid = (idx >= 0) & (idx < k)
+    xp.clip(idx, 0, k - 1, out=idx)
+    rows_i = xp.arange(n)
+    z_y = e[rows_i, idx]                                       # z_y - m, (N,)
+    xp.exp(e, out=e)                                           # e now holds exp(z - m)
+    s = e.sum(axis=1)                                          # (N,), in [1, K]
+    s = xp.where(valid, s, xp.asarray(float("nan"), dtype=dt))
+
+    rows = xp.log(s) - z_y                                     # loss_i
+    loss = rows.sum()
+    if reduction == "mean":
+        loss = loss / dt.type(n)
+
+    e /= s[:, None]                                            # softmax probabilities
+    e[rows_i, idx] -= 1                                        # one index per row: no clashes
+    if scale != 1.0:
+        e *= dt.type(scale)
+    return xp.asarray(loss, dtype=dt), e
+
+
+# -- soft / one-hot targets ---------------------------------------------------------------------
+def softmax_cross_entropy_soft(logits, targets, reduction: str = "mean"):
+    """Loss and gradient for per-class targets (one-hot or soft), ``targets``: (N, K).
+
+    loss_i = -sum_k t_k log p_k = sum_k t_k (log(s) - (z_k - m));
+    dz = (p * sum_k t_k - t) * scale, which is p - t for targets that sum to 1. For one-hot
+    targets this gives the same numbers as :func:`softmax_cross_entropy`. Targets are used in
+    the logits' dtype.
+    """
+    if is_cuda_array(logits):
+        return _softmax_cross_entropy_soft_cuda(logits, targets, reduction)
+    return _softmax_cross_entropy_soft_cpu(logits, targets, reduction)
+
+
+def _softmax_cross_entropy_soft_cpu(logits, targets, reduction):
+    xp = get_array_module(logits, targets)
+    n = logits.shape[0]
+    dt = logits.dtype
+    scale = _scale(reduction, n)
+    t = targets.astype(dt, copy=False)
+
+    # the same arithmetic as the index body, so one-hot targets reproduce it bit for bit
+    e = logits - logits.max(axis=1, keepdims=True)             # z - m
+    p = xp.exp(e)
+    s = p.sum(axis=1, keepdims=True)                           # (N, 1)
+    e -= xp.log(s)                                             # log p = (z - m) - log(s)
+    e *= t
+    rows = -e.sum(axis=1)                                      # loss_i
+    loss = rows.sum()
+    if reduction == "mean":
+        loss = loss / dt.type(n)
+
+    p /= s
+    p *= t.sum(axis=1, keepdims=True)
+    p -= t
+    if scale != 1.0:
+        p *= dt.type(scale)
+    return xp.asarray(loss, dtype=dt), p
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def log_softmax(z, axis: int = -1):
+    """log p = (z - m) - log(sum exp(z - m)), stable for any magnitude. Same dtype as z."""
+    xp = get_array_module(z)
+    shifted = z - z.max(axis=axis, keepdims=True)
+    lse = xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+    shifted -= lse
+    return shifted
+
+
+def softmax(z, axis: int = -1):
+    """p = exp(z - m) / sum exp(z - m). Same dtype as z."""
+    xp = get_array_module(z)
+    e = z - z.max(axis=axis, keepdims=True)
+    xp.exp(e, out=e)
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
+
+
+# -- CUDA bodies ------------------------------------------------------------------------------
+# The fused RawKernel (one block-free grid-stride pass per row computing m, s, loss_i and the
+# gradient row; labels passed as int32) goes here. Until it is wired in, CuPy runs the NumPy
+# bodies through its NumPy-compatible API (same arithmetic, more kernel launches).
+_softmax_cross_entropy_cuda = _softmax_cross_entropy_cpu
+_softmax_cross_entropy_soft_cuda = _softmax_cross_entropy_soft_cpu

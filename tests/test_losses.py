@@ -1,0 +1,278 @@
+"""Softmax cross-entropy (fused op and loss class), MSE, L2 penalty: values, gradients, errors."""
+import numpy as np
+import pytest
+
+from gpunn.errors import DTypeError, ShapeError
+from gpunn.gradcheck import check_model
+from gpunn.layers import BatchNorm1d, Linear, ReLU
+from gpunn.losses import MSELoss, SoftmaxCrossEntropy, l2_penalty
+from gpunn.model import Sequential
+from gpunn.ops.softmax_xent import (log_softmax, softmax, softmax_cross_entropy,
+                                    softmax_cross_entropy_soft)
+
+DTYPES = [np.float32, np.float64]
+
+
+def _direct_xent(z, y):
+    """Unfused float64 reference: mean_i -log(exp(z_iy) / sum_k exp(z_ik))."""
+    z = np.asarray(z, dtype=np.float64)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    return float(np.mean(-np.log(p[np.arange(len(y)), y])))
+
+
+def _numeric_grad(f, z, h=1e-6):
+    g = np.zeros_like(z)
+    for idx in np.ndindex(z.shape):
+        old = z[idx]
+        z[idx] = old + h
+        fp = f(z)
+        z[idx] = old - h
+        fm = f(z)
+        z[idx] = old
+        g[idx] = (fp - fm) / (2 * h)
+    return g
+
+
+@pytest.fixture
+def batch(rng):
+    z = rng.standard_normal((6, 5)) * 3
+    y = rng.integers(0, 5, size=6)
+    return z, y
+
+
+# -- values and gradients ---------------------------------------------------------------------
+def test_value_matches_direct_formula(batch):
+    z, y = batch
+    loss = SoftmaxCrossEntropy()
+    assert float(loss(z, y)) == pytest.approx(_direct_xent(z, y), rel=1e-13)
+    out32 = loss(z.astype(np.float32), y)
+    assert float(out32) == pytest.approx(_direct_xent(z, y), rel=1e-6)
+
+
+def test_returns_0d_array_in_logits_dtype(batch):
+    z, y = batch
+    for dt in DTYPES:
+        loss = SoftmaxCrossEntropy()
+        out = loss(z.astype(dt), y)
+        assert isinstance(out, np.ndarray) and out.shape == () and out.dtype == dt
+        assert loss.backward().dtype == dt and loss.backward().shape == z.shape
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_gradient_central_differences(batch, reduction):
+    z, y = batch
+    loss = SoftmaxCrossEntropy(reduction)
+    loss(z, y)
+    analytic = loss.backward().copy()
+    numeric = _numeric_grad(lambda a: float(SoftmaxCrossEntropy(reduction)(a, y)), z.copy())
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_gradient_soft_targets(batch, rng):
+    z, _ = batch
+    t = rng.random(z.shape)
+    t /= t.sum(axis=1, keepdims=True)
+    loss = SoftmaxCrossEntropy()
+    value = float(loss(z, t))
+    ref = float(np.mean(-(t * np.log(np.exp(z) / np.exp(z).sum(1, keepdims=True))).sum(1)))
+    assert value == pytest.approx(ref, rel=1e-13)
+    numeric = _numeric_grad(lambda a: float(SoftmaxCrossEntropy()(a, t)), z.copy())
+    np.testing.assert_allclose(loss.backward(), numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_gradcheck_through_a_model(rng):
+    model = Sequential(Linear(4, 6, rng=0, dtype=np.float64), ReLU(),
+                       Linear(6, 3, rng=1, dtype=np.float64))
+    x = rng.standard_normal((5, 4))
+    y = rng.integers(0, 3, size=5)
+    res = check_model(model, x, y, SoftmaxCrossEntropy())
+    assert res.max_rel_error < 1e-6, str(res)
+
+
+def test_invariant_to_a_constant_per_row(batch, rng):
+    z, y = batch
+    shift = rng.uniform(-1000, 1000, size=(z.shape[0], 1))
+    a, b = SoftmaxCrossEntropy(), SoftmaxCrossEntropy()
+    la, lb = float(a(z, y)), float(b(z + shift, y))
+    assert lb == pytest.approx(la, abs=1e-10)
+    np.testing.assert_allclose(b.backward(), a.backward(), atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_magnitude_logits_are_finite_and_exact(dtype):
+    z = np.array([[1e4, -1e4, 0.0],
+                  [-1e4, -1e4, -1e4],
+                  [1e4, 1e4, -1e4],
+                  [3e4, -5e4, 1e4]], dtype=dtype)
+    y = np.array([1, 2, 0, 0])
+    loss = SoftmaxCrossEntropy("sum")
+    value = float(loss(z, y))
+    g = loss.backward()
+    assert np.isfinite(value) and np.all(np.isfinite(g))
+    # rows: 2e4 (label at -1e4 vs max 1e4), log 3 (all equal), log 2 (two tied maxima), 0
+    expected = 2e4 + np.log(3) + np.log(2) + 0.0
+    assert value == pytest.approx(expected, rel=1e-6 if dtype == np.float32 else 1e-12)
+    np.testing.assert_allclose(g.sum(axis=1), 0, atol=1e-6)
+    np.testing.assert_allclose(g[0], [1, -1, 0], atol=1e-6)
+    np.testing.assert_allclose(g[2], [-0.5, 0.5, 0], atol=1e-6)
+
+
+def test_one_hot_and_index_labels_agree_exactly(batch):
+    z, y = batch
+    for dt in DTYPES:
+        a, b = SoftmaxCrossEntropy(), SoftmaxCrossEntropy()
+        la = a(z.astype(dt), y)
+        lb = b(z.astype(dt), np.eye(5, dtype=np.float32)[y])
+        assert la == lb
+        np.testing.assert_array_equal(a.backward(), b.backward())
+
+
+def test_mean_is_sum_over_n(batch):
+    z, y = batch
+    m, s = SoftmaxCrossEntropy("mean"), SoftmaxCrossEntropy("sum")
+    assert float(s(z, y)) == pytest.approx(len(y) * float(m(z, y)), rel=1e-13)
+    np.testing.assert_allclose(s.backward(), len(y) * m.backward(), rtol=1e-13)
+
+
+@pytest.mark.parametrize("label_dtype", [np.uint8, np.int8, np.int32, np.int64, np.uint64])
+def test_any_integer_label_dtype(batch, label_dtype):
+    z, y = batch
+    ref = float(SoftmaxCrossEntropy()(z, y))
+    assert float(SoftmaxCrossEntropy()(z, y.astype(label_dtype))) == ref
+    assert float(SoftmaxCrossEntropy()(z, list(y))) == ref
+
+
+def test_op_poisons_rows_with_out_of_range_labels(batch):
+    z, y = batch
+    y = y.copy()
+    y[2] = 5
+    loss, g = softmax_cross_entropy(z, y, "mean")
+    assert np.isnan(float(loss))
+    assert np.all(np.isnan(g[2])) and np.all(np.isfinite(np.delete(g, 2, axis=0)))
+    unchecked = SoftmaxCrossEntropy(check_labels=False)
+    assert np.isnan(float(unchecked(z, y)))
+
+
+def test_soft_op_matches_index_op_on_one_hot(batch):
+    z, y = batch
+    la, ga = softmax_cross_entropy(z, y, "sum")
+    lb, gb = softmax_cross_entropy_soft(z, np.eye(5)[y], "sum")
+    assert la == lb
+    np.testing.assert_array_equal(ga, gb)
+
+
+def test_softmax_helpers_are_stable():
+    z = np.array([[1e4, 0.0, -1e4], [1.0, 2.0, 3.0]], dtype=np.float32)
+    p, lp = softmax(z), log_softmax(z)
+    assert p.dtype == lp.dtype == np.float32
+    assert np.all(np.isfinite(p)) and np.all(np.isfinite(lp[1])) and lp[0, 0] == 0
+    np.testing.assert_allclose(p.sum(axis=1), 1, rtol=1e-6)
+    np.testing.assert_allclose(np.exp(lp[1]), p[1], rtol=1e-6)
+
+
+# -- bad input ----------------------------------------------------------------------------------
+def test_errors_name_the_loss_and_shapes(batch):
+    z, y = batch
+    loss = SoftmaxCrossEntropy()
+    with pytest.raises(ShapeError, match=r"SoftmaxCrossEntropy.*\(6,\).*\(5,\)"):
+        loss(z, y[:5])
+    with pytest.raises(ShapeError, match=r"\(6, 5\).*\(6, 4\)"):
+        loss(z, np.zeros((6, 4)))
+    with pytest.raises(ShapeError, match="2-d logits"):
+        loss(z[0], y[:1])
+    with pytest.raises(ShapeError, match="non-empty"):
+        loss(z[:0], y[:0])
+    with pytest.raises(ShapeError, match="class indices or"):
+        loss(z, y.reshape(6, 1, 1))
+
+
+def test_label_range_errors(batch):
+    z, y = batch
+    loss = SoftmaxCrossEntropy()
+    bad = y.copy()
+    bad[3] = 5
+    with pytest.raises(ValueError, match=r"\[0, 5\).*got 5.*index 3"):
+        loss(z, bad)
+    bad[3] = -1
+    with pytest.raises(ValueError, match=r"\[0, 5\).*got -1"):
+        loss(z, bad)
+
+
+def test_dtype_errors(batch):
+    z, y = batch
+    loss = SoftmaxCrossEntropy()
+    with pytest.raises(DTypeError, match="integer dtype.*astype"):
+        loss(z, y.astype(np.float64))
+    with pytest.raises(DTypeError, match="float32 or float64"):
+        loss(z.astype(np.int64), y)
+    with pytest.raises(DTypeError, match="float32 or float64"):
+        loss(z.astype(np.float16), y)
+
+
+def test_misuse_errors(batch):
+    with pytest.raises(RuntimeError, match="before forward"):
+        SoftmaxCrossEntropy().backward()
+    with pytest.raises(ValueError, match="reduction"):
+        SoftmaxCrossEntropy("avg")
+    with pytest.raises(ValueError, match="check_labels"):
+        SoftmaxCrossEntropy(check_labels="yes")
+
+
+# -- MSE --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_mse_value_and_gradient(rng, reduction):
+    y, t = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    loss = MSELoss(reduction)
+    value = float(loss(y, t))
+    ref = np.sum((y - t) ** 2) / (y.size if reduction == "mean" else 1)
+    assert value == pytest.approx(ref, rel=1e-13)
+    numeric = _numeric_grad(lambda a: float(MSELoss(reduction)(a, t)), y.copy())
+    np.testing.assert_allclose(loss.backward(), numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_mse_dtype_and_errors(rng):
+    y = rng.standard_normal((4, 1)).astype(np.float32)
+    loss = MSELoss()
+    out = loss(y, np.zeros((4, 1)))
+    assert out.shape == () and out.dtype == np.float32 and loss.backward().dtype == np.float32
+    with pytest.raises(ShapeError, match=r"MSELoss.*\(4, 1\).*\(4,\)"):
+        loss(y, np.zeros(4))
+    with pytest.raises(RuntimeError, match="before forward"):
+        MSELoss().backward()
+
+
+# -- L2 penalty -------------------------------------------------------------------------------
+def test_l2_penalty_weights_only_and_all():
+    model = Sequential(Linear(3, 2, rng=0, dtype=np.float64), BatchNorm1d(2, dtype=np.float64),
+                       Linear(2, 2, rng=1, dtype=np.float64))
+    for _, p, _ in model.named_parameters():      # non-zero biases so they would count
+        p[...] += 0.5
+    named = {n: p for n, p, _ in model.named_parameters()}
+    w2 = np.sum(named["0.W"] ** 2) + np.sum(named["2.W"] ** 2)
+    all2 = sum(np.sum(p ** 2) for p in named.values())
+    assert float(l2_penalty(model, 0.1)) == pytest.approx(0.05 * w2, rel=1e-13)
+    every = l2_penalty(model, 0.1, weights_only=False)
+    assert float(every) == pytest.approx(0.05 * all2, rel=1e-13)
+    assert float(l2_penalty(model.named_parameters(), 0.1)) == pytest.approx(0.05 * w2, rel=1e-13)
+    # unnamed pairs: every array counts
+    assert float(l2_penalty(model.parameters(), 0.1)) == pytest.approx(0.05 * all2, rel=1e-13)
+    out = l2_penalty(Sequential(Linear(3, 2, rng=0)), 1.0)
+    assert out.shape == () and out.dtype == np.float32
+    with pytest.raises(ValueError, match="lam"):
+        l2_penalty(model, -1.0)
+
+
+# -- GPU parity (skipped without a usable CUDA device) -------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_matches_numpy(rng, dtype):
+    import cupy
+    z = (rng.standard_normal((64, 10)) * 4).astype(dtype)
+    y = rng.integers(0, 10, size=64).astype(np.int32)
+    for labels in (y, np.eye(10, dtype=dtype)[y]):
+        a, b = SoftmaxCrossEntropy(), SoftmaxCrossEntropy()
+        la, lb = a(z, labels), b(cupy.asarray(z), cupy.asarray(labels))
+        assert isinstance(lb, cupy.ndarray) and lb.shape == () and lb.dtype == dtype
+        tol = dict(rtol=1e-12, atol=1e-15) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(float(lb), float(la), **tol)
+        np.testing.assert_allclose(b.backward().get(), a.backward(), **tol)
