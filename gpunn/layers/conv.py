@@ -1,0 +1,100 @@
+"""2-d convolution by im2col + one GEMM (cross-correlation, as in every framework)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_array_module
+from ..errors import ShapeError
+from ..init import get_initialiser, make_rng
+from ..ops.conv import col2im, conv_output_size, im2col, normalize_padding, pair
+from .base import Layer, check_dtype
+
+
+class Conv2d(Layer):
+    """x: (N, C_in, H, W) -> y: (N, C_out, oh, ow); W: (C_out, C_in, kh, kw), b: (C_out,).
+
+    ``padding`` is an int, a pair (ph, pw), or "same" (TensorFlow: out = ceil(in / stride),
+    the odd extra pad at the bottom/right).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 bias: bool = True, *, init="xavier_uniform", rng=None, dtype=np.float32):
+        super().__init__()
+        where = f"Conv2d({in_channels}, {out_channels}, {kernel_size})"
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        if self.in_channels <= 0 or self.out_channels <= 0:
+            raise ValueError(f"{where}: channel counts must be positive")
+        self.kernel_size = pair(kernel_size, "kernel_size", where)
+        self.stride = pair(stride, "stride", where)
+        if min(self.kernel_size) <= 0 or min(self.stride) <= 0:
+            raise ValueError(f"{where}: kernel_size and stride must be positive")
+        normalize_padding(padding, 1, 1, 1, 1, 1, 1, where)      # validate early
+        self.padding = padding
+        dtype = check_dtype(dtype, "Conv2d")
+        kh, kw = self.kernel_size
+        shape = (self.out_channels, self.in_channels, kh, kw)
+        W = get_initialiser(init)(shape, self.in_channels * kh * kw, self.out_channels * kh * kw,
+                                  make_rng(rng), dtype)
+        self.add_param("W", np.ascontiguousarray(W, dtype=dtype))
+        if bias:
+            self.add_param("b", np.zeros(self.out_channels, dtype=dtype))
+        self._cache = None
+
+    def _geometry(self, h, w):
+        kh, kw = self.kernel_size
+        sy, sx = self.stride
+        pad = normalize_padding(self.padding, h, w, kh, kw, sy, sx, repr(self))
+        oh = conv_output_size(h, kh, sy, pad[0], pad[1])
+        ow = conv_output_size(w, kw, sx, pad[2], pad[3])
+        if oh <= 0 or ow <= 0:
+            raise ShapeError(f"{self!r}: a {kh}x{kw} kernel does not fit a {h}x{w} input "
+                             f"with padding {pad[:2]}/{pad[2:]}")
+        return pad, oh, ow
+
+    def forward(self, x, *, train=False):
+        self.check_input(x, 4, feature_axis=1, features=self.in_channels)
+        xp = get_array_module(x)
+        n, _, h, w = x.shape
+        pad, oh, ow = self._geometry(h, w)
+        kh, kw = self.kernel_size
+        col = im2col(x, kh, kw, self.stride, pad)                    # (C*kh*kw, N*oh*ow)
+        Wm = self.params["W"].reshape(self.out_channels, -1)         # (O, C*kh*kw)
+        y = Wm @ col                                                 # (O, N*oh*ow)
+        if "b" in self.params:
+            y += self.params["b"][:, None]
+        self._cache = (x.shape, col, pad, oh, ow)
+        return xp.ascontiguousarray(y.reshape(self.out_channels, n, oh, ow).transpose(1, 0, 2, 3))
+
+    def backward(self, dout):
+        x_shape, col, pad, oh, ow = self._need_cache("_cache")
+        n = x_shape[0]
+        if dout.shape != (n, self.out_channels, oh, ow):
+            raise ShapeError(f"{self!r}: backward expected dout of shape "
+                             f"{(n, self.out_channels, oh, ow)}, got {tuple(dout.shape)}")
+        d = dout.transpose(1, 0, 2, 3).reshape(self.out_channels, -1)   # (O, N*oh*ow)
+        # (col @ d.T).T: the long N*oh*ow axis is contiguous in both operands, which BLAS
+        # handles about twice as fast as d @ col.T at coursework sizes.
+        self.store_grad("W", (col @ d.T).T.reshape(self.params["W"].shape))
+        if "b" in self.params:
+            self.store_grad("b", d.sum(axis=1))
+        dcol = self.params["W"].reshape(self.out_channels, -1).T @ d     # (C*kh*kw, N*oh*ow)
+        kh, kw = self.kernel_size
+        return col2im(dcol, x_shape, kh, kw, self.stride, pad)
+
+    def output_shape(self, in_shape):
+        if len(in_shape) != 3 or in_shape[0] != self.in_channels:
+            raise ShapeError(f"{self!r}: expects per-sample input ({self.in_channels}, H, W), "
+                             f"got {tuple(in_shape)}")
+        _, oh, ow = self._geometry(in_shape[1], in_shape[2])
+        return (self.out_channels, oh, ow)
+
+    def extra_repr(self):
+        kh, kw = self.kernel_size
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size=({kh}, {kw})"
+        if self.stride != (1, 1):
+            s += f", stride={self.stride}"
+        if self.padding not in (0, (0, 0)):
+            s += f", padding={self.padding!r}"
+        if "b" not in self.params:
+            s += ", bias=False"
+        return s

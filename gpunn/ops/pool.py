@@ -1,0 +1,168 @@
+"""Max and average pooling over NCHW: the NumPy bodies (CUDA bodies beside them).
+
+Semantics shared with kernels/pool.cu:
+- stride = (sy, sx), pad = (pt, pb, pl, pr); oh = (H + pt + pb - kh) // sy + 1, same for ow.
+- max: padding acts as -inf; ``argmax`` (int32, (N, C, oh, ow)) is the flat index h*W + w of
+  the chosen pixel in the unpadded plane; ties go to the first maximum in row-major window
+  order (as PyTorch). Backward sends each window's gradient to its argmax pixel, summing where
+  overlapping windows chose the same pixel.
+- average: with ``count_include_pad=False`` the mean over the window's in-bounds pixels
+  (TensorFlow "same", PyTorch count_include_pad=False); with True, divide by kh*kw.
+
+The CPU bodies loop over the kh*kw window offsets, each a strided slice of the whole batch:
+for a 2x2 pool that is the element-wise maximum of four slices, far faster than
+``reshape(...).max(axis=(3, 5))``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_array_module, is_cuda_array
+from .conv import conv_output_size
+
+__all__ = ["maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward"]
+
+
+def _out_size(h, w, kh, kw, stride, pad):
+    return (conv_output_size(h, kh, stride[0], pad[0], pad[1]),
+            conv_output_size(w, kw, stride[1], pad[2], pad[3]))
+
+
+def _slice(a, i, j, sy, sx, oh, ow):
+    """The (N, C, oh, ow) strided slice of padded ``a`` that window offset (i, j) reads."""
+    return a[:, :, i:i + sy * (oh - 1) + 1:sy, j:j + sx * (ow - 1) + 1:sx]
+
+
+def _pad_with(x, pad, value):
+    xp = get_array_module(x)
+    pt, pb, pl, pr = pad
+    if pt == pb == pl == pr == 0:
+        return x
+    n, c, h, w = x.shape
+    out = xp.full((n, c, h + pt + pb, w + pl + pr), value, dtype=x.dtype)
+    out[:, :, pt:pt + h, pl:pl + w] = x
+    return out
+
+
+def _window_origin(h, w, oh, ow, stride, pad, xp):
+    """Row and column of each window's top-left pixel in the unpadded plane (may be < 0)."""
+    ys = xp.arange(oh, dtype=np.int32) * stride[0] - pad[0]
+    xs = xp.arange(ow, dtype=np.int32) * stride[1] - pad[2]
+    return ys, xs
+
+
+# -- max pooling --------------------------------------------------------------------------------
+def maxpool2d_forward(x, kh: int, kw: int, stride: tuple, pad: tuple):
+    """x: (N, C, H, W) -> (out (N, C, oh, ow), argmax int32 (N, C, oh, ow))."""
+    if is_cuda_array(x):
+        return _maxpool2d_forward_cuda(x, kh, kw, stride, pad)
+    return _maxpool2d_forward_cpu(x, kh, kw, stride, pad)
+
+
+def _maxpool2d_forward_cpu(x, kh, kw, stride, pad):
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    sy, sx = stride
+    oh, ow = _out_size(h, w, kh, kw, stride, pad)
+    xpad = _pad_with(x, pad, -np.inf)
+    out = _slice(xpad, 0, 0, sy, sx, oh, ow).copy()
+    offset = xp.zeros(out.shape, dtype=np.uint8 if kh * kw < 256 else np.int32)
+    for k in range(1, kh * kw):
+        s = _slice(xpad, k // kw, k % kw, sy, sx, oh, ow)
+        better = s > out                  # strict: the first maximum keeps ties
+        xp.maximum(out, s, out=out)
+        offset[better] = k
+    ys, xs = _window_origin(h, w, oh, ow, stride, pad, xp)
+    ki, kj = offset // kw, offset % kw
+    argmax = ((ys[:, None] + ki) * w + (xs[None, :] + kj)).astype(np.int32)
+    return out, argmax
+
+
+def maxpool2d_backward(dout, argmax, x_shape: tuple, kh: int, kw: int, stride: tuple, pad: tuple):
+    """dout, argmax: (N, C, oh, ow) -> dx: (N, C, H, W)."""
+    if is_cuda_array(dout):
+        return _maxpool2d_backward_cuda(dout, argmax, x_shape, kh, kw, stride, pad)
+    return _maxpool2d_backward_cpu(dout, argmax, x_shape, kh, kw, stride, pad)
+
+
+def _maxpool2d_backward_cpu(dout, argmax, x_shape, kh, kw, stride, pad):
+    xp = get_array_module(dout)
+    n, c, h, w = x_shape
+    sy, sx = stride
+    pt, pb, pl, pr = pad
+    oh, ow = dout.shape[2:]
+    ys, xs = _window_origin(h, w, oh, ow, stride, pad, xp)
+    # the window offset each argmax sits at
+    offset = (argmax // w - ys[:, None]) * kw + (argmax % w - xs[None, :])
+    dxp = xp.zeros((n, c, h + pt + pb, w + pl + pr), dtype=dout.dtype)
+    zero = dout.dtype.type(0)
+    for k in range(kh * kw):
+        _slice(dxp, k // kw, k % kw, sy, sx, oh, ow)[...] += xp.where(offset == k, dout, zero)
+    if pt == pb == pl == pr == 0:
+        return dxp
+    return xp.ascontiguousarray(dxp[:, :, pt:pt + h, pl:pl + w])
+
+
+# -- average pooling ----------------------------------------------------------------------------
+def _avg_divisor(h, w, oh, ow, kh, kw, stride, pad, count_include_pad, dtype, xp):
+    """(oh, ow) array of window sizes: in-bounds pixel counts, or kh*kw."""
+    if count_include_pad:
+        return xp.full((oh, ow), kh * kw, dtype=dtype)
+    ys, xs = _window_origin(h, w, oh, ow, stride, pad, xp)
+    rows = xp.minimum(ys + kh, h) - xp.maximum(ys, 0)
+    cols = xp.minimum(xs + kw, w) - xp.maximum(xs, 0)
+    return (rows[:, None] * cols[None, :]).astype(dtype)
+
+
+def avgpool2d_forward(x, kh: int, kw: int, stride: tuple, pad: tuple,
+                      count_include_pad: bool = False):
+    """x: (N, C, H, W) -> (N, C, oh, ow)."""
+    if is_cuda_array(x):
+        return _avgpool2d_forward_cuda(x, kh, kw, stride, pad, count_include_pad)
+    return _avgpool2d_forward_cpu(x, kh, kw, stride, pad, count_include_pad)
+
+
+def _avgpool2d_forward_cpu(x, kh, kw, stride, pad, count_include_pad):
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    sy, sx = stride
+    oh, ow = _out_size(h, w, kh, kw, stride, pad)
+    xpad = _pad_with(x, pad, 0)
+    acc = _slice(xpad, 0, 0, sy, sx, oh, ow).copy()
+    for k in range(1, kh * kw):
+        acc += _slice(xpad, k // kw, k % kw, sy, sx, oh, ow)
+    acc /= _avg_divisor(h, w, oh, ow, kh, kw, stride, pad, count_include_pad, x.dtype, xp)
+    return acc
+
+
+def avgpool2d_backward(dout, x_shape: tuple, kh: int, kw: int, stride: tuple, pad: tuple,
+                       count_include_pad: bool = False):
+    """dout: (N, C, oh, ow) -> dx: (N, C, H, W)."""
+    if is_cuda_array(dout):
+        return _avgpool2d_backward_cuda(dout, x_shape, kh, kw, stride, pad, count_include_pad)
+    return _avgpool2d_backward_cpu(dout, x_shape, kh, kw, stride, pad, count_include_pad)
+
+
+def _avgpool2d_backward_cpu(dout, x_shape, kh, kw, stride, pad, count_include_pad):
+    xp = get_array_module(dout)
+    n, c, h, w = x_shape
+    sy, sx = stride
+    pt, pb, pl, pr = pad
+    oh, ow = dout.shape[2:]
+    share = dout / _avg_divisor(h, w, oh, ow, kh, kw, stride, pad, count_include_pad,
+                                dout.dtype, xp)
+    dxp = xp.zeros((n, c, h + pt + pb, w + pl + pr), dtype=dout.dtype)
+    for k in range(kh * kw):
+        _slice(dxp, k // kw, k % kw, sy, sx, oh, ow)[...] += share
+    if pt == pb == pl == pr == 0:
+        return dxp
+    return xp.ascontiguousarray(dxp[:, :, pt:pt + h, pl:pl + w])
+
+
+# -- CUDA bodies --------------------------------------------------------------------------------
+# The RawKernels (kernels/pool.cu) are wired in with the CUDA ops; until then CuPy runs the
+# strided bodies above through its NumPy-compatible API.
+_maxpool2d_forward_cuda = _maxpool2d_forward_cpu
+_maxpool2d_backward_cuda = _maxpool2d_backward_cpu
+_avgpool2d_forward_cuda = _avgpool2d_forward_cpu
+_avgpool2d_backward_cuda = _avgpool2d_backward_cpu
