@@ -48,7 +48,8 @@ def test_maxpool_forward_matches_loop(k, s, p, rng):
     x = rng.standard_normal((2, 3, 7, 9))
     layer = MaxPool2d(k, s, p)
     out, arg = pool_loop(x, k, s, _pad(7, 9, k, s, p), "max")
-    np.testing.assert_array_equal(layer.forward(x), out)
+    np.testing.assert_array_equal(layer.forward(x), out)           # evaluation: no argmax
+    np.testing.assert_array_equal(layer.forward(x, train=True), out)
     np.testing.assert_array_equal(layer._cache[1], arg)
 
 
@@ -84,7 +85,7 @@ def test_overlapping_windows_accumulate():
     x = np.zeros((1, 1, 3, 3))
     x[0, 0, 1, 1] = 5                   # the centre is the max of all four 2x2 windows
     layer = MaxPool2d(2, 1)
-    layer.forward(x)
+    layer.forward(x, train=True)
     dx = layer.backward(np.full((1, 1, 2, 2), 1.5))
     assert dx[0, 0, 1, 1] == 6.0 and dx.sum() == 6.0
 
@@ -94,7 +95,7 @@ def test_overlapping_windows_accumulate():
 def test_dtype_preserved(cls, dtype, rng):
     layer = cls(3, 2, "same")
     x = rng.standard_normal((2, 3, 7, 7)).astype(dtype)
-    y = layer.forward(x)
+    y = layer.forward(x, train=True)
     assert y.dtype == dtype and layer.backward(np.ones_like(y)).dtype == dtype
 
 

@@ -62,8 +62,8 @@ class MaxPool2d(_Pool2d):
         self.check_input(x, 4)
         pad, oh, ow = self._geometry(*x.shape[2:])
         kh, kw = self.kernel_size
-        y, argmax = maxpool2d_forward(x, kh, kw, self.stride, pad)
-        self._cache = (x.shape, argmax, pad, oh, ow)
+        y, argmax = maxpool2d_forward(x, kh, kw, self.stride, pad, with_argmax=train)
+        self._cache = (x.shape, argmax, pad, oh, ow) if train else None
         return y
 
     def backward(self, dout):

@@ -52,20 +52,28 @@ def _window_origin(h, w, oh, ow, stride, pad, xp):
 
 
 # -- max pooling --------------------------------------------------------------------------------
-def maxpool2d_forward(x, kh: int, kw: int, stride: tuple, pad: tuple):
-    """x: (N, C, H, W) -> (out (N, C, oh, ow), argmax int32 (N, C, oh, ow))."""
+def maxpool2d_forward(x, kh: int, kw: int, stride: tuple, pad: tuple, with_argmax: bool = True):
+    """x: (N, C, H, W) -> (out (N, C, oh, ow), argmax int32 (N, C, oh, ow) or None).
+
+    Evaluation needs no argmax: ``with_argmax=False`` skips it (on the CPU that is ~6x faster
+    for a 2x2 pool, the plain maximum of four slices).
+    """
     if is_cuda_array(x):
-        return _maxpool2d_forward_cuda(x, kh, kw, stride, pad)
-    return _maxpool2d_forward_cpu(x, kh, kw, stride, pad)
+        return _maxpool2d_forward_cuda(x, kh, kw, stride, pad, with_argmax)
+    return _maxpool2d_forward_cpu(x, kh, kw, stride, pad, with_argmax)
 
 
-def _maxpool2d_forward_cpu(x, kh, kw, stride, pad):
+def _maxpool2d_forward_cpu(x, kh, kw, stride, pad, with_argmax=True):
     xp = get_array_module(x)
     n, c, h, w = x.shape
     sy, sx = stride
     oh, ow = _out_size(h, w, kh, kw, stride, pad)
     xpad = _pad_with(x, pad, -np.inf)
     out = _slice(xpad, 0, 0, sy, sx, oh, ow).copy()
+    if not with_argmax:
+        for k in range(1, kh * kw):
+            xp.maximum(out, _slice(xpad, k // kw, k % kw, sy, sx, oh, ow), out=out)
+        return out, None
     offset = xp.zeros(out.shape, dtype=np.uint8 if kh * kw < 256 else np.int32)
     for k in range(1, kh * kw):
         s = _slice(xpad, k // kw, k % kw, sy, sx, oh, ow)
