@@ -227,7 +227,8 @@ def fit(model, loss_fn, optimizer, data, config: TrainConfig, *, out_dir=None, d
 
     def run_eval():
         synchronize(dev)
-        row = {"samples": state["samples"], "epoch": state["epoch"], "step": state["step"],
+        row = {"samples": state["samples"], "epoch": round(state["samples"] / n_train, 3),
+               "step": state["step"],
                "seconds": round(time.perf_counter() - t_start, 3), "lr": float(optimizer.lr)}
         for split in ("train", "val", "test"):
             if split in eval_sets:
@@ -253,7 +254,7 @@ def fit(model, loss_fn, optimizer, data, config: TrainConfig, *, out_dir=None, d
                             {"history": history, "state": state, "monitor": monitor})
         parts = [f"{k}={row[k]:.4f}" for k in ("train_loss", "train_acc", "val_loss", "val_acc",
                                                   "test_loss", "test_acc") if row[k] is not None]
-        log(f"[eval] epoch {state['epoch'] + 1} samples {state['samples']}: " + " ".join(parts))
+        log(f"[eval] epoch {row['epoch']:.2f} ({state['samples']} samples): " + " ".join(parts))
         return cfg.patience is not None and state["bad_evals"] > cfg.patience
 
     stop = False

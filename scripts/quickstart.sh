@@ -32,7 +32,7 @@ fi
 # 3. Train model4 on the best device (CUDA when usable, else the CPU) and write the report.
 out=${GPUNN_QUICKSTART_OUT:-runs/quickstart}
 "$PY" -m gpunn.cli train --model model4 --dataset fashion-mnist --epochs 5 \
-  --optimizer sgd --lr 0.05 --momentum 0.9 --batch-size 100 --device auto --seed 0 \
+  --optimizer sgd --lr 0.05 --momentum 0.9 --schedule cosine --batch-size 100 --device auto --seed 0 \
   --out "$out" "$@"
 echo
 echo "quickstart: done. Report: $out/report.md (plots beside it)"

@@ -1,0 +1,13 @@
+"""Data: readers (IDX, CIFAR-10, .npz), a registry of named sets, a synthetic set, and a
+DataLoader that keeps the whole set on the training device."""
+from .dataset import Dataset, load_dataset, split_validation
+from .loader import DataLoader
+from .readers import DataFormatError, read_cifar10_batch, read_idx, read_npz, write_idx
+from .registry import (DATASETS, ChecksumError, DatasetNotFound, cache_dir, dataset_status,
+                       download_dataset, locate_dataset)
+from .synthetic import make_synthetic
+
+__all__ = ["Dataset", "load_dataset", "split_validation", "DataLoader", "DataFormatError",
+           "read_idx", "write_idx", "read_cifar10_batch", "read_npz", "DATASETS",
+           "ChecksumError", "DatasetNotFound", "cache_dir", "dataset_status", "download_dataset",
+           "locate_dataset", "make_synthetic"]

@@ -1,0 +1,61 @@
+"""Mini-batches from a data set held whole on one device.
+
+The arrays move to the device once; each epoch's order is a permutation drawn on the host
+from (seed, epoch) — a small int array, identical on every device — and moved over, so batches
+are device-side gathers with no host round trip per batch.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import resolve_device, to_device
+
+
+class DataLoader:
+    """Iterate ``(xb, yb)`` batches on ``device``.
+
+    x: (N, ...) array, y: (N,) labels. ``shuffle``: a new order each epoch, from (seed, epoch);
+    set ``loader.epoch`` to replay an epoch (resume). ``drop_last`` skips a final short batch.
+    """
+
+    def __init__(self, x, y, batch_size: int, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False, device="cpu"):
+        if len(x) != len(y):
+            raise ValueError(f"DataLoader: x has {len(x)} samples but y has {len(y)}")
+        if int(batch_size) <= 0:
+            raise ValueError(f"DataLoader: batch_size must be positive, got {batch_size}")
+        self.device = resolve_device(device)
+        self.x = to_device(x, self.device)
+        self.y = to_device(y, self.device)
+        self.batch_size, self.shuffle, self.seed = int(batch_size), bool(shuffle), int(seed)
+        self.drop_last = bool(drop_last)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def order(self, epoch: int | None = None) -> np.ndarray:
+        """The host permutation for ``epoch`` (identity without shuffling)."""
+        e = self.epoch if epoch is None else epoch
+        if not self.shuffle:
+            return np.arange(len(self.x))
+        return np.random.default_rng([self.seed, e]).permutation(len(self.x))
+
+    def __iter__(self):
+        n, bs = len(self.x), self.batch_size
+        if self.shuffle:
+            perm = to_device(self.order().astype(np.int64), self.device)
+        for b in range(len(self)):
+            lo, hi = b * bs, min(n, (b + 1) * bs)
+            if self.shuffle:
+                idx = perm[lo:hi]
+                yield self.x[idx], self.y[idx]
+            else:
+                yield self.x[lo:hi], self.y[lo:hi]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.seed = int(state["epoch"]), int(state["seed"])
