@@ -40,8 +40,9 @@ def info():
     from .data import dataset_status
 
     ok, reason, count = cuda_status()
+    from importlib.metadata import version
     click.echo(f"gpunn {__version__}  python {sys.version.split()[0]}  numpy {np.__version__}  "
-               f"click {click.__version__}  matplotlib {matplotlib.__version__}")
+               f"click {version('click')}  matplotlib {matplotlib.__version__}")
     try:
         import cupy
         click.echo(f"cupy {cupy.__version__}")

@@ -1,0 +1,63 @@
+"""Metrics against hand-computed values; every plot writes a non-empty PNG."""
+import numpy as np
+import pytest
+
+from gpunn import plots
+from gpunn.metrics import accuracy, confusion_matrix, most_confused_pairs, per_class_metrics
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_metrics_by_hand():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    p = np.array([0, 1, 1, 1, 0, 2])
+    assert accuracy(y, p) == pytest.approx(4 / 6)
+    cm = confusion_matrix(y, p, 3)
+    np.testing.assert_array_equal(cm, [[1, 1, 0], [0, 2, 0], [1, 0, 1]])
+    m = per_class_metrics(y, p, 3)
+    np.testing.assert_allclose(m["precision"], [1 / 2, 2 / 3, 1])
+    np.testing.assert_allclose(m["recall"], [1 / 2, 1, 1 / 2])
+    np.testing.assert_allclose(m["f1"], [1 / 2, 0.8, 2 / 3])
+    np.testing.assert_array_equal(m["support"], [2, 2, 2])
+    assert most_confused_pairs(cm, 2, ["a", "b", "c"]) == [("c", "a", 1), ("a", "b", 1)]
+    logits = np.eye(3)[p] * 5
+    assert accuracy(y, logits) == pytest.approx(4 / 6)
+
+
+def test_zero_division_and_errors():
+    m = per_class_metrics([0, 0], [0, 0], 3)
+    np.testing.assert_array_equal(m["precision"], [1, 0, 0])
+    np.testing.assert_array_equal(m["recall"], [1, 0, 0])
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        confusion_matrix([0, 3], [0, 1], 3)
+    with pytest.raises(ValueError, match="2 labels but 1 predictions"):
+        accuracy([0, 1], [0])
+
+
+def _is_png(path):
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return head == PNG
+
+
+def test_every_plot_writes_a_png(tmp_path, rng):
+    h = {"samples": [100, 200, 300], "train_loss": [1.0, 0.6, 0.4], "train_acc": [0.5, 0.7, 0.8],
+         "val_loss": [1.1, 0.7, 0.5], "val_acc": [0.45, 0.65, 0.75], "test_loss": [None, None, 0.5],
+         "test_acc": [None, None, 0.74]}
+    names = [f"class {i}" for i in range(4)]
+    out = [
+        plots.plot_learning_curves(h, tmp_path / "curves.png", title="t"),
+        plots.plot_confusion_matrix(rng.integers(0, 20, (4, 4)), names, tmp_path / "cm.png"),
+        plots.plot_filters(rng.standard_normal((8, 1, 3, 3)), tmp_path / "f1.png"),
+        plots.plot_filters(rng.standard_normal((5, 3, 5, 5)), tmp_path / "f3.png"),
+        plots.plot_misclassified(rng.random((7, 1, 28, 28)), [0, 1, 2, 3, 0, 1, 2], [1, 2, 3, 0, 1, 2, 3],
+                                 names, tmp_path / "mis.png"),
+        plots.plot_sweep_curves({("m1", "s1"): h, ("m2", "s2"): h}, ["m1", "m2"], ["s1", "s2"],
+                                tmp_path / "sweep.png"),
+        plots.plot_sweep_table({("m1", "s1"): 0.8, ("m2", "s1"): 0.9}, ["m1", "m2"], ["s1"],
+                               tmp_path / "table.png"),
+    ]
+    for p in out:
+        assert _is_png(p) and p.stat().st_size > 1000, p
+    md = plots.sweep_table_markdown({("m1", "s1"): 0.8, ("m2", "s1"): 0.9}, ["m1", "m2"], ["s1", "s2"])
+    assert "| m2 | **0.9000** | - |" in md
