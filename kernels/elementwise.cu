@@ -1,0 +1,202 @@
+// Element-wise activations, forward and backward, and the fused bias-add + ReLU forward.
+// Semantics: docs/CONVENTIONS.md ("Elementwise"); kernel list and call shapes: docs/KERNELS.md.
+//
+// Every entry point is `extern "C"`, one per dtype (suffix _f32 / _f64), and forwards to a
+// __device__ template body. Loops are grid-stride with 64-bit indices, so any grid covers any n.
+// No __restrict__: the ops may call these in place (y is x, dx is dout).
+
+template <typename T> __device__ __forceinline__ T ew_exp(T x);
+template <> __device__ __forceinline__ float ew_exp<float>(float x) { return expf(x); }
+template <> __device__ __forceinline__ double ew_exp<double>(double x) { return exp(x); }
+
+template <typename T> __device__ __forceinline__ T ew_tanh(T x);
+template <> __device__ __forceinline__ float ew_tanh<float>(float x) { return tanhf(x); }
+template <> __device__ __forceinline__ double ew_tanh<double>(double x) { return tanh(x); }
+
+__device__ __forceinline__ long long ew_first() {
+    return (long long)blockIdx.x * blockDim.x + threadIdx.x;
+}
+
+__device__ __forceinline__ long long ew_stride() {
+    return (long long)blockDim.x * gridDim.x;
+}
+
+// -- ReLU: y = x > 0 ? x : 0;  dx = dout * (x > 0) ------------------------------------------
+
+template <typename T>
+__device__ __forceinline__ void relu_forward(const T* x, T* y, long long n) {
+    for (long long i = ew_first(); i < n; i += ew_stride()) {
+        T v = x[i];
+        y[i] = v > T(0) ? v : T(0);
+    }
+}
+
+// x may be the forward's input or its output y (x > 0 exactly where y > 0).
+template <typename T>
+__device__ __forceinline__ void relu_backward(const T* dout, const T* x, T* dx, long long n) {
+    for (long long i = ew_first(); i < n; i += ew_stride()) {
+        dx[i] = dout[i] * (x[i] > T(0) ? T(1) : T(0));
+    }
+}
+
+extern "C" __global__ void relu_forward_f32(const float* x, float* y, long long n) {
+    relu_forward<float>(x, y, n);
+}
+extern "C" __global__ void relu_forward_f64(const double* x, double* y, long long n) {
+    relu_forward<double>(x, y, n);
+}
+extern "C" __global__ void relu_backward_f32(const float* dout, const float* x, float* dx,
+                                             long long n) {
+    relu_backward<float>(dout, x, dx, n);
+}
+extern "C" __global__ void relu_backward_f64(const double* dout, const double* x, double* dx,
+                                             long long n) {
+    relu_backward<double>(dout, x, dx, n);
+}
+
+// -- LeakyReLU: y = x > 0 ? x : slope*x;  dx = dout * (x > 0 ? 1 : slope) -------------------
+
+template <typename T>
+__device__ __forceinline__ void leaky_relu_forward(const T* x, T* y, long long n, T slope) {
+    for (long long i = ew_first(); i < n; i += ew_stride()) {
+        T v = x[i];
+        y[i] = v > T(0) ? v : slope * v;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void leaky_relu_backward(const T* dout, const T* x, T* dx,
+                                                    long long n, T slope) {
+    for (long long i = ew_first(); i < n; i += ew_stride()) {
+        dx[i] = dout[i] * (x[i] > T(0) ? T(1) : slope);
+    }
+}
+
+extern "C" __global__ void leaky_relu_forward_f32(const float* x, float* y, long long n,
+                                                  float slope) {
+    leaky_relu_forward<float>(x, y, n, slope);
+}
+extern "C" __global__ void leaky_relu_forward_f64(const double* x, double* y, long long n,
+                                                  double slope) {
+    leaky_relu_forward<double>(x, y, n, slope);
+}
+extern "C" __global__ void leaky_relu_backward_f32(const float* dout, const float* x, float* dx,
+                                                   long long n, float slope) {
+    leaky_relu_backward<float>(dout, x, dx, n, slope);
+}
+extern "C" __global__ void leaky_relu_backward_f64(const double* dout, const double* x,
+                                                   double* dx, long long n, double slope) {
+    leaky_relu_backward<double>(dout, x, dx, n, slope);
+}
+
+// -- Sigmoid: y = 1/(1+exp(-x)), or e/(1+e) with e = exp(x) for x < 0 (no overflow);
+//    dx = dout*y*(1-y), from the forward's output y -----------------------------------------
+
+template <typename T>
+__device__ __forceinline__ void sigmoid_forward(const T* x, T* y, long long n) {
+    for (long long i = ew_first(); i < n; i += ew_stride()) {
+        T v = x[i];
+        if (v >= T(0)) {
+            y[i] = T(1) / (T(1) + ew_exp<T>(-v));
+        } else {
+            T e = ew_exp<T>(v);
+            y[i] = e / (T(1) + e);
+        }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void sigmoid_backward(const T* dout, const T* y, T* dx, long long n) {
+    for (long long i = ew_first(); i < n; i += ew_stride()) {
+        T s = y[i];
+        dx[i] = dout[i] * s * (T(1) - s);
+    }
+}
+
+extern "C" __global__ void sigmoid_forward_f32(const float* x, float* y, long long n) {
+    sigmoid_forward<float>(x, y, n);
+}
+extern "C" __global__ void sigmoid_forward_f64(const double* x, double* y, long long n) {
+    sigmoid_forward<double>(x, y, n);
+}
+extern "C" __global__ void sigmoid_backward_f32(const float* dout, const float* y, float* dx,
+                                                long long n) {
+    sigmoid_backward<float>(dout, y, dx, n);
+}
+extern "C" __global__ void sigmoid_backward_f64(const double* dout, const double* y, double* dx,
+                                                long long n) {
+    sigmoid_backward<double>(dout, y, dx, n);
+}
+
+// -- Tanh: y = tanh(x);  dx = dout*(1 - y*y), from the forward's output y ---------------------
+
+template <typename T>
+__device__ __forceinline__ void tanh_forward(const T* x, T* y, long long n) {
+    for (long long i = ew_first(); i < n; i += ew_stride()) {
+        y[i] = ew_tanh<T>(x[i]);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void tanh_backward(const T* dout, const T* y, T* dx, long long n) {
+    for (long long i = ew_first(); i < n; i += ew_stride()) {
+        T t = y[i];
+        dx[i] = dout[i] * (T(1) - t * t);
+    }
+}
+
+extern "C" __global__ void tanh_forward_f32(const float* x, float* y, long long n) {
+    tanh_forward<float>(x, y, n);
+}
+extern "C" __global__ void tanh_forward_f64(const double* x, double* y, long long n) {
+    tanh_forward<double>(x, y, n);
+}
+extern "C" __global__ void tanh_backward_f32(const float* dout, const float* y, float* dx,
+                                             long long n) {
+    tanh_backward<float>(dout, y, dx, n);
+}
+extern "C" __global__ void tanh_backward_f64(const double* dout, const double* y, double* dx,
+                                             long long n) {
+    tanh_backward<double>(dout, y, dx, n);
+}
+
+// -- Bias + ReLU fused forward: y = max(x + b[k], 0), s = x + b[k] > 0 ? s : 0 ---------------
+// 2-D x: (N, F), b: (F,), k = i % F.   NCHW x: (N, C, H, W), b: (C,), k = (i / (H*W)) % C.
+// Backward needs no kernel of its own: relu_backward with y in place of x gives the same mask,
+// and db is a column (or channel) sum of that gradient.
+
+template <typename T>
+__device__ __forceinline__ void bias_relu_forward_2d(const T* x, const T* b, T* y, long long n,
+                                                     int F) {
+    for (long long i = ew_first(); i < n; i += ew_stride()) {
+        T s = x[i] + b[i % F];
+        y[i] = s > T(0) ? s : T(0);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void bias_relu_forward_nchw(const T* x, const T* b, T* y, long long n,
+                                                       int C, long long HW) {
+    for (long long i = ew_first(); i < n; i += ew_stride()) {
+        T s = x[i] + b[(i / HW) % C];
+        y[i] = s > T(0) ? s : T(0);
+    }
+}
+
+extern "C" __global__ void bias_relu_forward_2d_f32(const float* x, const float* b, float* y,
+                                                    long long n, int F) {
+    bias_relu_forward_2d<float>(x, b, y, n, F);
+}
+extern "C" __global__ void bias_relu_forward_2d_f64(const double* x, const double* b, double* y,
+                                                    long long n, int F) {
+    bias_relu_forward_2d<double>(x, b, y, n, F);
+}
+extern "C" __global__ void bias_relu_forward_nchw_f32(const float* x, const float* b, float* y,
+                                                      long long n, int C, long long HW) {
+    bias_relu_forward_nchw<float>(x, b, y, n, C, HW);
+}
+extern "C" __global__ void bias_relu_forward_nchw_f64(const double* x, const double* b,
+                                                      double* y, long long n, int C,
+                                                      long long HW) {
+    bias_relu_forward_nchw<double>(x, b, y, n, C, HW);
+}

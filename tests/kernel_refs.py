@@ -1,0 +1,256 @@
+"""Independent NumPy references for the CUDA kernels, written from docs/CONVENTIONS.md.
+
+Nothing here imports gpunn: these are the formulas as the conventions state them, so a test
+that compares a kernel with them checks the kernel against the contract, not against another
+implementation that might share its mistake. Where the result is a sum of several terms the
+reference adds them in window-offset order (i, j) row-major, starting from zero, which is the
+order the kernels and the NumPy bodies use; so those comparisons can be exact.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+M64 = np.uint64
+
+
+# -- element-wise -----------------------------------------------------------------------------
+def relu(x):
+    return np.where(x > 0, x, np.zeros_like(x))
+
+
+def relu_backward(dout, x):
+    return dout * (x > 0).astype(dout.dtype)
+
+
+def leaky_relu(x, slope):
+    s = x.dtype.type(slope)
+    return np.where(x > 0, x, s * x)
+
+
+def leaky_relu_backward(dout, x, slope):
+    s = x.dtype.type(slope)
+    return dout * np.where(x > 0, x.dtype.type(1), s)
+
+
+def sigmoid(x):
+    one = x.dtype.type(1)
+    pos = one / (one + np.exp(-np.abs(x)))
+    e = np.exp(np.minimum(x, 0))             # exp(x) for x < 0, never overflowing
+    return np.where(x >= 0, pos, e / (one + e))
+
+
+def sigmoid_backward(dout, y):
+    return dout * y * (1 - y)
+
+
+def tanh_backward(dout, y):
+    return dout * (1 - y * y)
+
+
+def bias_relu_2d(x, b):
+    return relu(x + b[None, :])
+
+
+def bias_relu_nchw(x, b):
+    return relu(x + b[None, :, None, None])
+
+
+# -- counter-based dropout ----------------------------------------------------------------------
+def splitmix64(z):
+    """z: uint64 array (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        z = z + M64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> M64(30))) * M64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> M64(27))) * M64(0x94D049BB133111EB)
+        return z ^ (z >> M64(31))
+
+
+def stream_key(seed: int, step: int) -> int:
+    s = splitmix64(np.array([step & (2**64 - 1)], dtype=M64))[0]
+    return int(splitmix64(np.array([(seed & (2**64 - 1)) ^ int(s)], dtype=M64))[0])
+
+
+def dropout(x, p, seed, step):
+    """(y, mask) for x of any shape: keep_i = (splitmix64(key + i) >> 40) >= round(p * 2**24)."""
+    key = M64(stream_key(seed, step))
+    i = np.arange(x.size, dtype=M64)
+    with np.errstate(over="ignore"):
+        bits = splitmix64(i + key)
+    keep = (bits >> M64(40)) >= M64(int(round(p * 2**24)))
+    scale = x.dtype.type(1.0 / (1.0 - p))     # 1/(1-p) rounded once to the dtype
+    mask = np.where(keep, scale, x.dtype.type(0)).astype(x.dtype).reshape(x.shape)
+    return x * mask, mask
+
+
+# -- convolution / pooling geometry -----------------------------------------------------------------
+def out_size(h, w, kh, kw, stride, pad):
+    sy, sx = stride
+    pt, pb, pl, pr = pad
+    return (h + pt + pb - kh) // sy + 1, (w + pl + pr - kw) // sx + 1
+
+
+def _coords(h, w, kh, kw, stride, pad):
+    """Pixel rows/cols read by window (y, x) at offset (i, j): arrays (oh, kh) and (ow, kw)."""
+    oh, ow = out_size(h, w, kh, kw, stride, pad)
+    rows = np.arange(oh)[:, None] * stride[0] + np.arange(kh)[None, :] - pad[0]
+    cols = np.arange(ow)[:, None] * stride[1] + np.arange(kw)[None, :] - pad[2]
+    return rows, cols
+
+
+def im2col(x, kh, kw, stride, pad):
+    """col[(c*kh + i)*kw + j, (n*oh + y)*ow + x] = x[n, c, y*sy + i - pt, x*sx + j - pl] or 0."""
+    n, c, h, w = x.shape
+    oh, ow = out_size(h, w, kh, kw, stride, pad)
+    rows, cols = _coords(h, w, kh, kw, stride, pad)
+    # index grids shaped (C, kh, kw, N, oh, ow)
+    C_ = np.arange(c)[:, None, None, None, None, None]
+    I_ = np.arange(kh)[None, :, None, None, None, None]
+    J_ = np.arange(kw)[None, None, :, None, None, None]
+    N_ = np.arange(n)[None, None, None, :, None, None]
+    Y_ = np.arange(oh)[None, None, None, None, :, None]
+    X_ = np.arange(ow)[None, None, None, None, None, :]
+    hh = rows[Y_, I_]
+    ww = cols[X_, J_]
+    inside = (hh >= 0) & (hh < h) & (ww >= 0) & (ww < w)
+    vals = x[N_, C_, np.clip(hh, 0, h - 1), np.clip(ww, 0, w - 1)]
+    col = np.where(inside, vals, x.dtype.type(0))
+    return col.reshape(c * kh * kw, n * oh * ow)
+
+
+def col2im(col, x_shape, kh, kw, stride, pad):
+    """The adjoint of im2col: every pixel sums the col entries that read it, in col row order
+    (so in (i, j) order for each pixel, as the kernel gathers them)."""
+    n, c, h, w = x_shape
+    oh, ow = out_size(h, w, kh, kw, stride, pad)
+    rows, cols = _coords(h, w, kh, kw, stride, pad)
+    C_ = np.arange(c)[:, None, None, None, None, None]
+    I_ = np.arange(kh)[None, :, None, None, None, None]
+    J_ = np.arange(kw)[None, None, :, None, None, None]
+    N_ = np.arange(n)[None, None, None, :, None, None]
+    Y_ = np.arange(oh)[None, None, None, None, :, None]
+    X_ = np.arange(ow)[None, None, None, None, None, :]
+    shape = (c, kh, kw, n, oh, ow)
+    hh = np.broadcast_to(rows[Y_, I_], shape)
+    ww = np.broadcast_to(cols[X_, J_], shape)
+    inside = (hh >= 0) & (hh < h) & (ww >= 0) & (ww < w)
+    flat = ((np.broadcast_to(N_, shape) * c + np.broadcast_to(C_, shape)) * h + hh) * w + ww
+    dx = np.zeros(n * c * h * w, dtype=col.dtype)
+    # np.add.at applies the updates in the order given: col's row-major order
+    np.add.at(dx, flat[inside], col.reshape(shape)[inside])
+    return dx.reshape(x_shape)
+
+
+def _windows(x, kh, kw, stride, pad, fill):
+    """(N, C, oh, ow, kh*kw) window values, out-of-image positions set to ``fill``."""
+    n, c, h, w = x.shape
+    rows, cols = _coords(h, w, kh, kw, stride, pad)
+    hh = rows[:, None, :, None]                       # (oh, 1, kh, 1)
+    ww = cols[None, :, None, :]                       # (1, ow, 1, kw)
+    inside = (hh >= 0) & (hh < h) & (ww >= 0) & (ww < w)
+    vals = x[:, :, np.clip(hh, 0, h - 1), np.clip(ww, 0, w - 1)]   # (N, C, oh, ow, kh, kw)
+    vals = np.where(inside, vals, x.dtype.type(fill))
+    oh, ow = rows.shape[0], cols.shape[0]
+    return vals.reshape(n, c, oh, ow, kh * kw), inside.reshape(oh, ow, kh * kw)
+
+
+def maxpool(x, kh, kw, stride, pad):
+    """(out, argmax int32): padding is -inf, first maximum wins, argmax = h*W + w."""
+    n, c, h, w = x.shape
+    vals, _ = _windows(x, kh, kw, stride, pad, -np.inf)
+    k = np.argmax(vals, axis=-1)                     # first maximum in row-major window order
+    out = np.take_along_axis(vals, k[..., None], axis=-1)[..., 0]
+    rows, cols = _coords(h, w, kh, kw, stride, pad)
+    y0 = rows[:, 0][None, None, :, None]
+    x0 = cols[:, 0][None, None, None, :]
+    argmax = ((y0 + k // kw) * w + (x0 + k % kw)).astype(np.int32)
+    return out, argmax
+
+
+def maxpool_backward(dout, argmax, x_shape, kh, kw, stride, pad):
+    """Each window's gradient goes to its argmax pixel; a pixel sums its windows' gradients
+    in window-offset order."""
+    n, c, h, w = x_shape
+    oh, ow = dout.shape[2:]
+    rows, cols = _coords(h, w, kh, kw, stride, pad)
+    y0 = rows[:, 0][:, None]
+    x0 = cols[:, 0][None, :]
+    offset = (argmax // w - y0) * kw + (argmax % w - x0)     # window offset of each argmax
+    dx = np.zeros((n * c, h * w), dtype=dout.dtype)
+    plane = np.arange(n * c).reshape(n, c)[:, :, None, None]
+    for k in range(kh * kw):
+        sel = offset == k
+        np.add.at(dx, (np.broadcast_to(plane, sel.shape)[sel], argmax[sel]), dout[sel])
+    return dx.reshape(x_shape)
+
+
+def avg_divisor(h, w, kh, kw, stride, pad, count_include_pad, dtype):
+    """(oh, ow) divisors: kh*kw, or the number of in-bounds pixels of each window."""
+    oh, ow = out_size(h, w, kh, kw, stride, pad)
+    if count_include_pad:
+        return np.full((oh, ow), kh * kw, dtype=dtype)
+    rows, cols = _coords(h, w, kh, kw, stride, pad)
+    nr = ((rows >= 0) & (rows < h)).sum(axis=1)
+    nc = ((cols >= 0) & (cols < w)).sum(axis=1)
+    return (nr[:, None] * nc[None, :]).astype(dtype)
+
+
+def avgpool(x, kh, kw, stride, pad, count_include_pad):
+    n, c, h, w = x.shape
+    vals, _ = _windows(x, kh, kw, stride, pad, 0)
+    acc = np.zeros(vals.shape[:-1], dtype=x.dtype)
+    for k in range(kh * kw):                          # offset order, as the kernel sums
+        acc += vals[..., k]
+    return acc / avg_divisor(h, w, kh, kw, stride, pad, count_include_pad, x.dtype)
+
+
+def avgpool_backward(dout, x_shape, kh, kw, stride, pad, count_include_pad):
+    n, c, h, w = x_shape
+    share = dout / avg_divisor(h, w, kh, kw, stride, pad, count_include_pad, dout.dtype)
+    rows, cols = _coords(h, w, kh, kw, stride, pad)
+    dx = np.zeros((n, c, h, w), dtype=dout.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            r, q = rows[:, i], cols[:, j]
+            ri = (r >= 0) & (r < h)
+            qi = (q >= 0) & (q < w)
+            # for a fixed offset, distinct windows touch distinct pixels: plain += is exact
+            dx[:, :, r[ri][:, None], q[qi][None, :]] += share[:, :, ri][:, :, :, qi]
+    return dx
+
+
+# -- softmax cross-entropy --------------------------------------------------------------------
+def softmax_xent(z, labels, scale):
+    """(loss per row, dz): loss_i = log(s) + m - z[label], dz = (softmax - onehot) * scale."""
+    n, k = z.shape
+    m = z.max(axis=1, keepdims=True)
+    e = np.exp(z - m)
+    s = e.sum(axis=1, keepdims=True)
+    zy = z[np.arange(n), labels][:, None]
+    loss = (np.log(s) - (zy - m))[:, 0]
+    onehot = np.zeros_like(z)
+    onehot[np.arange(n), labels] = 1
+    return loss, (e / s - onehot) * z.dtype.type(scale)
+
+
+# -- optimizers -------------------------------------------------------------------------------
+def sgd(p, g, v, lr, momentum, nesterov, wd, ema):
+    """New (p, v) after one SGD step, every scalar in p's dtype (v None when momentum is 0)."""
+    t = p.dtype.type
+    lr, mu, wd = t(lr), t(momentum), t(wd)
+    gp = p * wd + g if wd != 0 else g
+    if momentum == 0:
+        return p - gp * lr, None
+    v = v * mu + ((t(1) - mu) * gp if ema else gp)
+    step = gp + mu * v if nesterov else v
+    return p - step * lr, v
+
+
+def adam(p, g, m, v, lr, b1, b2, eps, wd, bc1, bc2):
+    """New (p, m, v) after one Adam step, every scalar in p's dtype."""
+    t = p.dtype.type
+    lr, b1, b2, eps, wd, bc1, bc2 = (t(a) for a in (lr, b1, b2, eps, wd, bc1, bc2))
+    gp = p * wd + g if wd != 0 else g
+    m = m * b1 + gp * (t(1) - b1)
+    v = v * b2 + gp * (t(1) - b2) * gp
+    denom = np.sqrt(v) / np.sqrt(bc2) + eps
+    return p - (m / denom) * (lr / bc1), m, v

@@ -1,0 +1,606 @@
+"""Every CUDA kernel, run on the CPU through the emulator (gpunn.cuda_emu), against the
+independent NumPy references in kernel_refs.py.
+
+Each kernel runs with its threads in three orders (forward, reverse, shuffled), with a grid
+smaller than the work (so grid-stride loops go round more than once) and with the loader's
+own launch configuration, on odd sizes. Comparisons are exact (assert_array_equal) wherever
+the kernel and the reference do the same IEEE operations in the same order; exp / log / tanh
+go through libm in the kernel and NumPy's own routines in the reference, so those are held
+to a few ulp (stated per test). The emulator's own strictness (argument types, guard bytes,
+thread order, unsupported CUDA features) is tested at the end, and a coverage test fails for
+any kernel in kernels/ that no test here runs.
+
+Under scripts/sanitize_kernels.sh the same tests run against the ASan/UBSan build.
+"""
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import kernel_refs as ref
+from gpunn import cuda_emu, kernels
+from gpunn.cuda_emu import (ArgumentTypeError, EmulatedKernel, EmulationError,
+                            EmulatorBuildError, GuardError, SignatureError)
+
+DTYPES = [np.float32, np.float64]
+ORDERS = ["forward", "reverse", "shuffled"]
+# "cuda": the same test on a real GPU through cupy.RawModule (pytest -m gpu; skipped without)
+RUNS = ORDERS + [pytest.param("cuda", marks=pytest.mark.gpu)]
+SMALL = ((3,), (32,))                   # 96 threads: every test's work is larger
+SANITIZE = cuda_emu.sanitize_default()
+
+# Kernel families each test below runs, per file: the coverage test checks this against
+# every entry point in kernels/ (names are <base>_f32 / <base>_f64).
+TESTED = {
+    "elementwise.cu": ["relu_forward", "relu_backward", "leaky_relu_forward",
+                       "leaky_relu_backward", "sigmoid_forward", "sigmoid_backward",
+                       "tanh_forward", "tanh_backward", "bias_relu_forward_2d",
+                       "bias_relu_forward_nchw"],
+    "dropout.cu": ["dropout_forward"],
+    "im2col.cu": ["im2col", "col2im"],
+    "pool.cu": ["maxpool2d_forward", "maxpool2d_forward_noargmax", "maxpool2d_backward",
+                "avgpool2d_forward", "avgpool2d_backward"],
+    "softmax_xent.cu": ["softmax_xent"],
+    "optim.cu": ["sgd_update", "sgd_momentum_update", "adam_update"],
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _built():
+    """Build (or find cached) every kernel library up front, two compilers at a time."""
+    paths = [kernels.kernel_path(f) for f in kernels.kernel_files()]
+    with ThreadPoolExecutor(2) as ex:
+        list(ex.map(lambda p: cuda_emu.build_library(p, sanitize=SANITIZE), paths))
+
+
+def K(file, base, dtype, order):
+    """The kernel through the loader (gpunn.kernels.get_kernel), as an op gets it: emulated
+    with threads in ``order``, or (order "cuda") the real one behind a NumPy adapter."""
+    name = kernels.kernel_name(base, dtype)
+    if order == "cuda":
+        return _OnDevice(kernels.get_kernel(file, name, device=0))
+    with kernels.use_emulation(order=order):
+        k = kernels.get_kernel(file, name)
+    assert k.emulated
+    return k
+
+
+class _OnDevice:
+    """Runs a real CUDA kernel on NumPy arguments: copies arrays to the GPU (one device array
+    per distinct NumPy array, so in-place calls stay in place), launches, copies written
+    arrays back."""
+
+    def __init__(self, k):
+        assert not k.emulated
+        self.k = k
+        self.marshal = k.marshal
+
+    def __call__(self, grid, block, args, order=None):
+        import cupy
+        dev, written, dargs = {}, set(), []
+        for p, a in zip(self.k.sig.params, args):
+            if p.pointer and isinstance(a, np.ndarray):
+                if id(a) not in dev:
+                    dev[id(a)] = (a, cupy.asarray(a))
+                if not p.const:
+                    written.add(id(a))
+                dargs.append(dev[id(a)][1])
+            else:
+                dargs.append(a)
+        self.k(grid, block, tuple(dargs))
+        cupy.cuda.runtime.deviceSynchronize()
+        for key in written:
+            a, d = dev[key]
+            a[...] = d.get()
+
+
+def configs(n):
+    """Launch shapes to try for n work items: a small grid, and the loader's default."""
+    return [SMALL, kernels.launch_config(n, max_blocks=kernels.EMULATION_MAX_BLOCKS)]
+
+
+def randn(rng, shape, dtype, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def assert_ulp(actual, expected, maxulp):
+    np.testing.assert_array_max_ulp(actual, expected, maxulp=maxulp,
+                                    dtype=np.dtype(expected.dtype))
+
+
+# -- element-wise -----------------------------------------------------------------------------
+SIZES = [0, 1, 97, 1000, 4099]
+
+
+def _signed_inputs(rng, n, dtype):
+    x = randn(rng, n, dtype, 3.0)
+    x[: min(n, 4)] = np.array([0.0, -0.0, 1e-3, -80.0][: min(n, 4)], dtype=dtype)
+    return x
+
+
+@pytest.mark.parametrize("order", RUNS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_family(dtype, order, rng):
+    slope = 0.13
+    for n in SIZES:
+        x = _signed_inputs(rng, n, dtype)
+        dout = randn(rng, n, dtype)
+        N = np.int64(n)
+        s = dtype(slope)
+        for grid, block in configs(n):
+            y = np.full_like(x, np.nan)
+            K("elementwise.cu", "relu_forward", dtype, order)(grid, block, (x, y, N))
+            np.testing.assert_array_equal(y, ref.relu(x))
+            dx = np.full_like(x, np.nan)
+            K("elementwise.cu", "relu_backward", dtype, order)(grid, block, (dout, x, dx, N))
+            np.testing.assert_array_equal(dx, ref.relu_backward(dout, x))
+            K("elementwise.cu", "leaky_relu_forward", dtype, order)(grid, block, (x, y, N, s))
+            np.testing.assert_array_equal(y, ref.leaky_relu(x, slope))
+            K("elementwise.cu", "leaky_relu_backward", dtype, order)(grid, block,
+                                                                      (dout, x, dx, N, s))
+            np.testing.assert_array_equal(dx, ref.leaky_relu_backward(dout, x, slope))
+
+
+@pytest.mark.parametrize("order", RUNS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_tanh(dtype, order, rng):
+    # exp / tanh: libm in the kernel, NumPy's own in the reference: held to 4 ulp
+    for n in SIZES:
+        x = _signed_inputs(rng, n, dtype)
+        if n > 8:
+            x[4:8] = np.array([30.0, -30.0, 700.0, -700.0], dtype=dtype)  # saturation, overflow
+        dout = randn(rng, n, dtype)
+        N = np.int64(n)
+        for grid, block in configs(n):
+            y = np.full_like(x, np.nan)
+            with np.errstate(over="ignore"):
+                K("elementwise.cu", "sigmoid_forward", dtype, order)(grid, block, (x, y, N))
+                assert_ulp(y, ref.sigmoid(x), 4)
+            dx = np.full_like(x, np.nan)
+            K("elementwise.cu", "sigmoid_backward", dtype, order)(grid, block, (dout, y, dx, N))
+            np.testing.assert_array_equal(dx, ref.sigmoid_backward(dout, y))   # same arithmetic
+            K("elementwise.cu", "tanh_forward", dtype, order)(grid, block, (x, y, N))
+            assert_ulp(y, np.tanh(x), 4)
+            K("elementwise.cu", "tanh_backward", dtype, order)(grid, block, (dout, y, dx, N))
+            np.testing.assert_array_equal(dx, ref.tanh_backward(dout, y))
+
+
+@pytest.mark.parametrize("order", RUNS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bias_relu(dtype, order, rng):
+    for n_, f in [(1, 1), (7, 13), (33, 300)]:
+        x = randn(rng, (n_, f), dtype)
+        b = randn(rng, f, dtype)
+        for grid, block in configs(x.size):
+            y = np.full_like(x, np.nan)
+            K("elementwise.cu", "bias_relu_forward_2d", dtype, order)(
+                grid, block, (x, b, y, np.int64(x.size), np.int32(f)))
+            np.testing.assert_array_equal(y, ref.bias_relu_2d(x, b))
+    for shape in [(1, 1, 1, 1), (3, 5, 7, 9), (2, 16, 4, 3)]:
+        x = randn(rng, shape, dtype)
+        b = randn(rng, shape[1], dtype)
+        for grid, block in configs(x.size):
+            y = np.full_like(x, np.nan)
+            K("elementwise.cu", "bias_relu_forward_nchw", dtype, order)(
+                grid, block, (x, b, y, np.int64(x.size), np.int32(shape[1]),
+                              np.int64(shape[2] * shape[3])))
+            np.testing.assert_array_equal(y, ref.bias_relu_nchw(x, b))
+
+
+def test_elementwise_in_place(rng):
+    """y is x (the ops may run activations in place): the emulator keeps the aliasing."""
+    x = randn(rng, 1001, np.float32)
+    expect = ref.relu(x)
+    K("elementwise.cu", "relu_forward", np.float32, "shuffled")(SMALL[0], SMALL[1],
+                                                                 (x, x, np.int64(x.size)))
+    np.testing.assert_array_equal(x, expect)
+
+
+# -- dropout ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("order", RUNS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_bit_exact(dtype, order, rng):
+    for n, p, seed, step in [(1, 0.5, 0, 0), (999, 0.3, 12345, 7), (4097, 0.9, 2**63 + 5, 2**40),
+                             (300, 0.0, 1, 1)]:
+        x = randn(rng, n, dtype)
+        y_ref, mask_ref = ref.dropout(x, p, seed, step)
+        key = np.uint64(ref.stream_key(seed, step))
+        thr = np.uint32(round(p * 2**24))
+        scale = dtype(1.0 / (1.0 - p))
+        for grid, block in configs(n):
+            y = np.full_like(x, np.nan)
+            mask = np.full_like(x, np.nan)
+            K("dropout.cu", "dropout_forward", dtype, order)(
+                grid, block, (x, y, mask, np.int64(n), key, thr, scale))
+            assert mask.tobytes() == mask_ref.tobytes()
+            assert y.tobytes() == y_ref.tobytes()
+        if n > 100 and 0 < p:
+            assert abs((mask == 0).mean() - p) < 0.06
+
+
+# -- im2col / col2im ----------------------------------------------------------------------------
+# (N, C, H, W), kh, kw, stride, pad (top, bottom, left, right)
+CONV_CASES = [
+    ((2, 3, 7, 5), 3, 3, (1, 1), (1, 1, 1, 1)),
+    ((1, 2, 8, 9), 3, 2, (2, 3), (0, 1, 2, 0)),      # asymmetric everything
+    ((3, 1, 5, 5), 1, 1, (1, 1), (0, 0, 0, 0)),
+    ((2, 2, 6, 7), 5, 4, (2, 2), (1, 2, 1, 2)),      # TF "same": the extra pad at the end
+    ((1, 1, 4, 4), 4, 4, (1, 1), (0, 0, 0, 0)),      # one window covering the image
+    ((2, 3, 9, 6), 3, 3, (3, 2), (2, 2, 0, 1)),
+]
+
+
+def _geom(case):
+    shape, kh, kw, stride, pad = case
+    n, c, h, w = shape
+    oh, ow = ref.out_size(h, w, kh, kw, stride, pad)
+    return tuple(np.int32(v) for v in (n, c, h, w, kh, kw, stride[0], stride[1], pad[0], pad[2],
+                                       oh, ow))
+
+
+@pytest.mark.parametrize("order", RUNS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_im2col_col2im(dtype, order, rng):
+    for case in CONV_CASES:
+        shape, kh, kw, stride, pad = case
+        x = randn(rng, shape, dtype)
+        col_ref = ref.im2col(x, kh, kw, stride, pad)
+        g = _geom(case)
+        for grid, block in configs(col_ref.size):
+            col = np.full_like(col_ref, np.nan)
+            K("im2col.cu", "im2col", dtype, order)(grid, block, (x, col) + g)
+            np.testing.assert_array_equal(col, col_ref)
+        dcol = randn(rng, col_ref.shape, dtype)
+        dx_ref = ref.col2im(dcol, shape, kh, kw, stride, pad)
+        for grid, block in configs(x.size):
+            dx = np.full_like(x, np.nan)
+            K("im2col.cu", "col2im", dtype, order)(grid, block, (dcol, dx) + g)
+            np.testing.assert_array_equal(dx, dx_ref)   # same terms, same (i, j) order
+        if dtype is np.float64:                          # adjoint: <im2col x, d> = <x, col2im d>
+            np.testing.assert_allclose(np.vdot(col_ref, dcol), np.vdot(x, dx), rtol=1e-12)
+
+
+# -- pooling ----------------------------------------------------------------------------------
+POOL_CASES = [
+    ((2, 3, 8, 8), 2, 2, (2, 2), (0, 0, 0, 0)),
+    ((1, 2, 7, 9), 3, 3, (1, 1), (1, 1, 1, 1)),      # overlapping windows
+    ((2, 1, 5, 6), 2, 3, (2, 2), (0, 1, 1, 1)),      # "same"-style asymmetric pad
+    ((1, 3, 6, 5), 3, 2, (2, 1), (1, 0, 0, 1)),
+    ((3, 2, 3, 3), 3, 3, (1, 1), (2, 2, 2, 2)),      # windows mostly padding
+]
+
+
+@pytest.mark.parametrize("order", RUNS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxpool(dtype, order, rng):
+    for case in POOL_CASES:
+        shape, kh, kw, stride, pad = case
+        # small integers: ties everywhere, so "first maximum wins" is really tested
+        x = rng.integers(-2, 3, size=shape).astype(dtype)
+        out_ref, arg_ref = ref.maxpool(x, kh, kw, stride, pad)
+        g = _geom(case)
+        for grid, block in configs(out_ref.size):
+            out = np.full_like(out_ref, np.nan)
+            arg = np.full(out_ref.shape, -7, dtype=np.int32)
+            K("pool.cu", "maxpool2d_forward", dtype, order)(grid, block, (x, out, arg) + g)
+            np.testing.assert_array_equal(out, out_ref)
+            np.testing.assert_array_equal(arg, arg_ref)
+            out2 = np.full_like(out_ref, np.nan)
+            K("pool.cu", "maxpool2d_forward_noargmax", dtype, order)(grid, block, (x, out2) + g)
+            np.testing.assert_array_equal(out2, out_ref)
+        dout = randn(rng, out_ref.shape, dtype)
+        dx_ref = ref.maxpool_backward(dout, arg_ref, shape, kh, kw, stride, pad)
+        for grid, block in configs(x.size):
+            dx = np.full_like(x, np.nan)
+            K("pool.cu", "maxpool2d_backward", dtype, order)(grid, block, (dout, arg_ref, dx) + g)
+            np.testing.assert_array_equal(dx, dx_ref)
+
+
+def test_maxpool_nan_propagates(rng):
+    x = rng.standard_normal((1, 1, 4, 4)).astype(np.float32)
+    x[0, 0, 1, 1] = np.nan
+    g = _geom(((1, 1, 4, 4), 2, 2, (2, 2), (0, 0, 0, 0)))
+    out = np.zeros((1, 1, 2, 2), np.float32)
+    arg = np.zeros((1, 1, 2, 2), np.int32)
+    K("pool.cu", "maxpool2d_forward", np.float32, "forward")((1,), (4,), (x, out, arg) + g)
+    assert np.isnan(out[0, 0, 0, 0]) and not np.isnan(out[0, 0, 1, 1])
+    assert arg[0, 0, 0, 0] in (0, 1, 4)                  # a real pixel before the NaN, not 5
+
+
+@pytest.mark.parametrize("order", RUNS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("include_pad", [0, 1])
+def test_avgpool(include_pad, dtype, order, rng):
+    for case in POOL_CASES[:4]:
+        shape, kh, kw, stride, pad = case
+        x = randn(rng, shape, dtype)
+        out_ref = ref.avgpool(x, kh, kw, stride, pad, include_pad)
+        g = _geom(case) + (np.int32(include_pad),)
+        for grid, block in configs(out_ref.size):
+            out = np.full_like(out_ref, np.nan)
+            K("pool.cu", "avgpool2d_forward", dtype, order)(grid, block, (x, out) + g)
+            np.testing.assert_array_equal(out, out_ref)
+        dout = randn(rng, out_ref.shape, dtype)
+        dx_ref = ref.avgpool_backward(dout, shape, kh, kw, stride, pad, include_pad)
+        for grid, block in configs(x.size):
+            dx = np.full_like(x, np.nan)
+            K("pool.cu", "avgpool2d_backward", dtype, order)(grid, block, (dout, dx) + g)
+            np.testing.assert_array_equal(dx, dx_ref)
+
+
+# -- softmax cross-entropy ----------------------------------------------------------------------
+# The kernel sums exp(z - m) left to right, NumPy pairwise, and the exps differ by libm vs
+# NumPy: loss and gradient are held to rtol 4e-6 (float32) / 1e-13 (float64), plus a tiny atol
+# for gradient entries that cancel to ~0.
+XENT_TOL = {np.float32: (4e-6, 1e-7), np.float64: (1e-13, 1e-16)}
+
+
+@pytest.mark.parametrize("order", RUNS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_xent(dtype, order, rng):
+    rtol, atol = XENT_TOL[dtype]
+    for n, k, spread, reduction in [(1, 1, 1.0, "mean"), (7, 10, 3.0, "mean"),
+                                    (33, 37, 10.0, "sum"), (5, 4, 1e4, "mean")]:
+        z = randn(rng, (n, k), dtype, spread)
+        labels = rng.integers(0, k, size=n).astype(np.int32)
+        scale = 1.0 / n if reduction == "mean" else 1.0
+        loss_ref, dz_ref = ref.softmax_xent(z, labels, scale)
+        for grid, block in configs(n):
+            loss = np.full(n, np.nan, dtype=dtype)
+            dz = np.full_like(z, np.nan)
+            K("softmax_xent.cu", "softmax_xent", dtype, order)(
+                grid, block, (z, labels, loss, dz, np.int32(n), np.int32(k), dtype(scale)))
+            assert np.isfinite(loss).all() and np.isfinite(dz).all()
+            np.testing.assert_allclose(loss, loss_ref, rtol=rtol, atol=atol)
+            np.testing.assert_allclose(dz, dz_ref, rtol=rtol, atol=atol)
+
+
+def test_softmax_xent_bad_label_poisons_its_row(rng):
+    z = randn(rng, (4, 5), np.float64)
+    labels = np.array([1, -1, 5, 4], dtype=np.int32)
+    loss = np.zeros(4)
+    dz = np.zeros_like(z)
+    K("softmax_xent.cu", "softmax_xent", np.float64, "forward")(
+        (1,), (8,), (z, labels, loss, dz, np.int32(4), np.int32(5), np.float64(0.25)))
+    assert np.isnan(loss[1:3]).all() and np.isnan(dz[1:3]).all()
+    good = [0, 3]
+    loss_ref, dz_ref = ref.softmax_xent(z[good], labels[good], 0.25)
+    np.testing.assert_allclose(loss[good], loss_ref, rtol=1e-13)
+    np.testing.assert_allclose(dz[good], dz_ref, rtol=1e-13, atol=1e-16)
+
+
+# -- optimizers -------------------------------------------------------------------------------
+@pytest.mark.parametrize("order", RUNS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sgd(dtype, order, rng):
+    for n in (1, 1001):
+        for mu, nesterov, ema, wd in [(0.0, 0, 0, 0.0), (0.0, 0, 0, 0.01), (0.9, 0, 0, 0.0),
+                                      (0.9, 1, 0, 5e-4), (0.8, 0, 1, 0.01), (0.5, 1, 1, 0.0)]:
+            p0, g, v0 = (randn(rng, n, dtype) for _ in range(3))
+            p_ref, v_ref = ref.sgd(p0, g, v0, 0.05, mu, nesterov, wd, ema)
+            for grid, block in configs(n):
+                p = p0.copy()
+                if mu == 0:
+                    K("optim.cu", "sgd_update", dtype, order)(
+                        grid, block, (p, g, np.int64(n), dtype(0.05), dtype(wd)))
+                else:
+                    v = v0.copy()
+                    K("optim.cu", "sgd_momentum_update", dtype, order)(
+                        grid, block, (p, g, v, np.int64(n), dtype(0.05), dtype(mu), dtype(wd),
+                                      np.int32(nesterov), np.int32(ema)))
+                    np.testing.assert_array_equal(v, v_ref)
+                np.testing.assert_array_equal(p, p_ref)
+
+
+@pytest.mark.parametrize("order", RUNS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam(dtype, order, rng):
+    b1, b2, eps, lr = 0.9, 0.999, 1e-8, 1e-3
+    for n in (1, 1001):
+        for wd, t in [(0.0, 1), (0.01, 7)]:
+            p0, g = randn(rng, n, dtype), randn(rng, n, dtype)
+            m0 = randn(rng, n, dtype, 0.1)
+            v0 = np.abs(randn(rng, n, dtype, 0.1))
+            bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t          # host float64, then the dtype
+            p_ref, m_ref, v_ref = ref.adam(p0, g, m0, v0, lr, b1, b2, eps, wd, bc1, bc2)
+            for grid, block in configs(n):
+                p, m, v = p0.copy(), m0.copy(), v0.copy()
+                K("optim.cu", "adam_update", dtype, order)(
+                    grid, block, (p, g, m, v, np.int64(n)) + tuple(
+                        dtype(a) for a in (lr, b1, b2, eps, wd, bc1, bc2)))
+                np.testing.assert_array_equal(m, m_ref)
+                np.testing.assert_array_equal(v, v_ref)
+                np.testing.assert_array_equal(p, p_ref)
+
+
+# -- coverage ---------------------------------------------------------------------------------
+def test_every_kernel_has_an_emulation_test():
+    tested = {(f, f"{base}_{sfx}") for f, bases in TESTED.items() for base in bases
+              for sfx in ("f32", "f64")}
+    present = set(kernels.all_signatures())
+    missing = sorted(present - tested)
+    assert not missing, f"kernels with no emulation test (add them to TESTED and a test): {missing}"
+    stale = sorted(tested - present)
+    assert not stale, f"TESTED names kernels that do not exist: {stale}"
+    # and the raw scan agrees with the parser: no __global__ function escapes the list
+    for f in kernels.kernel_files():
+        src = kernels.kernel_path(f).read_text()
+        assert set(cuda_emu.signatures.global_function_names(src)) == set(kernels.signatures(f))
+
+
+# -- the emulator's own strictness ----------------------------------------------------------------
+SELFTEST_CU = r"""
+extern "C" __global__ void off_by_one(float* y, long long n) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i <= n;
+         i += (long long)blockDim.x * gridDim.x) y[i] = 1.0f;
+}
+extern "C" __global__ void before_start(float* y, long long n) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)blockDim.x * gridDim.x) y[i - 1] = 1.0f;
+}
+extern "C" __global__ void writes_const(const float* x, long long n) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)blockDim.x * gridDim.x) const_cast<float*>(x)[i] = 0.0f;
+}
+extern "C" __global__ void last_writer_wins(int* y) {
+    y[0] = (int)(blockIdx.x * blockDim.x + threadIdx.x);
+}
+"""
+SHARED_CU = r"""
+extern "C" __global__ void uses_shared(float* y) {
+    __shared__ float buf[32];
+    buf[threadIdx.x] = 1.0f;
+    y[threadIdx.x] = buf[threadIdx.x];
+}
+"""
+
+
+def _fixture_cu(name, text):
+    """A test kernel file at a stable path (so its build is cached across runs)."""
+    d = cuda_emu.cache_dir() / "test-sources"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.cu"
+    if not path.exists():
+        path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def selftest():
+    return cuda_emu.load_module(_fixture_cu("selftest", SELFTEST_CU))
+
+
+no_sanitize = pytest.mark.skipif(SANITIZE, reason="under ASan an out-of-bounds write aborts "
+                                 "the process (that is the sanitizer's check)")
+
+
+@no_sanitize
+def test_guard_bytes_catch_write_past_the_end(selftest):
+    y = np.zeros(100, np.float32)
+    with pytest.raises(GuardError, match=r"off_by_one: out-of-bounds write after argument 0"):
+        selftest.get_function("off_by_one")((2,), (32,), (y, np.int64(100)))
+    assert (y == 0).all()                      # nothing copied back from a failed launch
+
+
+@no_sanitize
+def test_guard_bytes_catch_write_before_the_start(selftest):
+    y = np.zeros(10, np.float32)
+    with pytest.raises(GuardError, match=r"before argument 0"):
+        selftest.get_function("before_start")((1,), (32,), (y, np.int64(10)))
+
+
+def test_const_argument_must_not_change(selftest):
+    x = np.ones(10, np.float32)
+    with pytest.raises(GuardError, match="const"):
+        selftest.get_function("writes_const")((1,), (16,), (x, np.int64(10)))
+
+
+def test_thread_order_shows_races(selftest):
+    k = selftest.get_function("last_writer_wins")
+    seen = {}
+    for order in ORDERS:
+        y = np.zeros(1, np.int32)
+        k((4,), (8,), (y,), order=order)
+        seen[order] = int(y[0])
+    assert seen["forward"] == 31 and seen["reverse"] == 0
+
+
+def test_shared_memory_is_refused():
+    with pytest.raises(EmulatorBuildError, match="__shared__ cannot be emulated"):
+        cuda_emu.build_library(_fixture_cu("shared", SHARED_CU), sanitize=SANITIZE)
+
+
+def test_template_global_is_refused():
+    src = "template <typename T> __global__ void f(T* y) {}\n"
+    with pytest.raises(SignatureError, match="not 'extern"):
+        cuda_emu.signatures.parse_source(src, "t.cu")
+
+
+@pytest.fixture
+def relu32():
+    return K("elementwise.cu", "relu_forward", np.float32, "forward")
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda x, y: (x, y, 10), r"argument 2 \(long long n\) needs numpy.int64"),
+    (lambda x, y: (x, y, np.int32(10)), "needs numpy.int64"),
+    (lambda x, y: (x.astype(np.float64), y, np.int64(10)), "needs dtype float32"),
+    (lambda x, y: (x[::2], y, np.int64(5)), "C-contiguous"),
+    (lambda x, y: (list(x), y, np.int64(10)), "needs an array"),
+    (lambda x, y: (x, y), "takes 3 arguments"),
+])
+def test_argument_types_must_match_exactly(relu32, bad, match):
+    x = np.zeros(10, np.float32)
+    y = np.zeros(10, np.float32)
+    with pytest.raises(ArgumentTypeError, match=match):
+        relu32((1,), (32,), bad(x, y))
+
+
+def test_float_scalar_must_be_the_kernel_dtype():
+    k = K("elementwise.cu", "leaky_relu_forward", np.float32, "forward")
+    x = np.zeros(4, np.float32)
+    with pytest.raises(ArgumentTypeError, match="needs numpy.float32"):
+        k((1,), (4,), (x, x, np.int64(4), 0.1))
+    with pytest.raises(ArgumentTypeError, match="needs numpy.float32"):
+        k((1,), (4,), (x, x, np.int64(4), np.float64(0.1)))
+
+
+@pytest.mark.parametrize("grid, block, match", [
+    (1, (32,), "grid must be a tuple"),
+    ((1,), (2048,), "exceeds CUDA's limits"),
+    ((0,), (32,), "positive ints"),
+    ((1, 70000), (32,), "exceeds CUDA's limits"),
+])
+def test_launch_shape_is_checked(relu32, grid, block, match):
+    x = np.zeros(4, np.float32)
+    with pytest.raises(EmulationError, match=match):
+        relu32(grid, block, (x, x.copy(), np.int64(4)))
+
+
+def test_read_only_output_and_partial_overlap_are_refused(relu32):
+    x = np.zeros(10, np.float32)
+    y = np.zeros(10, np.float32)
+    y.flags.writeable = False
+    with pytest.raises(ArgumentTypeError, match="read-only"):
+        relu32((1,), (32,), (x, y, np.int64(10)))
+    buf = np.zeros(20, np.float32)
+    with pytest.raises(ArgumentTypeError, match="partly overlap"):
+        relu32((1,), (32,), (buf[:10], buf[5:15], np.int64(10)))
+
+
+def test_loader_emulation_switch_and_marshal():
+    assert not kernels.emulation_active()
+    with kernels.use_emulation(order="reverse"):
+        assert kernels.emulation_active()
+        k = kernels.get_kernel("optim.cu", "sgd_momentum_update_f32")
+        assert isinstance(k._fn, EmulatedKernel) and k._fn.order == "reverse"
+        assert kernels.launch_config(10**6) == ((kernels.EMULATION_MAX_BLOCKS,),
+                                               (kernels.DEFAULT_BLOCK,))
+        with kernels.use_emulation(False):
+            assert not kernels.emulation_active()
+    assert kernels.launch_config(10**7) == ((kernels.MAX_BLOCKS,), (kernels.DEFAULT_BLOCK,))
+    assert kernels.launch_config(0) == ((1,), (kernels.DEFAULT_BLOCK,))
+    p = np.zeros(3, np.float32)
+    args = k.marshal(p, p, p, 3, 0.1, 0.9, 0, True, False)
+    assert [type(a) for a in args[3:]] == [np.int64, np.float32, np.float32, np.float32,
+                                          np.int32, np.int32]
+    with pytest.raises(ArgumentTypeError, match="does not fit"):
+        K("im2col.cu", "im2col", np.float32, "forward").marshal(p, p, *([2**31] * 12))
+    with pytest.raises(kernels.KernelError, match="has no kernel 'relu_f32'"):
+        with kernels.use_emulation():
+            kernels.get_kernel("elementwise.cu", "relu_f32")
+    assert kernels.kernel_name("im2col", np.float64) == "im2col_f64"
+    x = np.linspace(-1, 1, 999)
+    y = np.zeros_like(x)
+    with kernels.use_emulation(order="shuffled"):
+        k = kernels.kernel_for(x, "elementwise.cu", "relu_forward")
+        assert k.name == "relu_forward_f64"
+        k.launch(x.size, x, y, x.size)
+    np.testing.assert_array_equal(y, ref.relu(x))
+    with pytest.raises(kernels.KernelError, match="needs a CuPy array"):
+        kernels.kernel_for(x, "elementwise.cu", "relu_forward")
+    with pytest.raises(TypeError, match="float32 or float64"):
+        kernels.dtype_suffix(np.int32)
