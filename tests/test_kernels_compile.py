@@ -159,3 +159,20 @@ def test_loader_source_is_the_file():
         src = kernels.kernel_source(f)
         assert src.startswith(f'#line 1 "{f}"\n')
         assert src.split("\n", 1)[1] == kernels.kernel_path(f).read_text()
+
+
+def test_gate_works_without_cuda_headers(monkeypatch):
+    """With only the NVRTC wheel (no toolkit), CuPy's option assembly raises for want of a CUDA
+    root; the gate rebuilds the same list without the CUDA include path and still compiles."""
+    _need_nvrtc()
+    from cupy._core import core
+
+    def no_cuda_root(options):
+        raise RuntimeError("Failed to auto-detect CUDA root directory.")
+
+    full, _ = nvrtc_check.cupy_compile_options(kernels.KERNEL_OPTIONS, "80")
+    monkeypatch.setattr(core, "assemble_cupy_compiler_options", no_cuda_root)
+    opts, _ = nvrtc_check.cupy_compile_options(kernels.KERNEL_OPTIONS, "80")
+    assert opts == tuple(o for o in full if not (o.startswith("-I") and "cupy" not in o))
+    r = nvrtc_check.compile_file("optim.cu", "80", use_cache=False)
+    assert r.ok, r.message()
