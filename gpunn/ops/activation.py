@@ -6,12 +6,13 @@ output ``y`` (their derivatives are cheapest in terms of y).
 """
 from __future__ import annotations
 
-from ..backend import get_array_module, is_cuda_array
+from ..backend import get_array_module
+from ._cuda import contiguous, i64, launch, scalar, use_cuda_body
 
 
 def relu_forward(x):
     """y = max(x, 0). x: any shape."""
-    if is_cuda_array(x):
+    if use_cuda_body(x):
         return _relu_forward_cuda(x)
     return _relu_forward_cpu(x)
 
@@ -23,7 +24,7 @@ def _relu_forward_cpu(x):
 
 def relu_backward(dout, x):
     """dx = dout where x > 0, else 0."""
-    if is_cuda_array(x):
+    if use_cuda_body(x):
         return _relu_backward_cuda(dout, x)
     return _relu_backward_cpu(dout, x)
 
@@ -34,7 +35,7 @@ def _relu_backward_cpu(dout, x):
 
 def leaky_relu_forward(x, slope: float):
     """y = x if x > 0 else slope * x."""
-    if is_cuda_array(x):
+    if use_cuda_body(x):
         return _leaky_relu_forward_cuda(x, slope)
     return _leaky_relu_forward_cpu(x, slope)
 
@@ -46,7 +47,7 @@ def _leaky_relu_forward_cpu(x, slope):
 
 def leaky_relu_backward(dout, x, slope: float):
     """dx = dout * (1 if x > 0 else slope)."""
-    if is_cuda_array(x):
+    if use_cuda_body(x):
         return _leaky_relu_backward_cuda(dout, x, slope)
     return _leaky_relu_backward_cpu(dout, x, slope)
 
@@ -58,7 +59,7 @@ def _leaky_relu_backward_cpu(dout, x, slope):
 
 def sigmoid_forward(x):
     """y = 1 / (1 + exp(-x)), computed without overflow for large |x|."""
-    if is_cuda_array(x):
+    if use_cuda_body(x):
         return _sigmoid_forward_cuda(x)
     return _sigmoid_forward_cpu(x)
 
@@ -71,7 +72,7 @@ def _sigmoid_forward_cpu(x):
 
 def sigmoid_backward(dout, y):
     """dx = dout * y * (1 - y)."""
-    if is_cuda_array(y):
+    if use_cuda_body(y):
         return _sigmoid_backward_cuda(dout, y)
     return _sigmoid_backward_cpu(dout, y)
 
@@ -81,7 +82,7 @@ def _sigmoid_backward_cpu(dout, y):
 
 
 def tanh_forward(x):
-    if is_cuda_array(x):
+    if use_cuda_body(x):
         return _tanh_forward_cuda(x)
     return _tanh_forward_cpu(x)
 
@@ -92,7 +93,7 @@ def _tanh_forward_cpu(x):
 
 def tanh_backward(dout, y):
     """dx = dout * (1 - y^2)."""
-    if is_cuda_array(y):
+    if use_cuda_body(y):
         return _tanh_backward_cuda(dout, y)
     return _tanh_backward_cpu(dout, y)
 
@@ -101,14 +102,48 @@ def _tanh_backward_cpu(dout, y):
     return dout * (1 - y * y)
 
 
-# -- CUDA bodies ------------------------------------------------------------------------------
-# Until the RawKernels (kernels/elementwise.cu) are wired in, CuPy runs the NumPy bodies
-# through its NumPy-compatible API.
-_relu_forward_cuda = _relu_forward_cpu
-_relu_backward_cuda = _relu_backward_cpu
-_leaky_relu_forward_cuda = _leaky_relu_forward_cpu
-_leaky_relu_backward_cuda = _leaky_relu_backward_cpu
-_sigmoid_forward_cuda = _sigmoid_forward_cpu
-_sigmoid_backward_cuda = _sigmoid_backward_cpu
-_tanh_forward_cuda = _tanh_forward_cpu
-_tanh_backward_cuda = _tanh_backward_cpu
+# -- CUDA bodies: kernels/elementwise.cu -------------------------------------------------------
+def _unary_cuda(name, x, *extra):
+    x = contiguous(x)
+    y = get_array_module(x).empty_like(x)
+    launch(name, x, x.size, (x, y, i64(x.size), *extra))
+    return y
+
+
+def _binary_cuda(name, dout, ref, *extra):
+    dout, ref = contiguous(dout), contiguous(ref)
+    dx = get_array_module(ref).empty_like(ref)
+    launch(name, ref, ref.size, (dout, ref, dx, i64(ref.size), *extra))
+    return dx
+
+
+def _relu_forward_cuda(x):
+    return _unary_cuda("relu_forward", x)
+
+
+def _relu_backward_cuda(dout, x):
+    return _binary_cuda("relu_backward", dout, x)
+
+
+def _leaky_relu_forward_cuda(x, slope):
+    return _unary_cuda("leaky_relu_forward", x, scalar(slope, x.dtype))
+
+
+def _leaky_relu_backward_cuda(dout, x, slope):
+    return _binary_cuda("leaky_relu_backward", dout, x, scalar(slope, x.dtype))
+
+
+def _sigmoid_forward_cuda(x):
+    return _unary_cuda("sigmoid_forward", x)
+
+
+def _sigmoid_backward_cuda(dout, y):
+    return _binary_cuda("sigmoid_backward", dout, y)
+
+
+def _tanh_forward_cuda(x):
+    return _unary_cuda("tanh_forward", x)
+
+
+def _tanh_backward_cuda(dout, y):
+    return _binary_cuda("tanh_backward", dout, y)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 
-from ..backend import get_array_module, is_cuda_array
+from ..backend import get_array_module
+from ._cuda import contiguous, i32, launch, use_cuda_body
 
 __all__ = ["same_padding", "conv_output_size", "normalize_padding", "im2col", "col2im"]
 
@@ -57,7 +58,7 @@ def normalize_padding(padding, h: int, w: int, kh: int, kw: int, sy: int, sx: in
 # -- im2col -------------------------------------------------------------------------------------
 def im2col(x, kh: int, kw: int, stride: tuple, pad: tuple):
     """x: (N, C, H, W) -> col: (C*kh*kw, N*oh*ow)."""
-    if is_cuda_array(x):
+    if use_cuda_body(x):
         return _im2col_cuda(x, kh, kw, stride, pad)
     return _im2col_cpu(x, kh, kw, stride, pad)
 
@@ -95,7 +96,7 @@ def _im2col_cpu(x, kh, kw, stride, pad):
 # -- col2im -------------------------------------------------------------------------------------
 def col2im(col, x_shape: tuple, kh: int, kw: int, stride: tuple, pad: tuple):
     """col: (C*kh*kw, N*oh*ow) -> dx: (N, C, H, W), summing overlapping contributions."""
-    if is_cuda_array(col):
+    if use_cuda_body(col):
         return _col2im_cuda(col, x_shape, kh, kw, stride, pad)
     return _col2im_cpu(col, x_shape, kh, kw, stride, pad)
 
@@ -119,8 +120,29 @@ def _col2im_cpu(col, x_shape, kh, kw, stride, pad):
     return xp.ascontiguousarray(dxp[:, :, pt:pt + h, pl:pl + w])
 
 
-# -- CUDA bodies --------------------------------------------------------------------------------
-# The RawKernels (kernels/im2col.cu) are wired in with the CUDA ops; until then CuPy runs the
-# strided-view bodies above through its NumPy-compatible API.
-_im2col_cuda = _im2col_cpu
-_col2im_cuda = _col2im_cpu
+# -- CUDA bodies: kernels/im2col.cu -----------------------------------------------------------
+def _geometry_args(x_shape, kh, kw, stride, pad):
+    n, c, h, w = x_shape
+    oh = conv_output_size(h, kh, stride[0], pad[0], pad[1])
+    ow = conv_output_size(w, kw, stride[1], pad[2], pad[3])
+    return oh, ow, tuple(i32(v) for v in (n, c, h, w, kh, kw, stride[0], stride[1], pad[0],
+                                          pad[2], oh, ow))
+
+
+def _im2col_cuda(x, kh, kw, stride, pad):
+    """One thread per col entry (grid-stride): a gather, no index arrays."""
+    x = contiguous(x)
+    n, c = x.shape[:2]
+    oh, ow, geo = _geometry_args(x.shape, kh, kw, stride, pad)
+    col = get_array_module(x).empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
+    launch("im2col", x, col.size, (x, col, *geo))
+    return col
+
+
+def _col2im_cuda(col, x_shape, kh, kw, stride, pad):
+    """One thread per input pixel summing the col entries that read it: no atomics."""
+    col = contiguous(col)
+    _, _, geo = _geometry_args(x_shape, kh, kw, stride, pad)
+    dx = get_array_module(col).empty(tuple(x_shape), dtype=col.dtype)
+    launch("col2im", col, dx.size, (col, dx, *geo))
+    return dx

@@ -5,7 +5,8 @@ so the same (seed, step) gives the same mask on the CPU and on a GPU.
 """
 from __future__ import annotations
 
-from ..backend import get_array_module, is_cuda_array
+from ..backend import get_array_module
+from ._cuda import contiguous, i64, launch, scalar, u32, u64, use_cuda_body
 from .random import keep_threshold, random_bits, stream_key
 
 
@@ -22,7 +23,7 @@ def dropout_mask(shape, p: float, seed: int, step: int, dtype, xp):
 
 def dropout_forward(x, p: float, seed: int, step: int):
     """y = x * mask; returns (y, mask). x: any shape."""
-    if is_cuda_array(x):
+    if use_cuda_body(x):
         return _dropout_forward_cuda(x, p, seed, step)
     return _dropout_forward_cpu(x, p, seed, step)
 
@@ -34,6 +35,11 @@ def _dropout_forward_cpu(x, p, seed, step):
 
 
 def _dropout_forward_cuda(x, p, seed, step):
-    # The fused RawKernel body (kernels/dropout.cu) is wired in with the CUDA ops; until then
-    # CuPy runs the same uint64 arithmetic through its NumPy-compatible API.
-    return _dropout_forward_cpu(x, p, seed, step)
+    """kernels/dropout.cu: one pass draws the bits, writes the mask and the output."""
+    x = contiguous(x)
+    xp = get_array_module(x)
+    y, mask = xp.empty_like(x), xp.empty_like(x)
+    launch("dropout_forward", x, x.size,
+           (x, y, mask, i64(x.size), u64(stream_key(seed, step)), u32(keep_threshold(p)),
+            scalar(1.0 / (1.0 - p), x.dtype)))
+    return y, mask

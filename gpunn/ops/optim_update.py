@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module, is_cuda_array
+from ._cuda import i32, i64, launch, scalar, use_cuda_body
 
 __all__ = ["sgd_update", "adam_update"]
 
@@ -35,7 +36,7 @@ __all__ = ["sgd_update", "adam_update"]
 def sgd_update(p, g, v, lr, momentum=0.0, nesterov=False, weight_decay=0.0, ema=False):
     """One SGD step on ``p`` in place. ``v``: momentum buffer (updated in place), or None
     when ``momentum == 0``."""
-    if is_cuda_array(p):
+    if use_cuda_body(p):
         return _sgd_update_cuda(p, g, v, lr, momentum, nesterov, weight_decay, ema)
     return _sgd_update_cpu(p, g, v, lr, momentum, nesterov, weight_decay, ema)
 
@@ -76,7 +77,7 @@ def _sgd_update_cpu(p, g, v, lr, momentum, nesterov, weight_decay, ema):
 def adam_update(p, g, m, v, lr, b1, b2, eps, weight_decay, bc1, bc2):
     """One Adam step on ``p`` in place; ``m``, ``v``: moment buffers (updated in place);
     ``bc1``/``bc2``: bias corrections for this step count (see module docstring)."""
-    if is_cuda_array(p):
+    if use_cuda_body(p):
         return _adam_update_cuda(p, g, m, v, lr, b1, b2, eps, weight_decay, bc1, bc2)
     return _adam_update_cpu(p, g, m, v, lr, b1, b2, eps, weight_decay, bc1, bc2)
 
@@ -109,9 +110,22 @@ def _adam_update_cpu(p, g, m, v, lr, b1, b2, eps, weight_decay, bc1, bc2):
     p -= step
 
 
-# -- CUDA bodies ------------------------------------------------------------------------------
-# One elementwise RawKernel per optimizer (grid-stride loop over the flat array; scalars
-# passed as the parameter dtype, flags as int32) goes here. Until then CuPy runs the NumPy
-# bodies through its NumPy-compatible API.
-_sgd_update_cuda = _sgd_update_cpu
-_adam_update_cuda = _adam_update_cpu
+# -- CUDA bodies: kernels/optim.cu --------------------------------------------------------------
+# One grid-stride kernel per update reads p, g and the buffers once and writes them once.
+# Parameters are contiguous (the optimizer allocates them); the kernels index flat memory.
+def _sgd_update_cuda(p, g, v, lr, momentum, nesterov, weight_decay, ema):
+    dt = p.dtype
+    if momentum == 0:
+        launch("sgd_update", p, p.size,
+               (p, g, i64(p.size), scalar(lr, dt), scalar(weight_decay, dt)))
+    else:
+        launch("sgd_momentum_update", p, p.size,
+               (p, g, v, i64(p.size), scalar(lr, dt), scalar(momentum, dt),
+                scalar(weight_decay, dt), i32(bool(nesterov)), i32(bool(ema))))
+
+
+def _adam_update_cuda(p, g, m, v, lr, b1, b2, eps, weight_decay, bc1, bc2):
+    dt = p.dtype
+    launch("adam_update", p, p.size,
+           (p, g, m, v, i64(p.size),
+            *(scalar(a, dt) for a in (lr, b1, b2, eps, weight_decay, bc1, bc2))))

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module, is_cuda_array
+from ..backend import get_array_module
+from ._cuda import contiguous, i32, launch, use_cuda_body
 from .conv import conv_output_size
 
 __all__ = ["maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward"]
@@ -51,6 +52,18 @@ def _window_origin(h, w, oh, ow, stride, pad, xp):
     return ys, xs
 
 
+def _window_base(h, w, oh, ow, stride, pad, xp):
+    """(oh, ow) int32: flat index h*W + w of each window's top-left pixel (may lie in padding)."""
+    ys, xs = _window_origin(h, w, oh, ow, stride, pad, xp)
+    return ys[:, None] * np.int32(w) + xs[None, :]
+
+
+def _offset_table(kh, kw, w, xp):
+    """int32 (kh*kw,): the flat-index step from a window's origin to its offset k = i*kw + j."""
+    k = xp.arange(kh * kw, dtype=np.int32)
+    return (k // kw) * np.int32(w) + k % kw
+
+
 # -- max pooling --------------------------------------------------------------------------------
 def maxpool2d_forward(x, kh: int, kw: int, stride: tuple, pad: tuple, with_argmax: bool = True):
     """x: (N, C, H, W) -> (out (N, C, oh, ow), argmax int32 (N, C, oh, ow) or None).
@@ -58,7 +71,7 @@ def maxpool2d_forward(x, kh: int, kw: int, stride: tuple, pad: tuple, with_argma
     Evaluation needs no argmax: ``with_argmax=False`` skips it (on the CPU that is ~6x faster
     for a 2x2 pool, the plain maximum of four slices).
     """
-    if is_cuda_array(x):
+    if use_cuda_body(x):
         return _maxpool2d_forward_cuda(x, kh, kw, stride, pad, with_argmax)
     return _maxpool2d_forward_cpu(x, kh, kw, stride, pad, with_argmax)
 
@@ -80,15 +93,16 @@ def _maxpool2d_forward_cpu(x, kh, kw, stride, pad, with_argmax=True):
         better = s > out                  # strict: the first maximum keeps ties
         xp.maximum(out, s, out=out)
         offset[better] = k
-    ys, xs = _window_origin(h, w, oh, ow, stride, pad, xp)
-    ki, kj = offset // kw, offset % kw
-    argmax = ((ys[:, None] + ki) * w + (xs[None, :] + kj)).astype(np.int32)
+    # flat index = window origin + the offset's (i*W + j): a lookup and one add, in int32
+    base = _window_base(h, w, oh, ow, stride, pad, xp)
+    argmax = _offset_table(kh, kw, w, xp)[offset]
+    argmax += base
     return out, argmax
 
 
 def maxpool2d_backward(dout, argmax, x_shape: tuple, kh: int, kw: int, stride: tuple, pad: tuple):
     """dout, argmax: (N, C, oh, ow) -> dx: (N, C, H, W)."""
-    if is_cuda_array(dout):
+    if use_cuda_body(dout):
         return _maxpool2d_backward_cuda(dout, argmax, x_shape, kh, kw, stride, pad)
     return _maxpool2d_backward_cpu(dout, argmax, x_shape, kh, kw, stride, pad)
 
@@ -99,13 +113,14 @@ def _maxpool2d_backward_cpu(dout, argmax, x_shape, kh, kw, stride, pad):
     sy, sx = stride
     pt, pb, pl, pr = pad
     oh, ow = dout.shape[2:]
-    ys, xs = _window_origin(h, w, oh, ow, stride, pad, xp)
-    # the window offset each argmax sits at
-    offset = (argmax // w - ys[:, None]) * kw + (argmax % w - xs[None, :])
+    base = _window_base(h, w, oh, ow, stride, pad, xp)
+    table = _offset_table(kh, kw, w, xp)
     dxp = xp.zeros((n, c, h + pt + pb, w + pl + pr), dtype=dout.dtype)
     zero = dout.dtype.type(0)
     for k in range(kh * kw):
-        _slice(dxp, k // kw, k % kw, sy, sx, oh, ow)[...] += xp.where(offset == k, dout, zero)
+        # windows whose maximum sits at offset k send their gradient through that slice
+        chosen = argmax == (base + table[k])
+        _slice(dxp, k // kw, k % kw, sy, sx, oh, ow)[...] += xp.where(chosen, dout, zero)
     if pt == pb == pl == pr == 0:
         return dxp
     return xp.ascontiguousarray(dxp[:, :, pt:pt + h, pl:pl + w])
@@ -125,7 +140,7 @@ def _avg_divisor(h, w, oh, ow, kh, kw, stride, pad, count_include_pad, dtype, xp
 def avgpool2d_forward(x, kh: int, kw: int, stride: tuple, pad: tuple,
                       count_include_pad: bool = False):
     """x: (N, C, H, W) -> (N, C, oh, ow)."""
-    if is_cuda_array(x):
+    if use_cuda_body(x):
         return _avgpool2d_forward_cuda(x, kh, kw, stride, pad, count_include_pad)
     return _avgpool2d_forward_cpu(x, kh, kw, stride, pad, count_include_pad)
 
@@ -146,7 +161,7 @@ def _avgpool2d_forward_cpu(x, kh, kw, stride, pad, count_include_pad):
 def avgpool2d_backward(dout, x_shape: tuple, kh: int, kw: int, stride: tuple, pad: tuple,
                        count_include_pad: bool = False):
     """dout: (N, C, oh, ow) -> dx: (N, C, H, W)."""
-    if is_cuda_array(dout):
+    if use_cuda_body(dout):
         return _avgpool2d_backward_cuda(dout, x_shape, kh, kw, stride, pad, count_include_pad)
     return _avgpool2d_backward_cpu(dout, x_shape, kh, kw, stride, pad, count_include_pad)
 
@@ -167,10 +182,46 @@ def _avgpool2d_backward_cpu(dout, x_shape, kh, kw, stride, pad, count_include_pa
     return xp.ascontiguousarray(dxp[:, :, pt:pt + h, pl:pl + w])
 
 
-# -- CUDA bodies --------------------------------------------------------------------------------
-# The RawKernels (kernels/pool.cu) are wired in with the CUDA ops; until then CuPy runs the
-# strided bodies above through its NumPy-compatible API.
-_maxpool2d_forward_cuda = _maxpool2d_forward_cpu
-_maxpool2d_backward_cuda = _maxpool2d_backward_cpu
-_avgpool2d_forward_cuda = _avgpool2d_forward_cpu
-_avgpool2d_backward_cuda = _avgpool2d_backward_cpu
+# -- CUDA bodies: kernels/pool.cu -------------------------------------------------------------
+def _geo(x_shape, kh, kw, stride, pad):
+    n, c, h, w = x_shape
+    oh, ow = _out_size(h, w, kh, kw, stride, pad)
+    return (n, c, oh, ow), tuple(i32(v) for v in (n, c, h, w, kh, kw, stride[0], stride[1],
+                                                  pad[0], pad[2], oh, ow))
+
+
+def _maxpool2d_forward_cuda(x, kh, kw, stride, pad, with_argmax=True):
+    x = contiguous(x)
+    xp = get_array_module(x)
+    out_shape, geo = _geo(x.shape, kh, kw, stride, pad)
+    y = xp.empty(out_shape, dtype=x.dtype)
+    if not with_argmax:
+        launch("maxpool2d_forward_noargmax", x, y.size, (x, y, *geo))
+        return y, None
+    argmax = xp.empty(out_shape, dtype=np.int32)
+    launch("maxpool2d_forward", x, y.size, (x, y, argmax, *geo))
+    return y, argmax
+
+
+def _maxpool2d_backward_cuda(dout, argmax, x_shape, kh, kw, stride, pad):
+    dout, argmax = contiguous(dout), contiguous(argmax)
+    _, geo = _geo(x_shape, kh, kw, stride, pad)
+    dx = get_array_module(dout).empty(tuple(x_shape), dtype=dout.dtype)
+    launch("maxpool2d_backward", dout, dx.size, (dout, argmax, dx, *geo))
+    return dx
+
+
+def _avgpool2d_forward_cuda(x, kh, kw, stride, pad, count_include_pad):
+    x = contiguous(x)
+    out_shape, geo = _geo(x.shape, kh, kw, stride, pad)
+    y = get_array_module(x).empty(out_shape, dtype=x.dtype)
+    launch("avgpool2d_forward", x, y.size, (x, y, *geo, i32(bool(count_include_pad))))
+    return y
+
+
+def _avgpool2d_backward_cuda(dout, x_shape, kh, kw, stride, pad, count_include_pad):
+    dout = contiguous(dout)
+    _, geo = _geo(x_shape, kh, kw, stride, pad)
+    dx = get_array_module(dout).empty(tuple(x_shape), dtype=dout.dtype)
+    launch("avgpool2d_backward", dout, dx.size, (dout, dx, *geo, i32(bool(count_include_pad))))
+    return dx

@@ -24,7 +24,10 @@ through CuPy's NumPy-compatible API.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..backend import get_array_module, is_cuda_array
+from ._cuda import contiguous, i32, launch, scalar, use_cuda_body
 
 __all__ = ["softmax_cross_entropy", "softmax_cross_entropy_soft", "log_softmax", "softmax",
            "REDUCTIONS"]
@@ -48,7 +51,7 @@ def softmax_cross_entropy(logits, labels, reduction: str = "mean"):
     (int32 is what the CUDA body takes; the NumPy body accepts any integer dtype).
     Returns ``(loss, dlogits)``: loss a 0-d array (logits' dtype and device), dlogits (N, K).
     """
-    if is_cuda_array(logits):
+    if use_cuda_body(logits):
         return _softmax_cross_entropy_cuda(logits, labels, reduction)
     return _softmax_cross_entropy_cpu(logits, labels, reduction)
 
@@ -142,9 +145,23 @@ def softmax(z, axis: int = -1):
     return e
 
 
-# -- CUDA bodies ------------------------------------------------------------------------------
-# The fused RawKernel (one block-free grid-stride pass per row computing m, s, loss_i and the
-# gradient row; labels passed as int32) goes here. Until it is wired in, CuPy runs the NumPy
-# bodies through its NumPy-compatible API (same arithmetic, more kernel launches).
-_softmax_cross_entropy_cuda = _softmax_cross_entropy_cpu
+# -- CUDA bodies: kernels/softmax_xent.cu -----------------------------------------------------
+def _softmax_cross_entropy_cuda(logits, labels, reduction):
+    """One fused pass per row (loss row and gradient row), then one sum for the loss."""
+    logits = contiguous(logits)
+    xp = get_array_module(logits)
+    n, k = logits.shape
+    dt = logits.dtype
+    labels = contiguous(labels.astype(np.int32, copy=False))
+    rows = xp.empty(n, dtype=dt)
+    dlogits = xp.empty_like(logits)
+    launch("softmax_xent", logits, n,
+           (logits, labels, rows, dlogits, i32(n), i32(k), scalar(_scale(reduction, n), dt)))
+    loss = rows.sum()
+    if reduction == "mean":
+        loss = loss / dt.type(n)
+    return xp.asarray(loss, dtype=dt), dlogits
+
+
+# Soft targets are rare on the hot path: CuPy runs the NumPy body.
 _softmax_cross_entropy_soft_cuda = _softmax_cross_entropy_soft_cpu

@@ -1,0 +1,191 @@
+"""Device parity: the NumPy path against the CUDA path, layer by layer and over whole
+training runs.
+
+The reference is always the NumPy body on the CPU. The other side is either a real GPU
+(CuPy arrays, the RawKernels in ``kernels/``) or, without a GPU, the *emulated* CUDA path:
+NumPy arrays sent down the same CUDA bodies with the kernels compiled for the CPU
+(``gpunn.kernels.emulation()``). Differences are norm-relative, ``|a - b| / |a|``.
+
+``gpunn parity`` prints the table and exits non-zero on any failure; ``pytest -m gpu`` and
+the emulation tests call the same functions.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backend import to_device, to_numpy
+
+TOL = {np.float64: 1e-10, np.float32: 2e-5}          # layers: forward and backward
+TRAIN_TOL = {np.float64: 1e-9, np.float32: 2e-3}     # loss curves over a training run
+
+
+@dataclass
+class ParityRow:
+    what: str
+    dtype: str
+    forward: float
+    backward: float
+    launches: int          # custom-kernel launches seen on the CUDA side (-1: not counted)
+    tol: float
+    needs_kernels: bool = True
+
+    @property
+    def ok(self) -> bool:
+        finite = np.isfinite(self.forward) and np.isfinite(self.backward)
+        used = self.launches != 0 or not self.needs_kernels
+        return bool(finite and self.forward <= self.tol and self.backward <= self.tol and used)
+
+
+def rel_diff(a, b) -> float:
+    a, b = np.asarray(to_numpy(a), dtype=np.float64), np.asarray(to_numpy(b), dtype=np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    den = np.linalg.norm(a)
+    num = np.linalg.norm(a - b)
+    return float(num / den) if den > 0 else float(num)
+
+
+class Side:
+    """Where the CUDA side runs: ``"cuda"`` (a real GPU) or ``"emulated"`` (CPU-compiled kernels)."""
+
+    def __init__(self, kind: str):
+        if kind not in ("cuda", "emulated"):
+            raise ValueError(f"parity side must be 'cuda' or 'emulated', got {kind!r}")
+        self.kind = kind
+
+    def put(self, x):
+        return to_device(x, "cuda") if self.kind == "cuda" else np.array(x, copy=True)
+
+    def move(self, layer):
+        return layer.to("cuda") if self.kind == "cuda" else layer
+
+    @contextlib.contextmanager
+    def active(self):
+        from . import kernels
+        with (kernels.use_emulation() if self.kind == "emulated" else contextlib.nullcontext()):
+            yield
+
+    def launches(self):
+        from .ops._cuda import launch_counts
+        return launch_counts()
+
+
+def layer_cases():
+    """(name, factory(dtype), per-sample input shape, uses custom kernels) for every layer type."""
+    from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, LeakyReLU,
+                         Linear, MaxPool2d, ReLU, Residual, Sigmoid, Softmax, Tanh)
+    return [
+        ("Linear(20, 7)", lambda dt: Linear(20, 7, rng=0, dtype=dt), (20,), False),
+        ("Conv2d(3, 5, 3, pad 1)", lambda dt: Conv2d(3, 5, 3, padding=1, rng=0, dtype=dt), (3, 9, 8), True),
+        ("Conv2d(3, 4, 5, s2, same)", lambda dt: Conv2d(3, 4, 5, stride=2, padding="same", rng=0, dtype=dt), (3, 11, 10), True),
+        ("MaxPool2d(2)", lambda dt: MaxPool2d(2), (3, 8, 10), True),
+        ("MaxPool2d(3, 2, same)", lambda dt: MaxPool2d(3, 2, "same"), (3, 9, 7), True),
+        ("AvgPool2d(3, 2, same)", lambda dt: AvgPool2d(3, 2, "same"), (3, 9, 7), True),
+        ("AvgPool2d(2, pad 1, incl)", lambda dt: AvgPool2d(2, 1, 1, count_include_pad=True), (2, 5, 6), True),
+        ("ReLU", lambda dt: ReLU(), (4, 6, 6), True),
+        ("LeakyReLU(0.1)", lambda dt: LeakyReLU(0.1), (30,), True),
+        ("Sigmoid", lambda dt: Sigmoid(), (30,), True),
+        ("Tanh", lambda dt: Tanh(), (30,), True),
+        ("Softmax", lambda dt: Softmax(), (12,), False),
+        ("Dropout(0.3)", lambda dt: Dropout(0.3, seed=11), (4, 6, 6), True),
+        ("BatchNorm1d(16)", lambda dt: BatchNorm1d(16, dtype=dt), (16,), False),
+        ("BatchNorm2d(3)", lambda dt: BatchNorm2d(3, dtype=dt), (3, 5, 5), False),
+        ("Flatten", lambda dt: Flatten(), (2, 3, 4), False),
+        ("Residual(Conv, ReLU)", lambda dt: Residual(Conv2d(3, 3, 3, padding="same", rng=1, dtype=dt), ReLU()),
+         (3, 6, 6), True),
+    ]
+
+
+def layer_parity(side: Side, dtype=np.float64, batch: int = 6, seed: int = 0) -> list:
+    """Forward (train mode) and backward of every layer on both sides."""
+    rows = []
+    for name, make, shape, needs in layer_cases():
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((batch, *shape)).astype(dtype)
+        ref = make(dtype)
+        y_ref = ref.forward(x, train=True)
+        dout = rng.standard_normal(y_ref.shape).astype(dtype)
+        dx_ref = ref.backward(dout)
+        other = side.move(make(dtype))
+        with side.active():
+            before = dict(side.launches())
+            y = other.forward(side.put(x), train=True)
+            dx = other.backward(side.put(dout))
+            after = side.launches()
+        launches = sum(after.values()) - sum(before.values())
+        bwd = rel_diff(dx_ref, dx)
+        for (_, p_ref, g_ref), (_, _, g) in zip(ref.named_parameters(), other.named_parameters()):
+            bwd = max(bwd, rel_diff(g_ref, g))
+        rows.append(ParityRow(name, np.dtype(dtype).name, rel_diff(y_ref, y), bwd, launches,
+                              TOL[np.dtype(dtype).type], needs))
+    return rows
+
+
+def training_parity(side: Side, model: str, dtype=np.float64, steps: int = 40,
+                    batch: int = 32, seed: int = 0, optimizer: str = "sgd") -> ParityRow:
+    """Train a zoo model ``steps`` steps from the same seed on both sides; compare the loss
+    curves (forward column) and the final weights (backward column)."""
+    from .data import make_synthetic
+    from .losses import SoftmaxCrossEntropy
+    from .optim import SGD, Adam
+    from .zoo import build_model
+
+    x, y = make_synthetic(batch * 8, seed=seed, size=28)
+    x = x.astype(dtype) / dtype(255)
+    curves, finals, launches = [], [], 0
+    for on_side in (False, True):
+        m = build_model(model, (1, 28, 28), 10, seed=seed, dtype=dtype,
+                        dropout=0.3 if model not in ("model1", "cnn-bn") else None)
+        if on_side:
+            side.move(m)
+        opt = (SGD(m.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+               if optimizer == "sgd" else Adam(m.parameters(), lr=1e-3, weight_decay=1e-4))
+        loss = SoftmaxCrossEntropy()
+        ctx = side.active() if on_side else contextlib.nullcontext()
+        losses = []
+        with ctx:
+            before = sum(side.launches().values()) if on_side else 0
+            for s in range(steps):
+                lo = (s * batch) % len(x)
+                xb, yb = x[lo:lo + batch], y[lo:lo + batch]
+                if on_side:
+                    xb, yb = side.put(xb), side.put(yb)
+                value = loss.forward(m.forward(xb, train=True), yb)
+                m.backward(loss.backward())
+                opt.step()
+                losses.append(value)
+            if on_side:
+                launches = sum(side.launches().values()) - before
+        curves.append(np.array([float(to_numpy(v)) for v in losses]))
+        finals.append(m.state_dict())
+    weights = max(rel_diff(finals[0][k], finals[1][k]) for k in finals[0])
+    return ParityRow(f"train {model} ({optimizer}, {steps} steps)", np.dtype(dtype).name,
+                     rel_diff(curves[0], curves[1]), weights, launches,
+                     TRAIN_TOL[np.dtype(dtype).type])
+
+
+def format_rows(rows) -> str:
+    head = f"{'check':40s} {'dtype':8s} {'forward/loss':>13s} {'backward/weights':>17s} {'launches':>9s} {'tol':>8s}  ok"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r.what:40s} {r.dtype:8s} {r.forward:13.2e} {r.backward:17.2e} "
+                     f"{r.launches:9d} {r.tol:8.0e}  {'yes' if r.ok else 'NO'}")
+    bad = sum(not r.ok for r in rows)
+    lines.append(f"{len(rows) - bad} passed, {bad} failed")
+    return "\n".join(lines)
+
+
+def run_parity(side_kind: str = "cuda", models=("model4", "cnn-bn"), steps: int = 200,
+               dtypes=(np.float64, np.float32)) -> tuple:
+    """Every layer and the given zoo models on both sides; returns (rows, all_ok)."""
+    side = Side(side_kind)
+    rows = []
+    for dt in dtypes:
+        rows += layer_parity(side, dt)
+    for dt in dtypes:
+        for model in models:
+            rows.append(training_parity(side, model, dt, steps=steps))
+    return rows, all(r.ok for r in rows)

@@ -1,0 +1,52 @@
+"""The whole CUDA path on the CPU: ops take their CUDA bodies (grid sizes, argument
+marshalling, allocation) and the RawKernel sources run compiled for the CPU, compared step by
+step with the NumPy path."""
+import numpy as np
+import pytest
+
+from gpunn.parity import Side, layer_parity, training_parity
+
+kernels = pytest.importorskip("gpunn.kernels")
+
+
+@pytest.fixture(scope="module")
+def side():
+    try:
+        with kernels.use_emulation():
+            pass
+    except Exception as e:          # pragma: no cover - g++ missing
+        pytest.skip(f"kernel emulation unavailable: {e}")
+    return Side("emulated")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_every_layer_matches(side, dtype):
+    rows = layer_parity(side, dtype)
+    bad = [r for r in rows if not r.ok]
+    assert not bad, "\n".join(f"{r.what}: fwd {r.forward:.2e} bwd {r.backward:.2e} "
+                              f"launches {r.launches}" for r in bad)
+    assert any(r.launches > 0 for r in rows)
+
+
+@pytest.mark.parametrize("model", ["model4", "cnn-bn"])
+def test_training_matches_float64(side, model):
+    row = training_parity(side, model, np.float64, steps=24, batch=16)
+    assert row.forward < 1e-10 and row.backward < 1e-10, row
+    assert row.launches > 24 * 5
+
+
+def test_adam_and_float32_training(side):
+    row = training_parity(side, "model2", np.float64, steps=12, batch=16, optimizer="adam")
+    assert row.forward < 1e-10 and row.backward < 1e-10, row
+    row = training_parity(side, "model4", np.float32, steps=12, batch=16)
+    assert row.ok, row
+
+
+def test_dropout_masks_identical_to_numpy_body(side):
+    from gpunn.ops.dropout import dropout_forward
+    x = np.random.default_rng(0).standard_normal((7, 33)).astype(np.float32)
+    y_ref, m_ref = dropout_forward(x, 0.4, seed=9, step=3)
+    with kernels.use_emulation():
+        y, m = dropout_forward(x, 0.4, seed=9, step=3)
+    np.testing.assert_array_equal(m, m_ref)
+    np.testing.assert_array_equal(y, y_ref)
