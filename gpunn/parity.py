@@ -20,6 +20,10 @@ from .backend import to_device, to_numpy
 
 TOL = {np.float64: 1e-10, np.float32: 2e-5}          # layers: forward and backward
 TRAIN_TOL = {np.float64: 1e-9, np.float32: 2e-3}     # loss curves over a training run
+# Over hundreds of float32 steps two devices drift apart the way float32 drifts from float64
+# (a ReLU or max-pool decision flips, then the runs differ); so a float32 run passes when the
+# devices differ by at most DRIFT_FACTOR times the float32-vs-float64 drift of the CPU run.
+DRIFT_FACTOR = 3.0
 
 
 @dataclass
@@ -31,12 +35,14 @@ class ParityRow:
     launches: int          # custom-kernel launches seen on the CUDA side (-1: not counted)
     tol: float
     needs_kernels: bool = True
+    tol_backward: float | None = None     # defaults to tol
 
     @property
     def ok(self) -> bool:
         finite = np.isfinite(self.forward) and np.isfinite(self.backward)
         used = self.launches != 0 or not self.needs_kernels
-        return bool(finite and self.forward <= self.tol and self.backward <= self.tol and used)
+        tb = self.tol if self.tol_backward is None else self.tol_backward
+        return bool(finite and self.forward <= self.tol and self.backward <= tb and used)
 
 
 def rel_diff(a, b) -> float:
@@ -127,17 +133,25 @@ def layer_parity(side: Side, dtype=np.float64, batch: int = 6, seed: int = 0) ->
 def training_parity(side: Side, model: str, dtype=np.float64, steps: int = 40,
                     batch: int = 32, seed: int = 0, optimizer: str = "sgd") -> ParityRow:
     """Train a zoo model ``steps`` steps from the same seed on both sides; compare the loss
-    curves (forward column) and the final weights (backward column)."""
+    curves (forward column) and the final weights (backward column).
+
+    float64 must agree to TRAIN_TOL (1e-9). float32 must agree to TRAIN_TOL, or to
+    DRIFT_FACTOR times the distance between float32 and float64 CPU runs, whichever is larger.
+    """
     from .data import make_synthetic
     from .losses import SoftmaxCrossEntropy
     from .optim import SGD, Adam
     from .zoo import build_model
 
-    x, y = make_synthetic(batch * 8, seed=seed, size=28)
-    x = x.astype(dtype) / dtype(255)
+    x8, y = make_synthetic(batch * 8, seed=seed, size=28)
     curves, finals, launches = [], [], 0
-    for on_side in (False, True):
-        m = build_model(model, (1, 28, 28), 10, seed=seed, dtype=dtype,
+    runs = [(False, dtype), (True, dtype)]
+    if np.dtype(dtype) == np.float32:
+        runs.append((False, np.float64))           # the float32 drift reference
+    for on_side, dt in runs:
+        dt = np.dtype(dt).type
+        x = x8.astype(dt) / dt(255)
+        m = build_model(model, (1, 28, 28), 10, seed=seed, dtype=dt,
                         dropout=0.3 if model not in ("model1", "cnn-bn") else None)
         if on_side:
             side.move(m)
@@ -161,18 +175,26 @@ def training_parity(side: Side, model: str, dtype=np.float64, steps: int = 40,
                 launches = sum(side.launches().values()) - before
         curves.append(np.array([float(to_numpy(v)) for v in losses]))
         finals.append(m.state_dict())
-    weights = max(rel_diff(finals[0][k], finals[1][k]) for k in finals[0])
+
+    def weight_diff(a, b):
+        return max(rel_diff(a[k], b[k]) for k in a if a[k].dtype.kind == "f")
+    tol = tol_w = TRAIN_TOL[np.dtype(dtype).type]
+    if len(curves) == 3:
+        tol = max(tol, DRIFT_FACTOR * rel_diff(curves[2], curves[0]))
+        tol_w = max(tol_w, DRIFT_FACTOR * weight_diff(finals[2], finals[0]))
     return ParityRow(f"train {model} ({optimizer}, {steps} steps)", np.dtype(dtype).name,
-                     rel_diff(curves[0], curves[1]), weights, launches,
-                     TRAIN_TOL[np.dtype(dtype).type])
+                     rel_diff(curves[0], curves[1]), weight_diff(finals[0], finals[1]), launches,
+                     tol, tol_backward=tol_w)
 
 
 def format_rows(rows) -> str:
-    head = f"{'check':40s} {'dtype':8s} {'forward/loss':>13s} {'backward/weights':>17s} {'launches':>9s} {'tol':>8s}  ok"
+    head = (f"{'check':40s} {'dtype':8s} {'forward/loss':>13s} {'backward/weights':>17s} "
+            f"{'launches':>9s} {'tol':>8s} {'tol bwd':>8s}  ok")
     lines = [head, "-" * len(head)]
     for r in rows:
+        tb = r.tol if r.tol_backward is None else r.tol_backward
         lines.append(f"{r.what:40s} {r.dtype:8s} {r.forward:13.2e} {r.backward:17.2e} "
-                     f"{r.launches:9d} {r.tol:8.0e}  {'yes' if r.ok else 'NO'}")
+                     f"{r.launches:9d} {r.tol:8.1e} {tb:8.1e}  {'yes' if r.ok else 'NO'}")
     bad = sum(not r.ok for r in rows)
     lines.append(f"{len(rows) - bad} passed, {bad} failed")
     return "\n".join(lines)

@@ -42,4 +42,4 @@ def test_custom_kernels_are_used():
     m.backward(m.forward(x, train=True))
     after = launch_counts()
     used = {k for k in after if after[k] > before.get(k, 0)}
-    assert {"im2col", "col2im", "relu_forward", "maxpool_forward", "dropout_forward"} <= used, used
+    assert {"im2col", "col2im", "relu_forward", "maxpool2d_forward", "dropout_forward"} <= used, used
