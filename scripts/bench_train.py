@@ -57,7 +57,7 @@ def torch_model(name):
     return None
 
 
-def time_torch(name, batch, repeats):
+def time_torch(name, batch, repeats, device="cpu"):
     try:
         import torch
     except ImportError:
@@ -65,16 +65,18 @@ def time_torch(name, batch, repeats):
     net = torch_model(name)
     if net is None:
         return None
+    net = net.to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     lossf = torch.nn.CrossEntropyLoss()
-    x = torch.rand(batch, 1, 28, 28)
-    y = torch.randint(0, 10, (batch,))
+    x = torch.rand(batch, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def step():
         opt.zero_grad(set_to_none=False)
         lossf(net(x), y).backward()
         opt.step()
-    return _median_ms(step, repeats, lambda: None)
+    return _median_ms(step, repeats, sync)
 
 
 def _median_ms(step, repeats, sync):
@@ -102,10 +104,17 @@ def main():
     except ImportError:
         torch_info = "torch not installed"
     gpu = cuda_available()
+    try:
+        import torch
+        torch_gpu = gpu and torch.cuda.is_available()
+    except ImportError:
+        torch_gpu = False
     print(f"batch {args.batch}, median of {args.repeats} steps; numpy {np.__version__}; {torch_info}")
     head = f"{'model':10s} {'gpunn cpu ms':>13s} {'torch cpu ms':>13s} {'gpunn/torch':>12s}"
     if gpu:
         head += f" {'gpunn cuda ms':>14s}"
+    if torch_gpu:
+        head += f" {'torch cuda ms':>14s}"
     print(head)
     for name in args.models.split(","):
         g = time_gpunn(name, args.batch, args.repeats, "cpu")
@@ -114,6 +123,8 @@ def main():
               f"{(g / t) if t else float('nan'):12.2f}"
         if gpu:
             row += f" {time_gpunn(name, args.batch, args.repeats, 'cuda'):14.2f}"
+        if torch_gpu:
+            row += f" {time_torch(name, args.batch, args.repeats, 'cuda'):14.2f}"
         print(row)
 
 
