@@ -1,6 +1,5 @@
 """The gpunn command end to end on the synthetic set, through click's test runner."""
 import json
-import os
 
 import pytest
 from click.testing import CliRunner

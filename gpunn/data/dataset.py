@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .readers import DataFormatError, read_cifar10_batch, read_idx, read_npz
-from .registry import DATASETS, get_info, locate_dataset, verify_file
+from .registry import get_info, locate_dataset, verify_file
 from .synthetic import make_synthetic
 
 __all__ = ["Dataset", "load_dataset", "split_validation"]

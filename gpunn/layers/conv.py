@@ -6,7 +6,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..errors import ShapeError
 from ..init import get_initialiser, make_rng
-from ..ops.conv import col2im, conv_output_size, im2col, normalize_padding, pair
+from ..ops.conv import col2im, im2col, normalize_padding, pair, window_geometry
 from .base import Layer, check_dtype
 
 
@@ -41,15 +41,8 @@ class Conv2d(Layer):
         self._cache = None
 
     def _geometry(self, h, w):
-        kh, kw = self.kernel_size
-        sy, sx = self.stride
-        pad = normalize_padding(self.padding, h, w, kh, kw, sy, sx, repr(self))
-        oh = conv_output_size(h, kh, sy, pad[0], pad[1])
-        ow = conv_output_size(w, kw, sx, pad[2], pad[3])
-        if oh <= 0 or ow <= 0:
-            raise ShapeError(f"{self!r}: a {kh}x{kw} kernel does not fit a {h}x{w} input "
-                             f"with padding {pad[:2]}/{pad[2:]}")
-        return pad, oh, ow
+        return window_geometry(h, w, self.kernel_size, self.stride, self.padding, repr(self),
+                               "kernel")
 
     def forward(self, x, *, train=False):
         self.check_input(x, 4, feature_axis=1, features=self.in_channels)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module
 from ..errors import ShapeError
 from ..init import get_initialiser, make_rng
 from .base import Layer, check_dtype

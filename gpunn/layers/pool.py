@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..errors import ShapeError
-from ..ops.conv import conv_output_size, normalize_padding, pair
+from ..ops.conv import normalize_padding, pair, window_geometry
 from ..ops.pool import (avgpool2d_backward, avgpool2d_forward, maxpool2d_backward,
                         maxpool2d_forward)
 from .base import Layer
@@ -27,14 +27,8 @@ class _Pool2d(Layer):
         self._cache = None
 
     def _geometry(self, h, w):
-        kh, kw = self.kernel_size
-        sy, sx = self.stride
-        pad = normalize_padding(self.padding, h, w, kh, kw, sy, sx, repr(self))
-        oh = conv_output_size(h, kh, sy, pad[0], pad[1])
-        ow = conv_output_size(w, kw, sx, pad[2], pad[3])
-        if oh <= 0 or ow <= 0:
-            raise ShapeError(f"{self!r}: a {kh}x{kw} window does not fit a {h}x{w} input")
-        return pad, oh, ow
+        return window_geometry(h, w, self.kernel_size, self.stride, self.padding, repr(self),
+                               "window")
 
     def output_shape(self, in_shape):
         if len(in_shape) != 3:

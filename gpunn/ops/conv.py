@@ -9,12 +9,12 @@ stride = (sy, sx); pad = (pt, pb, pl, pr): top, bottom, left, right (asymmetric 
 """
 from __future__ import annotations
 
-import math
 
 from ..backend import get_array_module
 from ._cuda import contiguous, i32, launch, use_cuda_body
 
-__all__ = ["same_padding", "conv_output_size", "normalize_padding", "im2col", "col2im"]
+__all__ = ["same_padding", "conv_output_size", "normalize_padding", "window_geometry", "im2col",
+           "col2im"]
 
 
 def same_padding(in_size: int, k: int, s: int) -> tuple:
@@ -53,6 +53,22 @@ def normalize_padding(padding, h: int, w: int, kh: int, kw: int, sy: int, sx: in
     if ph < 0 or pw < 0:
         raise ValueError(f"{where}: padding must be >= 0, got {padding!r}")
     return ph, ph, pw, pw
+
+
+def window_geometry(h: int, w: int, kernel: tuple, stride: tuple, padding, where: str,
+                    what: str = "kernel") -> tuple:
+    """Padding and output size of a sliding window over an (h, w) input:
+    ``((pt, pb, pl, pr), oh, ow)``; a ShapeError naming ``where`` when the window cannot fit."""
+    from ..errors import ShapeError
+    kh, kw = kernel
+    sy, sx = stride
+    pad = normalize_padding(padding, h, w, kh, kw, sy, sx, where)
+    oh = conv_output_size(h, kh, sy, pad[0], pad[1])
+    ow = conv_output_size(w, kw, sx, pad[2], pad[3])
+    if oh <= 0 or ow <= 0:
+        raise ShapeError(f"{where}: a {kh}x{kw} {what} does not fit a {h}x{w} input "
+                         f"with padding {pad[:2]}/{pad[2:]}")
+    return pad, oh, ow
 
 
 # -- im2col -------------------------------------------------------------------------------------

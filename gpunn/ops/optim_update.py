@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module, is_cuda_array
+from ..backend import get_array_module
 from ._cuda import i32, i64, launch, scalar, use_cuda_body
 
 __all__ = ["sgd_update", "adam_update"]
