@@ -116,6 +116,8 @@ def _train_options(f):
                      help="Evaluate every N training samples (0: at epoch ends only)."),
         click.option("--val-size", type=float, default=5000, show_default=True,
                      help="Validation samples taken from the training set (a fraction if < 1)."),
+        click.option("--standardize/--no-standardize", default=False, show_default=True,
+                     help="Standardise images with the training split's mean and std (else [0, 1])."),
         click.option("--patience", type=int, default=None, help="Early stopping: evaluations without improvement."),
         click.option("--max-steps", type=int, default=None, help="Stop after this many steps (smoke tests)."),
         click.option("--out", type=click.Path(file_okay=False), default=None,

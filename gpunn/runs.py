@@ -41,6 +41,7 @@ class RunConfig:
     seed: int = 0
     eval_every: int = 20000
     val_size: float = 5000
+    standardize: bool = False
     patience: int | None = None
     max_steps: int | None = None
     progress: bool = True
@@ -96,7 +97,7 @@ def build_all(cfg: RunConfig, device):
     from .zoo import build_model
 
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, seed=cfg.seed,
-                        dtype=np.dtype(cfg.dtype))
+                        dtype=np.dtype(cfg.dtype), standardize=cfg.standardize)
     model = build_model(cfg.model, data.input_shape, data.num_classes, seed=cfg.seed,
                         dtype=np.dtype(cfg.dtype), dropout=cfg.dropout)
     model.to(device)
@@ -141,7 +142,7 @@ def evaluate_run(run_dir, *, device="auto", data_dir=None, plots=True) -> dict:
         cfg.data_dir = data_dir
     dev = resolve_device(device)
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, seed=cfg.seed,
-                        dtype=np.dtype(cfg.dtype))
+                        dtype=np.dtype(cfg.dtype), standardize=cfg.standardize)
     model = build_model(cfg.model, data.input_shape, data.num_classes, seed=cfg.seed,
                         dtype=np.dtype(cfg.dtype), dropout=cfg.dropout)
     model.load(os.path.join(run_dir, "weights.npz")).to(dev)
