@@ -4,8 +4,10 @@
 
 Conv2d(8, 8, 3, padding=1) forward + backward on a (100, 8, 14, 14) float32 batch:
 gpunn (im2col by strided views, col2im by strided accumulation) vs the coursework
-(fancy-index im2col with index arrays, col2im with np.add.at). 2x2 max-pool forward at
-(100, 8, 28, 28): the element-wise maximum of four strided slices vs reshape().max().
+(fancy-index im2col with index arrays, col2im with np.add.at), and the weight-gradient GEMM in
+both operand orders. 2x2 max-pool at (100, 8, 28, 28): forward as the element-wise maximum of
+four strided slices vs reshape().max(), and a training step (forward keeping the argmax +
+backward) vs reshape().max() with a mask backward.
 Prints medians and ratios; this is a measurement, not a test.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 import numpy as np
 
 from gpunn.layers import Conv2d, MaxPool2d
+from gpunn.ops.conv import im2col
 
 
 # -- the coursework way -----------------------------------------------------------------------
@@ -62,6 +65,17 @@ def coursework_conv_step(x, W, b, dout):
     return y, dW, db, dx
 
 
+def coursework_pool_step(x, dout):
+    """2x2 max-pool forward + backward by reshape; the mask sends the gradient to every tied
+    maximum (not only the first one), as coursework code usually did."""
+    n, c, h, w = x.shape
+    x6 = x.reshape(n, c, h // 2, 2, w // 2, 2)
+    out = x6.max(axis=(3, 5))
+    mask = x6 == out[:, :, :, None, :, None]
+    dx = (mask * dout[:, :, :, None, :, None]).reshape(x.shape)
+    return out, dx
+
+
 # -- timing -----------------------------------------------------------------------------------
 def median_ms(f, repeats):
     f()
@@ -97,6 +111,15 @@ def main():
     xp = rng.standard_normal((100, 8, 28, 28)).astype(np.float32)
     pool = MaxPool2d(2)
     np.testing.assert_array_equal(pool.forward(xp), xp.reshape(100, 8, 14, 2, 14, 2).max(axis=(3, 5)))
+    dpool = rng.standard_normal((100, 8, 14, 14)).astype(np.float32)
+
+    def gpunn_pool_step():
+        pool.forward(xp, train=True)
+        return pool.backward(dpool)
+    np.testing.assert_array_equal(gpunn_pool_step(), coursework_pool_step(xp, dpool)[1])  # no ties
+
+    col = im2col(x, 3, 3, (1, 1), (1, 1, 1, 1))              # (72, 19600), as the layer has it
+    d = dout.transpose(1, 0, 2, 3).reshape(8, -1)            # (8, 19600)
 
     rows = [
         ("conv 3x3 fwd+bwd (100,8,14,14)", median_ms(gpunn_conv, args.repeats),
@@ -108,11 +131,16 @@ def main():
         ("  same, keeping the argmax", median_ms(lambda: pool.forward(xp, train=True), args.repeats),
          median_ms(lambda: xp.reshape(100, 8, 14, 2, 14, 2).max(axis=(3, 5)), args.repeats),
          "reshape().max(axis=(3, 5))"),
+        ("max-pool 2x2 fwd+bwd (training)", median_ms(gpunn_pool_step, args.repeats),
+         median_ms(lambda: coursework_pool_step(xp, dpool), args.repeats),
+         "reshape().max() + mask backward"),
+        ("conv dW GEMM (8x19600 @ 19600x72)", median_ms(lambda: (col @ d.T).T, args.repeats),
+         median_ms(lambda: d @ col.T, args.repeats), "d @ col.T (gpunn: (col @ d.T).T)"),
     ]
     print(f"float32, median of {args.repeats}; numpy {np.__version__}")
-    print(f"{'operation':32s} {'gpunn ms':>9s} {'coursework ms':>14s} {'speed-up':>9s}  coursework way")
+    print(f"{'operation':34s} {'gpunn ms':>9s} {'coursework ms':>14s} {'speed-up':>9s}  coursework way")
     for name, g, c, how in rows:
-        print(f"{name:32s} {g:9.2f} {c:14.2f} {c / g:8.1f}x  {how}")
+        print(f"{name:34s} {g:9.2f} {c:14.2f} {c / g:8.1f}x  {how}")
 
 
 if __name__ == "__main__":

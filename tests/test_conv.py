@@ -42,10 +42,12 @@ def test_forward_matches_loop(k, s, p, rng):
     np.testing.assert_allclose(layer.forward(x), ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("k,s,p", CONFIGS)
-def test_gradcheck(k, s, p, rng):
-    x = rng.standard_normal((2, 2, 7, 6))
-    res = check_layer(Conv2d(2, 3, k, stride=s, padding=p, rng=0, dtype=F64), x)
+def test_gradcheck(k, s, p, bias, rng):
+    x = rng.standard_normal((2, 2, 7, 5))
+    layer = Conv2d(2, 3, k, stride=s, padding=p, bias=bias, rng=0, dtype=F64)
+    res = check_layer(layer, x)
     assert res.max_rel_error < 1e-6, str(res)
 
 
@@ -92,7 +94,8 @@ def test_dtype_preserved(dtype, rng):
     y = layer.forward(x, train=True)
     dx = layer.backward(np.ones_like(y))
     assert y.dtype == dx.dtype == layer.grads["W"].dtype == layer.grads["b"].dtype == dtype
-    assert im2col(x, 3, 3, (1, 1), (1, 1, 1, 1)).dtype == dtype
+    col = im2col(x, 3, 3, (1, 1), (1, 1, 1, 1))
+    assert col.dtype == dtype and col2im(col, x.shape, 3, 3, (1, 1), (1, 1, 1, 1)).dtype == dtype
 
 
 def test_bad_inputs():
@@ -109,3 +112,13 @@ def test_bad_inputs():
         layer.forward(np.zeros((2, 3, 2, 2), np.float32))
     with pytest.raises(ValueError, match="padding must be"):
         Conv2d(3, 8, 3, padding="valid")
+
+
+def test_output_shape():
+    assert Conv2d(3, 8, 3).output_shape((3, 28, 28)) == (8, 26, 26)
+    assert Conv2d(3, 8, 3, stride=2, padding="same").output_shape((3, 7, 9)) == (8, 4, 5)
+    assert Conv2d(3, 8, (5, 3), stride=(1, 2), padding=(2, 0)).output_shape((3, 7, 9)) == (8, 7, 4)
+    with pytest.raises(ShapeError, match=r"Conv2d\(3, 8.*\(3, H, W\), got \(4, 28, 28\)"):
+        Conv2d(3, 8, 3).output_shape((4, 28, 28))
+    with pytest.raises(ShapeError, match=r"Conv2d\(3, 8.*5x5 kernel does not fit a 4x9 input"):
+        Conv2d(3, 8, 5).output_shape((3, 4, 9))

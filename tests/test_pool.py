@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from gpunn.errors import ShapeError
+from gpunn.errors import DTypeError, ShapeError
 from gpunn.gradcheck import check_layer
 from gpunn.layers import AvgPool2d, MaxPool2d
 from gpunn.ops.conv import same_padding
@@ -19,7 +19,8 @@ def _pad(h, w, k, s, p):
 
 
 def pool_loop(x, k, s, pad, kind, count_include_pad=False):
-    """Reference: returns (out, argmax or None, dx for dout = R) computed pixel by pixel."""
+    """Reference, window by window: (out, argmax); argmax is the flat index h*W + w of the first
+    maximum in row-major window order (kind="max")."""
     n, c, h, w = x.shape
     pt, pb, pl, pr = pad
     oh, ow = (h + pt + pb - k) // s + 1, (w + pl + pr - k) // s + 1
@@ -40,7 +41,18 @@ def pool_loop(x, k, s, pad, kind, count_include_pad=False):
     return out, arg
 
 
-CONFIGS = [(2, 2, 0), (3, 2, 0), (3, 1, 1), (3, 2, "same"), (2, 2, "same"), (3, 3, 1), (2, 1, 0)]
+def maxpool_backward_loop(dout, arg, x_shape):
+    """Reference: each window's gradient goes to its argmax pixel, summed over windows."""
+    n, c, h, w = x_shape
+    dx = np.zeros((n, c, h * w))
+    for ni, ci, i, j in itertools.product(*map(range, dout.shape)):
+        dx[ni, ci, arg[ni, ci, i, j]] += dout[ni, ci, i, j]
+    return dx.reshape(x_shape)
+
+
+# (kernel, stride, padding): disjoint windows (2/2, 3/3, 2/3 with gaps) and overlapping ones
+CONFIGS = [(2, 2, 0), (3, 2, 0), (3, 1, 1), (3, 2, "same"), (2, 2, "same"), (3, 3, 1), (2, 1, 0),
+           (2, 3, 0)]
 
 
 @pytest.mark.parametrize("k,s,p", CONFIGS)
@@ -81,6 +93,31 @@ def test_maxpool_ties_go_to_first_maximum():
     np.testing.assert_array_equal(dx[0, 0], expect)
 
 
+@pytest.mark.parametrize("k,s,p", CONFIGS)
+def test_maxpool_ties_match_loop(k, s, p, rng):
+    """Few distinct values, so most windows tie: argmax and dx must pick the first maximum."""
+    x = rng.integers(0, 3, (2, 3, 7, 9)).astype(F64)
+    out, arg = pool_loop(x, k, s, _pad(7, 9, k, s, p), "max")
+    layer = MaxPool2d(k, s, p)
+    np.testing.assert_array_equal(layer.forward(x, train=True), out)
+    np.testing.assert_array_equal(layer._cache[1], arg)
+    dout = rng.standard_normal(out.shape)
+    np.testing.assert_allclose(layer.backward(dout), maxpool_backward_loop(dout, arg, x.shape),
+                               rtol=1e-12, atol=1e-15)
+
+
+def test_maxpool_large_window_matches_loop(rng):
+    """A 17x17 window has more offsets than uint8 holds: the int32 offset path."""
+    x = rng.integers(0, 4, (1, 2, 18, 20)).astype(F64)
+    out, arg = pool_loop(x, 17, 1, (0, 0, 0, 0), "max")
+    layer = MaxPool2d(17, 1)
+    np.testing.assert_array_equal(layer.forward(x, train=True), out)
+    np.testing.assert_array_equal(layer._cache[1], arg)
+    dout = rng.standard_normal(out.shape)
+    np.testing.assert_allclose(layer.backward(dout), maxpool_backward_loop(dout, arg, x.shape),
+                               rtol=1e-12, atol=1e-15)
+
+
 def test_overlapping_windows_accumulate():
     x = np.zeros((1, 1, 3, 3))
     x[0, 0, 1, 1] = 5                   # the centre is the max of all four 2x2 windows
@@ -97,6 +134,8 @@ def test_dtype_preserved(cls, dtype, rng):
     x = rng.standard_normal((2, 3, 7, 7)).astype(dtype)
     y = layer.forward(x, train=True)
     assert y.dtype == dtype and layer.backward(np.ones_like(y)).dtype == dtype
+    if cls is MaxPool2d:
+        assert layer._cache[1].dtype == np.int32
 
 
 def test_bad_inputs():
@@ -106,3 +145,17 @@ def test_bad_inputs():
         MaxPool2d(2).output_shape((8, 1, 1))
     with pytest.raises(ValueError, match="at most half the kernel"):
         MaxPool2d(2, padding=2)
+    for cls in (MaxPool2d, AvgPool2d):
+        with pytest.raises(DTypeError, match=cls.__name__ + r".*float32 or float64, got int64"):
+            cls(2).forward(np.zeros((1, 1, 4, 4), np.int64))
+
+
+def test_too_many_pools_for_the_image():
+    shape = (4, 7, 7)
+    for _ in range(2):
+        shape = MaxPool2d(2).output_shape(shape)
+    assert shape == (4, 1, 1)
+    with pytest.raises(ShapeError, match=r"MaxPool2d\(kernel_size=\(2, 2\).*2x2 window does not "
+                                         r"fit a 1x1 input"):
+        MaxPool2d(2).output_shape(shape)
+    assert AvgPool2d(3, 2, "same").output_shape((4, 1, 1)) == (4, 1, 1)   # "same" always fits

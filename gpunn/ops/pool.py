@@ -5,7 +5,8 @@ Semantics shared with kernels/pool.cu:
 - max: padding acts as -inf; ``argmax`` (int32, (N, C, oh, ow)) is the flat index h*W + w of
   the chosen pixel in the unpadded plane; ties go to the first maximum in row-major window
   order (as PyTorch). Backward sends each window's gradient to its argmax pixel, summing where
-  overlapping windows chose the same pixel.
+  overlapping windows chose the same pixel. (The CPU body multiplies dout by a 0/1 mask, so a
+  non-finite dout also reaches the window's other pixels as NaN; finite values are exact.)
 - average: with ``count_include_pad=False`` the mean over the window's in-bounds pixels
   (TensorFlow "same", PyTorch count_include_pad=False); with True, divide by kh*kw.
 
@@ -68,7 +69,7 @@ def _offset_table(kh, kw, w, xp):
 def maxpool2d_forward(x, kh: int, kw: int, stride: tuple, pad: tuple, with_argmax: bool = True):
     """x: (N, C, H, W) -> (out (N, C, oh, ow), argmax int32 (N, C, oh, ow) or None).
 
-    Evaluation needs no argmax: ``with_argmax=False`` skips it (on the CPU that is ~6x faster
+    Evaluation needs no argmax: ``with_argmax=False`` skips it (on the CPU that is ~2.5x faster
     for a 2x2 pool, the plain maximum of four slices).
     """
     if use_cuda_body(x):
@@ -87,16 +88,20 @@ def _maxpool2d_forward_cpu(x, kh, kw, stride, pad, with_argmax=True):
         for k in range(1, kh * kw):
             xp.maximum(out, _slice(xpad, k // kw, k % kw, sy, sx, oh, ow), out=out)
         return out, None
-    offset = xp.zeros(out.shape, dtype=np.uint8 if kh * kw < 256 else np.int32)
+    # offset: the window offset k = i*kw + j of the running maximum. A strict `>` moves it only
+    # on a larger value, so ties keep the first maximum. k only grows, so "set offset to k where
+    # better" is maximum(offset, better * k): plain uint8 arithmetic, which makes this forward
+    # ~3x faster than with the masked assignment offset[better] = k.
+    offset = xp.zeros(out.shape, dtype=np.uint8 if kh * kw <= 256 else np.int32)
     for k in range(1, kh * kw):
         s = _slice(xpad, k // kw, k % kw, sy, sx, oh, ow)
-        better = s > out                  # strict: the first maximum keeps ties
+        better = (s > out).astype(offset.dtype)
         xp.maximum(out, s, out=out)
-        offset[better] = k
+        better *= offset.dtype.type(k)
+        xp.maximum(offset, better, out=offset)
     # flat index = window origin + the offset's (i*W + j): a lookup and one add, in int32
-    base = _window_base(h, w, oh, ow, stride, pad, xp)
-    argmax = _offset_table(kh, kw, w, xp)[offset]
-    argmax += base
+    argmax = xp.take(_offset_table(kh, kw, w, xp), offset)
+    argmax += _window_base(h, w, oh, ow, stride, pad, xp)
     return out, argmax
 
 
@@ -116,11 +121,16 @@ def _maxpool2d_backward_cpu(dout, argmax, x_shape, kh, kw, stride, pad):
     base = _window_base(h, w, oh, ow, stride, pad, xp)
     table = _offset_table(kh, kw, w, xp)
     dxp = xp.zeros((n, c, h + pt + pb, w + pl + pr), dtype=dout.dtype)
-    zero = dout.dtype.type(0)
+    disjoint = sy >= kh and sx >= kw         # e.g. 2x2 stride 2: every pixel in <= 1 window
     for k in range(kh * kw):
-        # windows whose maximum sits at offset k send their gradient through that slice
+        # windows whose maximum sits at offset k send their gradient through that slice;
+        # dout * mask is ~6x faster than where(mask, dout, 0) and equal for finite dout
         chosen = argmax == (base + table[k])
-        _slice(dxp, k // kw, k % kw, sy, sx, oh, ow)[...] += xp.where(chosen, dout, zero)
+        target = _slice(dxp, k // kw, k % kw, sy, sx, oh, ow)
+        if disjoint:
+            xp.multiply(dout, chosen, out=target)    # plain assignment: no slice overlaps
+        else:
+            target += dout * chosen
     if pt == pb == pl == pr == 0:
         return dxp
     return xp.ascontiguousarray(dxp[:, :, pt:pt + h, pl:pl + w])
@@ -175,8 +185,13 @@ def _avgpool2d_backward_cpu(dout, x_shape, kh, kw, stride, pad, count_include_pa
     share = dout / _avg_divisor(h, w, oh, ow, kh, kw, stride, pad, count_include_pad,
                                 dout.dtype, xp)
     dxp = xp.zeros((n, c, h + pt + pb, w + pl + pr), dtype=dout.dtype)
+    disjoint = sy >= kh and sx >= kw
     for k in range(kh * kw):
-        _slice(dxp, k // kw, k % kw, sy, sx, oh, ow)[...] += share
+        target = _slice(dxp, k // kw, k % kw, sy, sx, oh, ow)
+        if disjoint:
+            target[...] = share
+        else:
+            target += share
     if pt == pb == pl == pr == 0:
         return dxp
     return xp.ascontiguousarray(dxp[:, :, pt:pt + h, pl:pl + w])
