@@ -21,13 +21,13 @@ __device__ __forceinline__ long long ew_stride() {
     return (long long)blockDim.x * gridDim.x;
 }
 
-// -- ReLU: y = x > 0 ? x : 0;  dx = dout * (x > 0) ------------------------------------------
+// -- ReLU: y = x > 0 ? x : 0 (NaN stays NaN, as np.maximum and PyTorch);  dx = dout * (x > 0) --
 
 template <typename T>
 __device__ __forceinline__ void relu_forward(const T* x, T* y, long long n) {
     for (long long i = ew_first(); i < n; i += ew_stride()) {
         T v = x[i];
-        y[i] = v > T(0) ? v : T(0);
+        y[i] = (v > T(0) || v != v) ? v : T(0);    // v != v: NaN propagates, never hidden
     }
 }
 

@@ -15,7 +15,7 @@ M64 = np.uint64
 
 # -- element-wise -----------------------------------------------------------------------------
 def relu(x):
-    return np.where(x > 0, x, np.zeros_like(x))
+    return np.where((x > 0) | np.isnan(x), x, np.zeros_like(x))   # NaN stays NaN
 
 
 def relu_backward(dout, x):

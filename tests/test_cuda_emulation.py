@@ -50,3 +50,13 @@ def test_dropout_masks_identical_to_numpy_body(side):
         y, m = dropout_forward(x, 0.4, seed=9, step=3)
     np.testing.assert_array_equal(m, m_ref)
     np.testing.assert_array_equal(y, y_ref)
+
+
+def test_relu_propagates_nan_like_the_numpy_body(side):
+    from gpunn.ops.activation import relu_forward
+    x = np.array([-1.0, np.nan, 2.0, 0.0, -np.inf], dtype=np.float32)
+    ref = relu_forward(x)
+    with kernels.use_emulation():
+        y = relu_forward(x)
+    np.testing.assert_array_equal(y, ref)          # NaN == NaN for assert_array_equal
+    assert np.isnan(y[1])
