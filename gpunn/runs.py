@@ -90,16 +90,24 @@ def _write_json(path, obj) -> None:
     os.replace(tmp, path)
 
 
-def build_all(cfg: RunConfig, device):
-    """(dataset, model on device, optimizer, scheduler, loss) for a config."""
+def data_and_model(cfg: RunConfig):
+    """The data set and the (host) zoo model a config names; the model is checked against the
+    data's input shape before anything trains."""
     from .data import load_dataset
-    from .optim import SGD, Adam, CosineAnnealingLR, ExponentialLR, StepLR
     from .zoo import build_model
 
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, seed=cfg.seed,
                         dtype=np.dtype(cfg.dtype), standardize=cfg.standardize)
     model = build_model(cfg.model, data.input_shape, data.num_classes, seed=cfg.seed,
                         dtype=np.dtype(cfg.dtype), dropout=cfg.dropout)
+    return data, model
+
+
+def build_all(cfg: RunConfig, device):
+    """(dataset, model on device, optimizer, scheduler, loss) for a config."""
+    from .optim import SGD, Adam, CosineAnnealingLR, ExponentialLR, StepLR
+
+    data, model = data_and_model(cfg)
     model.to(device)
     if cfg.optimizer == "sgd":
         opt = SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
@@ -134,17 +142,11 @@ def run_training(cfg: RunConfig, out: str, *, resume: bool = False, log=None) ->
 
 def evaluate_run(run_dir, *, device="auto", data_dir=None, plots=True) -> dict:
     """Re-evaluate a run's weights on the test set; returns {"json": ..., "text": ...}."""
-    from .data import load_dataset
-    from .zoo import build_model
-
     cfg = RunConfig.load(os.path.join(run_dir, "config.json"))
     if data_dir:
         cfg.data_dir = data_dir
     dev = resolve_device(device)
-    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, seed=cfg.seed,
-                        dtype=np.dtype(cfg.dtype), standardize=cfg.standardize)
-    model = build_model(cfg.model, data.input_shape, data.num_classes, seed=cfg.seed,
-                        dtype=np.dtype(cfg.dtype), dropout=cfg.dropout)
+    data, model = data_and_model(cfg)
     model.load(os.path.join(run_dir, "weights.npz")).to(dev)
     ev = _test_metrics(model, data, SoftmaxCrossEntropy(), dev)
     if plots:
