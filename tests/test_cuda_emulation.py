@@ -60,3 +60,22 @@ def test_relu_propagates_nan_like_the_numpy_body(side):
         y = relu_forward(x)
     np.testing.assert_array_equal(y, ref)          # NaN == NaN for assert_array_equal
     assert np.isnan(y[1])
+
+
+def test_parity_command_emulated(side):
+    from click.testing import CliRunner
+    from gpunn.cli import main
+    r = CliRunner().invoke(main, ["parity", "--emulate", "--steps", "4", "--models", "model2",
+                                  "--dtype", "float64"])
+    assert r.exit_code == 0, r.output
+    assert "emulated CUDA" in r.output and ", 0 failed" in r.output
+
+
+def test_parity_command_without_gpu_says_why():
+    from click.testing import CliRunner
+    from gpunn.backend import cuda_available
+    from gpunn.cli import main
+    if cuda_available():
+        pytest.skip("a GPU is present")
+    r = CliRunner().invoke(main, ["parity"])
+    assert r.exit_code == 2 and "--emulate" in r.output
