@@ -5,6 +5,8 @@
     grid, block = kernels.launch_config(x.size)
     k(grid, block, k.marshal(x, y, x.size))          # -> (x, y, numpy.int64(x.size))
 
+    k = kernels.get_kernel("relu_forward", x.dtype)  # by base name + dtype (file looked up)
+
     # the same, with the dtype suffix and device taken from x, and the grid from n:
     kernels.kernel_for(x, "elementwise.cu", "relu_forward").launch(x.size, x, y, x.size)
 
@@ -14,10 +16,12 @@ naming the file, the kernel, the options and NVRTC's log. Entry points are plain
 ``extern "C"`` functions, one per dtype (``_f32`` / ``_f64``), so no name expressions are
 needed and the names in the cubin are the names in the source.
 
-Emulated CUDA (tests only): inside ``with kernels.use_emulation():``, or with
+Emulated CUDA (tests only): inside ``with kernels.emulation(order="shuffle"):`` (alias of
+``use_emulation``), or with
 ``GPUNN_EMULATE_CUDA=1`` in the environment, ``get_kernel`` returns the CPU-emulated twin of
 each kernel (gpunn.cuda_emu) behind the same call, working on NumPy arrays; ops check
-:func:`emulation_active` to send NumPy arrays down their CUDA bodies.
+:func:`emulation_active` (alias :func:`emulating`) to send NumPy arrays down their CUDA
+bodies. :func:`count_launches` counts every launch by entry name.
 
 Every launch through a :class:`Kernel` checks its arguments against the kernel's parsed
 signature (exact NumPy scalar types, array dtypes, C-contiguity): a Python ``int`` where the
@@ -29,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +46,7 @@ __all__ = [
     "kernels_dir", "kernel_files", "kernel_path", "kernel_source", "signatures", "all_signatures",
     "get_kernel", "kernel_for", "use_emulation", "emulation_active", "launch_config", "dtype_suffix",
     "kernel_name", "clear_cache", "DEFAULT_BLOCK", "MAX_BLOCKS", "EMULATION_MAX_BLOCKS",
+    "kernel_dir", "kernel_file", "emulation", "emulating", "count_launches", "reset_launch_counts",
 ]
 
 # Options for cupy.RawModule. The C++ standard is pinned (CuPy's default moved from c++14 to
@@ -174,7 +180,7 @@ def _emu_stack() -> list:
 def _env_emulation() -> tuple | None:
     if os.environ.get("GPUNN_EMULATE_CUDA", "").strip().lower() in ("1", "true", "yes"):
         order = os.environ.get("GPUNN_EMULATE_ORDER", "forward").strip().lower() or "forward"
-        return (order, None)
+        return (_order(order), None)
     return None
 
 
@@ -198,14 +204,46 @@ def use_emulation(enabled: bool = True, *, order: str = "forward", sanitize: boo
     ASan/UBSan build (default: ``$GPUNN_EMU_SANITIZE``). ``enabled=False`` switches emulation
     off inside an outer block. The setting is per Python thread.
     """
-    if order not in ORDERS:
-        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    order = _order(order)
     st = _emu_stack()
     st.append((order, sanitize) if enabled else None)
     try:
         yield
     finally:
         st.pop()
+
+
+def _order(order: str) -> str:
+    order = "shuffled" if order == "shuffle" else order
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS} (or 'shuffle'), got {order!r}")
+    return order
+
+
+def emulation(order: str = "forward", *, sanitize: bool | None = None):
+    """``with kernels.emulation(order="forward" | "reverse" | "shuffle"):`` -- the same as
+    :func:`use_emulation` (``"shuffle"`` and ``"shuffled"`` are one order)."""
+    return use_emulation(True, order=order, sanitize=sanitize)
+
+
+def emulating() -> bool:
+    """Same as :func:`emulation_active`."""
+    return emulation_active()
+
+
+# -- launch counter ------------------------------------------------------------------------------
+# Every call of a Kernel (real or emulated) counts here, by entry name ("relu_forward_f32"), so a
+# test can prove that an op took its CUDA body. A Counter increment costs ~0.1 us per launch.
+_launch_counter: Counter = Counter()
+
+
+def count_launches() -> dict:
+    """``{entry name: launches}`` since the start (or :func:`reset_launch_counts`)."""
+    return dict(_launch_counter)
+
+
+def reset_launch_counts() -> None:
+    _launch_counter.clear()
 
 
 # -- kernels ----------------------------------------------------------------------------------
@@ -231,6 +269,7 @@ class Kernel:
 
     def __call__(self, grid, block, args, **kwargs):
         self._check(args)
+        _launch_counter[self.name] += 1
         return self._fn(grid, block, args, **kwargs)
 
     def launch(self, n: int, *values, block: int = DEFAULT_BLOCK):
@@ -308,14 +347,42 @@ def _compile(file: str, name: str, idx: int):
             f"(options {' '.join(KERNEL_OPTIONS)} plus CuPy's own):\n{e}") from None
 
 
-def get_kernel(file: str, name: str, device=None) -> Kernel:
-    """The kernel ``name`` from ``kernels/<file>``, compiled for ``device`` (a CUDA ordinal,
-    ``cupy.cuda.Device``, gpunn ``Device`` or device string; None: the current device).
+def kernel_dir() -> Path:
+    """Same as :func:`kernels_dir`."""
+    return kernels_dir()
+
+
+def kernel_file(base: str) -> str:
+    """The ``.cu`` file defining kernel ``base`` (``"relu_forward"`` -> ``"elementwise.cu"``),
+    found from the parsed sources, so there is no second table to keep in step."""
+    want = kernel_name(base, np.float32)
+    for f in kernel_files():
+        if want in signatures(f):
+            return f
+    names = sorted({n.rsplit("_", 1)[0] for (_, n) in all_signatures()})
+    raise KernelError(f"no kernel {base!r} in {kernels_dir()}; the kernels are: "
+                      f"{', '.join(names)}")
+
+
+def get_kernel(file_or_base: str, name_or_dtype, device=None) -> Kernel:
+    """A kernel, compiled for ``device`` (a CUDA ordinal, ``cupy.cuda.Device``, gpunn
+    ``Device`` or device string; None: the current device). Two spellings:
+
+    - ``get_kernel("relu_forward", numpy.float32)``: base name and dtype (``_f32``/``_f64``),
+      the file found by :func:`kernel_file`;
+    - ``get_kernel("elementwise.cu", "relu_forward_f32")``: file and exact entry name.
 
     Under :func:`use_emulation` the CPU twin comes back instead and ``device`` is ignored.
     Kernels are cached per (file, name, device) for the life of the process (emulated ones
     are rebuilt when their source changes; :func:`clear_cache` forgets everything).
     """
+    if isinstance(name_or_dtype, str):
+        return _get_by_file(file_or_base, name_or_dtype, device)
+    return _get_by_file(kernel_file(file_or_base), kernel_name(file_or_base, name_or_dtype),
+                        device)
+
+
+def _get_by_file(file: str, name: str, device=None) -> Kernel:
     emu = _emulation_setting()
     fast = (file, name, emu if emu is not None else device)
     try:

@@ -604,3 +604,31 @@ def test_loader_emulation_switch_and_marshal():
         kernels.kernel_for(x, "elementwise.cu", "relu_forward")
     with pytest.raises(TypeError, match="float32 or float64"):
         kernels.dtype_suffix(np.int32)
+
+
+def test_loader_short_api_base_name_dtype_and_launch_counter(monkeypatch):
+    """get_kernel(base, dtype), kernel_file, emulation("shuffle"), emulating, count_launches."""
+    assert kernels.kernel_dir() == kernels.kernels_dir()
+    assert kernels.kernel_file("col2im") == "im2col.cu"
+    assert kernels.kernel_file("sgd_momentum_update") == "optim.cu"
+    with pytest.raises(kernels.KernelError, match="no kernel 'relu'.*relu_forward"):
+        kernels.kernel_file("relu")
+    x = np.linspace(-2, 2, 777).astype(np.float32)
+    y = np.zeros_like(x)
+    before = kernels.count_launches().get("relu_forward_f32", 0)
+    assert not kernels.emulating()
+    with kernels.emulation(order="shuffle"):
+        assert kernels.emulating()
+        k = kernels.get_kernel("relu_forward", np.float32)
+        assert k.emulated and k.name == "relu_forward_f32" and k._fn.order == "shuffled"
+        grid, block = kernels.launch_config(x.size)
+        k(grid, block, (x, y, np.int64(x.size)))
+        assert kernels.get_kernel("relu_forward", np.dtype(np.float64)).name == "relu_forward_f64"
+    np.testing.assert_array_equal(y, ref.relu(x))
+    assert kernels.count_launches()["relu_forward_f32"] == before + 1
+    with pytest.raises(ValueError, match="order must be one of"):
+        kernels.emulation(order="sideways").__enter__()
+    monkeypatch.setenv("GPUNN_EMULATE_CUDA", "1")
+    monkeypatch.setenv("GPUNN_EMULATE_ORDER", "shuffle")
+    assert kernels.emulating()
+    assert kernels.get_kernel("tanh_forward", np.float64)._fn.order == "shuffled"
