@@ -75,8 +75,8 @@ class Side:
             yield
 
     def launches(self):
-        from .ops._cuda import launch_counts
-        return launch_counts()
+        from .kernels import count_launches
+        return count_launches()
 
 
 def layer_cases():
