@@ -79,15 +79,26 @@ def im2col(x, kh: int, kw: int, stride: tuple, pad: tuple):
     return _im2col_cpu(x, kh, kw, stride, pad)
 
 
-def _padded(x, pad):
+def pad_input(x, pad, value=0):
+    """x: (N, C, H, W) -> (N, C, H + pt + pb, W + pl + pr) filled with ``value`` around x
+    (x itself when there is no padding)."""
     xp = get_array_module(x)
     pt, pb, pl, pr = pad
     if pt == pb == pl == pr == 0:
         return x
     n, c, h, w = x.shape
-    xpad = xp.zeros((n, c, h + pt + pb, w + pl + pr), dtype=x.dtype)
-    xpad[:, :, pt:pt + h, pl:pl + w] = x
-    return xpad
+    out = xp.full((n, c, h + pt + pb, w + pl + pr), value, dtype=x.dtype)
+    out[:, :, pt:pt + h, pl:pl + w] = x
+    return out
+
+
+def crop_padding(dxp, pad, h: int, w: int):
+    """The (N, C, h, w) interior of a padded gradient buffer, contiguous (dxp itself when
+    there is no padding)."""
+    pt, pb, pl, pr = pad
+    if pt == pb == pl == pr == 0:
+        return dxp
+    return get_array_module(dxp).ascontiguousarray(dxp[:, :, pt:pt + h, pl:pl + w])
 
 
 def _windows(xpad, kh, kw, sy, sx, oh, ow):
@@ -104,7 +115,7 @@ def _im2col_cpu(x, kh, kw, stride, pad):
     sy, sx = stride
     oh = conv_output_size(h, kh, sy, pad[0], pad[1])
     ow = conv_output_size(w, kw, sx, pad[2], pad[3])
-    xpad = _padded(get_array_module(x).ascontiguousarray(x), pad)
+    xpad = pad_input(get_array_module(x).ascontiguousarray(x), pad)
     # one copy: the view's (C, kh, kw) rows and (N, oh, ow) columns flatten in col's order
     return _windows(xpad, kh, kw, sy, sx, oh, ow).reshape(c * kh * kw, n * oh * ow)
 
@@ -131,9 +142,7 @@ def _col2im_cpu(col, x_shape, kh, kw, stride, pad):
     for i in range(kh):
         for j in range(kw):
             dxp[:, :, i:i + sy * oh:sy, j:j + sx * ow:sx] += cols[:, i, j].transpose(1, 0, 2, 3)
-    if pt == pb == pl == pr == 0:
-        return dxp
-    return xp.ascontiguousarray(dxp[:, :, pt:pt + h, pl:pl + w])
+    return crop_padding(dxp, pad, h, w)
 
 
 # -- CUDA bodies: kernels/im2col.cu -----------------------------------------------------------

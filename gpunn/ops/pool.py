@@ -20,7 +20,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ._cuda import contiguous, i32, launch, use_cuda_body
-from .conv import conv_output_size
+from .conv import conv_output_size, crop_padding, pad_input
 
 __all__ = ["maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward"]
 
@@ -33,17 +33,6 @@ def _out_size(h, w, kh, kw, stride, pad):
 def _slice(a, i, j, sy, sx, oh, ow):
     """The (N, C, oh, ow) strided slice of padded ``a`` that window offset (i, j) reads."""
     return a[:, :, i:i + sy * (oh - 1) + 1:sy, j:j + sx * (ow - 1) + 1:sx]
-
-
-def _pad_with(x, pad, value):
-    xp = get_array_module(x)
-    pt, pb, pl, pr = pad
-    if pt == pb == pl == pr == 0:
-        return x
-    n, c, h, w = x.shape
-    out = xp.full((n, c, h + pt + pb, w + pl + pr), value, dtype=x.dtype)
-    out[:, :, pt:pt + h, pl:pl + w] = x
-    return out
 
 
 def _window_origin(h, w, oh, ow, stride, pad, xp):
@@ -82,7 +71,7 @@ def _maxpool2d_forward_cpu(x, kh, kw, stride, pad, with_argmax=True):
     n, c, h, w = x.shape
     sy, sx = stride
     oh, ow = _out_size(h, w, kh, kw, stride, pad)
-    xpad = _pad_with(x, pad, -np.inf)
+    xpad = pad_input(x, pad, -np.inf)
     out = _slice(xpad, 0, 0, sy, sx, oh, ow).copy()
     if not with_argmax:
         for k in range(1, kh * kw):
@@ -131,9 +120,7 @@ def _maxpool2d_backward_cpu(dout, argmax, x_shape, kh, kw, stride, pad):
             xp.multiply(dout, chosen, out=target)    # plain assignment: no slice overlaps
         else:
             target += dout * chosen
-    if pt == pb == pl == pr == 0:
-        return dxp
-    return xp.ascontiguousarray(dxp[:, :, pt:pt + h, pl:pl + w])
+    return crop_padding(dxp, pad, h, w)
 
 
 # -- average pooling ----------------------------------------------------------------------------
@@ -160,7 +147,7 @@ def _avgpool2d_forward_cpu(x, kh, kw, stride, pad, count_include_pad):
     n, c, h, w = x.shape
     sy, sx = stride
     oh, ow = _out_size(h, w, kh, kw, stride, pad)
-    xpad = _pad_with(x, pad, 0)
+    xpad = pad_input(x, pad, 0)
     acc = _slice(xpad, 0, 0, sy, sx, oh, ow).copy()
     for k in range(1, kh * kw):
         acc += _slice(xpad, k // kw, k % kw, sy, sx, oh, ow)
@@ -192,9 +179,7 @@ def _avgpool2d_backward_cpu(dout, x_shape, kh, kw, stride, pad, count_include_pa
             target[...] = share
         else:
             target += share
-    if pt == pb == pl == pr == 0:
-        return dxp
-    return xp.ascontiguousarray(dxp[:, :, pt:pt + h, pl:pl + w])
+    return crop_padding(dxp, pad, h, w)
 
 
 # -- CUDA bodies: kernels/pool.cu -------------------------------------------------------------
