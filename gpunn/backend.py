@@ -18,6 +18,7 @@ import numpy as np
 __all__ = [
     "Device", "DeviceError", "resolve_device", "cuda_status", "cuda_available",
     "get_array_module", "device_of", "to_device", "to_numpy", "synchronize", "is_cuda_array",
+    "FLOAT_DTYPES", "check_dtype",
 ]
 
 
@@ -48,6 +49,19 @@ class Device:
 
 
 CPU = Device("cpu")
+
+# -- dtypes: every layer, loss and optimizer takes float32 or float64 ---------------------------
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_dtype(dtype, where: str) -> np.dtype:
+    """Normalise a parameter dtype argument; only float32 and float64 are supported."""
+    dt = np.dtype(dtype)
+    if dt not in FLOAT_DTYPES:
+        from .errors import DTypeError
+        raise DTypeError(f"{where}: dtype must be float32 or float64, got {dt}")
+    return dt
+
 
 _cuda_status_cache: tuple[bool, str, int] | None = None
 _auto_note_printed = False

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import device_of, get_array_module, is_cuda_array
+from .backend import FLOAT_DTYPES, device_of, get_array_module, is_cuda_array
 from .errors import DTypeError, ShapeError
-from .layers.base import FLOAT_DTYPES
 from .ops.softmax_xent import REDUCTIONS, softmax_cross_entropy, softmax_cross_entropy_soft
 
 __all__ = ["SoftmaxCrossEntropy", "MSELoss", "l2_penalty"]

@@ -1,21 +1,14 @@
 """Sequential models: forward, backward, parameters, devices, saving and a summary."""
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-import zipfile
-
 import numpy as np
 
 from .backend import to_device, to_numpy
 from .errors import ShapeError, StateDictError
 from .layers.base import Layer
+from .serialization import META_KEY, atomic_savez, load_npz
 
-__all__ = ["Sequential", "atomic_savez", "load_npz"]
-
-_FORMAT = "gpunn-state-v1"
-_META_KEY = "__gpunn_meta__"
+__all__ = ["Sequential"]
 
 
 class Sequential(Layer):
@@ -136,7 +129,7 @@ class Sequential(Layer):
             for k in layer.host_state:
                 targets[prefix + k] = ("int", layer.host_state, k, ())
         missing = [k for k in targets if k not in state]
-        unexpected = [k for k in state if k not in targets and k != _META_KEY]
+        unexpected = [k for k in state if k not in targets and k != META_KEY]
         bad_shape = []
         for k, (_, _, _, shape) in targets.items():
             if k in state and tuple(np.shape(state[k])) != tuple(shape):
@@ -178,44 +171,3 @@ class Sequential(Layer):
 def _device_str(a):
     from .backend import device_of
     return str(device_of(a))
-
-
-def atomic_savez(path, arrays: dict, meta: dict | None = None) -> None:
-    """``np.savez`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
-    path = os.fspath(path)
-    if not path.endswith(".npz"):
-        raise ValueError(f"save: expected a path ending in .npz, got {path!r}")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    payload = dict(arrays)
-    payload[_META_KEY] = np.array(json.dumps({"format": _FORMAT, **(meta or {})}))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def load_npz(path, with_meta: bool = False):
-    """Read an .npz written by :func:`atomic_savez`; errors name the file and the problem."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such weights file: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a readable .npz weights file ({type(e).__name__}: {e})") from None
-    meta = {}
-    if _META_KEY in arrays:
-        try:
-            meta = json.loads(str(arrays.pop(_META_KEY)))
-        except json.JSONDecodeError:
-            raise ValueError(f"{path}: corrupt gpunn metadata") from None
-    return (arrays, meta) if with_meta else arrays

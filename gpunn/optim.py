@@ -31,10 +31,10 @@ import math
 
 import numpy as np
 
-from .backend import (DeviceError, device_of, get_array_module, is_cuda_array, resolve_device,
+from .backend import (FLOAT_DTYPES, DeviceError, device_of, get_array_module, is_cuda_array,
+                      resolve_device,
                       to_device, to_numpy)
 from .errors import DTypeError, ShapeError, StateDictError
-from .layers.base import FLOAT_DTYPES
 from .ops.optim_update import adam_update, sgd_update
 
 __all__ = ["Optimizer", "SGD", "Adam", "LRScheduler", "StepLR", "ExponentialLR",

@@ -18,7 +18,7 @@ import click
 import numpy as np
 
 from .backend import get_array_module, resolve_device, synchronize, to_device, to_numpy
-from .model import atomic_savez, load_npz
+from .serialization import atomic_savez, load_npz
 
 __all__ = ["TrainConfig", "fit", "evaluate", "predict", "load_checkpoint"]
 

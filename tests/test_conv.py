@@ -7,7 +7,8 @@ import pytest
 from gpunn.errors import DTypeError, ShapeError
 from gpunn.gradcheck import check_layer
 from gpunn.layers import Conv2d
-from gpunn.ops.conv import col2im, im2col, same_padding
+from gpunn.ops.conv import col2im, im2col
+from gpunn.ops.geometry import same_padding
 
 F64 = np.float64
 

@@ -7,7 +7,7 @@ import pytest
 from gpunn.errors import DTypeError, ShapeError
 from gpunn.gradcheck import check_layer
 from gpunn.layers import AvgPool2d, MaxPool2d
-from gpunn.ops.conv import same_padding
+from gpunn.ops.geometry import same_padding
 
 F64 = np.float64
 

@@ -18,19 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import Device, device_of, get_array_module, to_device
+from ..backend import FLOAT_DTYPES, Device, check_dtype, device_of, get_array_module, to_device
 from ..errors import DTypeError, ShapeError
-
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def check_dtype(dtype, where: str) -> np.dtype:
-    """Normalise a parameter dtype argument; only float32 and float64 are supported."""
-    dt = np.dtype(dtype)
-    if dt not in FLOAT_DTYPES:
-        raise DTypeError(f"{where}: dtype must be float32 or float64, got {dt}")
-    return dt
-
 
 class Layer:
     """Base class: parameter bookkeeping, device moves, input checks."""

@@ -6,8 +6,10 @@ import numpy as np
 from ..backend import get_array_module
 from ..errors import ShapeError
 from ..init import get_initialiser, make_rng
-from ..ops.conv import col2im, im2col, normalize_padding, pair, window_geometry
-from .base import Layer, check_dtype
+from ..ops.conv import col2im, im2col
+from ..ops.geometry import normalize_padding, pair, window_geometry
+from ..backend import check_dtype
+from .base import Layer
 
 
 class Conv2d(Layer):

@@ -5,7 +5,8 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..init import get_initialiser, make_rng
-from .base import Layer, check_dtype
+from ..backend import check_dtype
+from .base import Layer
 
 
 class Linear(Layer):

@@ -10,7 +10,8 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..errors import ShapeError
-from .base import Layer, check_dtype
+from ..backend import check_dtype
+from .base import Layer
 
 
 class _BatchNorm(Layer):

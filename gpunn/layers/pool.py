@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..errors import ShapeError
-from ..ops.conv import normalize_padding, pair, window_geometry
+from ..ops.geometry import normalize_padding, pair, window_geometry
 from ..ops.pool import (avgpool2d_backward, avgpool2d_forward, maxpool2d_backward,
                         maxpool2d_forward)
 from .base import Layer

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ._cuda import contiguous, i32, launch, use_cuda_body
-from .conv import conv_output_size, crop_padding, pad_input
+from .geometry import conv_output_size, crop_padding, pad_input
 
 __all__ = ["maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward"]
 
