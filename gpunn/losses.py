@@ -19,7 +19,7 @@ from .backend import FLOAT_DTYPES, device_of, get_array_module, is_cuda_array
 from .errors import DTypeError, ShapeError
 from .ops.softmax_xent import REDUCTIONS, softmax_cross_entropy, softmax_cross_entropy_soft
 
-__all__ = ["SoftmaxCrossEntropy", "MSELoss", "l2_penalty"]
+__all__ = ["Loss", "CrossEntropyLoss", "MSELoss", "SoftmaxCrossEntropy", "l2_penalty"]
 
 
 def _check_reduction(name, reduction):
@@ -43,8 +43,28 @@ def _check_float(name, x, what):
         raise DTypeError(f"{name}: {what} dtype must be float32 or float64, got {x.dtype}")
 
 
-class SoftmaxCrossEntropy:
-    """Softmax followed by cross-entropy, fused and stable for logits of any magnitude.
+class Loss:
+    """The loss contract: ``forward(prediction, target)`` -> 0-d array (the prediction's dtype
+    and device), keeping what ``backward()`` needs; ``backward()`` -> dL/dprediction."""
+
+    reduction = "mean"
+
+    def forward(self, prediction, target):
+        raise NotImplementedError
+
+    def backward(self):
+        raise NotImplementedError
+
+    def __call__(self, prediction, target):
+        return self.forward(prediction, target)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(reduction={self.reduction!r})"
+
+
+class CrossEntropyLoss(Loss):
+    """Softmax followed by cross-entropy on logits, fused and stable for any magnitude (as
+    PyTorch's ``CrossEntropyLoss``, which also takes logits).
 
     forward(logits: (N, K), labels) -> 0-d array (logits' dtype and device)
         labels: (N,) class indices of any integer dtype, in [0, K); or (N, K) per-class
@@ -58,9 +78,9 @@ class SoftmaxCrossEntropy:
     """
 
     def __init__(self, reduction: str = "mean", check_labels="auto"):
-        self.reduction = _check_reduction("SoftmaxCrossEntropy", reduction)
+        self.reduction = _check_reduction(type(self).__name__, reduction)
         if check_labels not in ("auto", True, False):
-            raise ValueError(f"SoftmaxCrossEntropy: check_labels must be 'auto', True or False, "
+            raise ValueError(f"{type(self).__name__}: check_labels must be 'auto', True or False, "
                              f"got {check_labels!r}")
         self.check_labels = check_labels
         self._dlogits = None
@@ -103,8 +123,6 @@ class SoftmaxCrossEntropy:
                              f"logits {(n, k)}, got shape {tuple(labels.shape)}")
         return loss
 
-    __call__ = forward
-
     def _check_range(self, labels, k, xp):
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= k:
@@ -120,11 +138,12 @@ class SoftmaxCrossEntropy:
             raise RuntimeError(f"{self!r}: backward() called before forward()")
         return self._dlogits
 
-    def __repr__(self):
-        return f"SoftmaxCrossEntropy(reduction={self.reduction!r})"
+
+# The name before 0.2; kept as an alias for one release.
+SoftmaxCrossEntropy = CrossEntropyLoss
 
 
-class MSELoss:
+class MSELoss(Loss):
     """Mean squared error, as PyTorch's ``MSELoss``.
 
     forward(pred, target) -> 0-d array; pred and target have the same shape (no
@@ -161,8 +180,6 @@ class MSELoss:
         self._diff = diff
         return xp.asarray(loss, dtype=dt)
 
-    __call__ = forward
-
     def backward(self):
         """dL/dpred for the last forward, in the prediction's dtype and shape."""
         if self._diff is None:
@@ -170,9 +187,6 @@ class MSELoss:
         d = self._diff
         scale = 2.0 / d.size if self.reduction == "mean" else 2.0
         return d * d.dtype.type(scale)
-
-    def __repr__(self):
-        return f"MSELoss(reduction={self.reduction!r})"
 
 
 # Parameter names that are not weights: biases and batch-norm's shift and scale.

@@ -5,7 +5,7 @@ import pytest
 from gpunn.errors import DTypeError, ShapeError
 from gpunn.gradcheck import check_model
 from gpunn.layers import BatchNorm1d, Linear, ReLU
-from gpunn.losses import MSELoss, SoftmaxCrossEntropy, l2_penalty
+from gpunn.losses import CrossEntropyLoss, MSELoss, SoftmaxCrossEntropy, l2_penalty
 from gpunn.model import Sequential
 from gpunn.ops.softmax_xent import (log_softmax, softmax, softmax_cross_entropy,
                                     softmax_cross_entropy_soft)
@@ -43,7 +43,7 @@ def batch(rng):
 # -- values and gradients ---------------------------------------------------------------------
 def test_value_matches_direct_formula(batch):
     z, y = batch
-    loss = SoftmaxCrossEntropy()
+    loss = CrossEntropyLoss()
     assert float(loss(z, y)) == pytest.approx(_direct_xent(z, y), rel=1e-13)
     out32 = loss(z.astype(np.float32), y)
     assert float(out32) == pytest.approx(_direct_xent(z, y), rel=1e-6)
@@ -52,7 +52,7 @@ def test_value_matches_direct_formula(batch):
 def test_returns_0d_array_in_logits_dtype(batch):
     z, y = batch
     for dt in DTYPES:
-        loss = SoftmaxCrossEntropy()
+        loss = CrossEntropyLoss()
         out = loss(z.astype(dt), y)
         assert isinstance(out, np.ndarray) and out.shape == () and out.dtype == dt
         assert loss.backward().dtype == dt and loss.backward().shape == z.shape
@@ -61,10 +61,10 @@ def test_returns_0d_array_in_logits_dtype(batch):
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_gradient_central_differences(batch, reduction):
     z, y = batch
-    loss = SoftmaxCrossEntropy(reduction)
+    loss = CrossEntropyLoss(reduction)
     loss(z, y)
     analytic = loss.backward().copy()
-    numeric = _numeric_grad(lambda a: float(SoftmaxCrossEntropy(reduction)(a, y)), z.copy())
+    numeric = _numeric_grad(lambda a: float(CrossEntropyLoss(reduction)(a, y)), z.copy())
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
 
 
@@ -72,11 +72,11 @@ def test_gradient_soft_targets(batch, rng):
     z, _ = batch
     t = rng.random(z.shape)
     t /= t.sum(axis=1, keepdims=True)
-    loss = SoftmaxCrossEntropy()
+    loss = CrossEntropyLoss()
     value = float(loss(z, t))
     ref = float(np.mean(-(t * np.log(np.exp(z) / np.exp(z).sum(1, keepdims=True))).sum(1)))
     assert value == pytest.approx(ref, rel=1e-13)
-    numeric = _numeric_grad(lambda a: float(SoftmaxCrossEntropy()(a, t)), z.copy())
+    numeric = _numeric_grad(lambda a: float(CrossEntropyLoss()(a, t)), z.copy())
     np.testing.assert_allclose(loss.backward(), numeric, rtol=1e-6, atol=1e-9)
 
 
@@ -85,14 +85,14 @@ def test_gradcheck_through_a_model(rng):
                        Linear(6, 3, rng=1, dtype=np.float64))
     x = rng.standard_normal((5, 4))
     y = rng.integers(0, 3, size=5)
-    res = check_model(model, x, y, SoftmaxCrossEntropy())
+    res = check_model(model, x, y, CrossEntropyLoss())
     assert res.max_rel_error < 1e-6, str(res)
 
 
 def test_invariant_to_a_constant_per_row(batch, rng):
     z, y = batch
     shift = rng.uniform(-1000, 1000, size=(z.shape[0], 1))
-    a, b = SoftmaxCrossEntropy(), SoftmaxCrossEntropy()
+    a, b = CrossEntropyLoss(), CrossEntropyLoss()
     la, lb = float(a(z, y)), float(b(z + shift, y))
     assert lb == pytest.approx(la, abs=1e-10)
     np.testing.assert_allclose(b.backward(), a.backward(), atol=1e-12)
@@ -105,7 +105,7 @@ def test_large_magnitude_logits_are_finite_and_exact(dtype):
                   [1e4, 1e4, -1e4],
                   [3e4, -5e4, 1e4]], dtype=dtype)
     y = np.array([1, 2, 0, 0])
-    loss = SoftmaxCrossEntropy("sum")
+    loss = CrossEntropyLoss("sum")
     value = float(loss(z, y))
     g = loss.backward()
     assert np.isfinite(value) and np.all(np.isfinite(g))
@@ -120,7 +120,7 @@ def test_large_magnitude_logits_are_finite_and_exact(dtype):
 def test_one_hot_and_index_labels_agree_exactly(batch):
     z, y = batch
     for dt in DTYPES:
-        a, b = SoftmaxCrossEntropy(), SoftmaxCrossEntropy()
+        a, b = CrossEntropyLoss(), CrossEntropyLoss()
         la = a(z.astype(dt), y)
         lb = b(z.astype(dt), np.eye(5, dtype=np.float32)[y])
         assert la == lb
@@ -129,7 +129,7 @@ def test_one_hot_and_index_labels_agree_exactly(batch):
 
 def test_mean_is_sum_over_n(batch):
     z, y = batch
-    m, s = SoftmaxCrossEntropy("mean"), SoftmaxCrossEntropy("sum")
+    m, s = CrossEntropyLoss("mean"), CrossEntropyLoss("sum")
     assert float(s(z, y)) == pytest.approx(len(y) * float(m(z, y)), rel=1e-13)
     np.testing.assert_allclose(s.backward(), len(y) * m.backward(), rtol=1e-13)
 
@@ -137,9 +137,9 @@ def test_mean_is_sum_over_n(batch):
 @pytest.mark.parametrize("label_dtype", [np.uint8, np.int8, np.int32, np.int64, np.uint64])
 def test_any_integer_label_dtype(batch, label_dtype):
     z, y = batch
-    ref = float(SoftmaxCrossEntropy()(z, y))
-    assert float(SoftmaxCrossEntropy()(z, y.astype(label_dtype))) == ref
-    assert float(SoftmaxCrossEntropy()(z, list(y))) == ref
+    ref = float(CrossEntropyLoss()(z, y))
+    assert float(CrossEntropyLoss()(z, y.astype(label_dtype))) == ref
+    assert float(CrossEntropyLoss()(z, list(y))) == ref
 
 
 def test_op_poisons_rows_with_out_of_range_labels(batch):
@@ -149,7 +149,7 @@ def test_op_poisons_rows_with_out_of_range_labels(batch):
     loss, g = softmax_cross_entropy(z, y, "mean")
     assert np.isnan(float(loss))
     assert np.all(np.isnan(g[2])) and np.all(np.isfinite(np.delete(g, 2, axis=0)))
-    unchecked = SoftmaxCrossEntropy(check_labels=False)
+    unchecked = CrossEntropyLoss(check_labels=False)
     assert np.isnan(float(unchecked(z, y)))
 
 
@@ -173,8 +173,8 @@ def test_softmax_helpers_are_stable():
 # -- bad input ----------------------------------------------------------------------------------
 def test_errors_name_the_loss_and_shapes(batch):
     z, y = batch
-    loss = SoftmaxCrossEntropy()
-    with pytest.raises(ShapeError, match=r"SoftmaxCrossEntropy.*\(6,\).*\(5,\)"):
+    loss = CrossEntropyLoss()
+    with pytest.raises(ShapeError, match=r"CrossEntropyLoss.*\(6,\).*\(5,\)"):
         loss(z, y[:5])
     with pytest.raises(ShapeError, match=r"\(6, 5\).*\(6, 4\)"):
         loss(z, np.zeros((6, 4)))
@@ -188,7 +188,7 @@ def test_errors_name_the_loss_and_shapes(batch):
 
 def test_label_range_errors(batch):
     z, y = batch
-    loss = SoftmaxCrossEntropy()
+    loss = CrossEntropyLoss()
     bad = y.copy()
     bad[3] = 5
     with pytest.raises(ValueError, match=r"\[0, 5\).*got 5.*index 3"):
@@ -200,7 +200,7 @@ def test_label_range_errors(batch):
 
 def test_dtype_errors(batch):
     z, y = batch
-    loss = SoftmaxCrossEntropy()
+    loss = CrossEntropyLoss()
     with pytest.raises(DTypeError, match="integer dtype.*astype"):
         loss(z, y.astype(np.float64))
     with pytest.raises(DTypeError, match="float32 or float64"):
@@ -211,11 +211,11 @@ def test_dtype_errors(batch):
 
 def test_misuse_errors(batch):
     with pytest.raises(RuntimeError, match="before forward"):
-        SoftmaxCrossEntropy().backward()
+        CrossEntropyLoss().backward()
     with pytest.raises(ValueError, match="reduction"):
-        SoftmaxCrossEntropy("avg")
+        CrossEntropyLoss("avg")
     with pytest.raises(ValueError, match="check_labels"):
-        SoftmaxCrossEntropy(check_labels="yes")
+        CrossEntropyLoss(check_labels="yes")
 
 
 # -- MSE --------------------------------------------------------------------------------------
@@ -270,9 +270,15 @@ def test_cuda_matches_numpy(rng, dtype):
     z = (rng.standard_normal((64, 10)) * 4).astype(dtype)
     y = rng.integers(0, 10, size=64).astype(np.int32)
     for labels in (y, np.eye(10, dtype=dtype)[y]):
-        a, b = SoftmaxCrossEntropy(), SoftmaxCrossEntropy()
+        a, b = CrossEntropyLoss(), CrossEntropyLoss()
         la, lb = a(z, labels), b(cupy.asarray(z), cupy.asarray(labels))
         assert isinstance(lb, cupy.ndarray) and lb.shape == () and lb.dtype == dtype
         tol = dict(rtol=1e-12, atol=1e-15) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(float(lb), float(la), **tol)
         np.testing.assert_allclose(b.backward().get(), a.backward(), **tol)
+
+
+def test_old_name_is_an_alias():
+    assert SoftmaxCrossEntropy is CrossEntropyLoss
+    z = np.array([[1.0, 2.0, 0.5]])
+    assert float(SoftmaxCrossEntropy()(z, np.array([1]))) == float(CrossEntropyLoss()(z, np.array([1])))
