@@ -121,13 +121,14 @@ def check_model(model, x, labels=None, loss=None, *, train: bool = True, eps: fl
     _restore(layers, snap)
     model.forward(x, train=train)
     dx = model.backward(dout)
-    analytic = {name: g.copy() for name, _, g in model.named_parameters()}
+    analytic = {name: p.grad.copy() for name, p in model.named_parameters()}
 
     result = GradcheckResult(0.0, "")
     if check_input:
         _compare("input", dx, _numeric_grad(objective, x, eps), floor, result)
-    for name, p, _ in model.named_parameters():
-        _compare(f"param {name}", analytic[name], _numeric_grad(objective, p, eps), floor, result)
+    for name, p in model.named_parameters():
+        _compare(f"param {name}", analytic[name], _numeric_grad(objective, p.data, eps), floor,
+                 result)
     _restore(layers, snap)
     return result
 

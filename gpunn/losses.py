@@ -196,8 +196,9 @@ NON_WEIGHT_NAMES = frozenset({"b", "bias", "beta", "gamma"})
 def l2_penalty(model_or_params, lam: float, *, weights_only: bool = True):
     """lam / 2 * sum ||W||^2, the L2 term of a regularised objective (for reporting).
 
-    model_or_params: a model/layer (anything with ``named_parameters()``), a list of
-        ``(name, param, grad)`` triples, or a list of ``(param, grad)`` pairs / bare arrays.
+    model_or_params: a model/layer (anything with ``named_parameters()``), its
+        ``named_parameters()`` (``(name, Parameter)`` pairs), a list of Parameters, of
+        ``(name, param, grad)`` triples, of ``(param, grad)`` pairs, or of bare arrays.
     weights_only: with names available (a model or triples), skip arrays whose last name
         component is a bias or batch-norm parameter (``b``, ``bias``, ``beta``, ``gamma``),
         the usual coursework convention. Unnamed pairs carry no names, so every array counts.
@@ -210,19 +211,17 @@ def l2_penalty(model_or_params, lam: float, *, weights_only: bool = True):
     lam = float(lam)
     if lam < 0:
         raise ValueError(f"l2_penalty: lam must be >= 0, got {lam}")
-    named = None
-    if hasattr(model_or_params, "named_parameters"):
-        named = list(model_or_params.named_parameters())
-    else:
-        items = list(model_or_params)
-        first = items[0] if items else None
-        if isinstance(first, tuple) and len(first) == 3 and isinstance(first[0], str):
-            named = items
+    items = list(model_or_params.named_parameters() if hasattr(model_or_params,
+                                                                "named_parameters")
+                 else model_or_params)
+    named, arrays = [], []
+    for it in items:
+        if isinstance(it, tuple) and len(it) in (2, 3) and isinstance(it[0], str):
+            named.append((it[0], getattr(it[1], "data", it[1])))     # (name, Parameter | array, ...)
         else:
-            arrays = [it[0] if isinstance(it, tuple) else it for it in items]
-    if named is not None:
-        arrays = [p for name, p, _ in named
-                  if not (weights_only and name.rsplit(".", 1)[-1] in NON_WEIGHT_NAMES)]
+            arrays.append(getattr(it, "data", it[0] if isinstance(it, tuple) else it))
+    arrays += [p for name, p in named
+               if not (weights_only and name.rsplit(".", 1)[-1] in NON_WEIGHT_NAMES)]
     if not arrays:
         return np.asarray(0.0)
     xp = get_array_module(*arrays)

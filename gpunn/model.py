@@ -6,6 +6,7 @@ import numpy as np
 from .backend import to_device, to_numpy
 from .errors import ShapeError, StateDictError
 from .layers.base import Layer
+from .parameter import pack_parameters
 from .serialization import META_KEY, atomic_savez, load_npz
 
 __all__ = ["Sequential"]
@@ -16,6 +17,10 @@ class Sequential(Layer):
 
     ``forward(x, train=None)`` uses the model's mode (``train()`` / ``eval()``) unless ``train``
     is given. ``backward(dout)`` runs the layers in reverse and returns dL/dx.
+
+    Building a Sequential packs the parameters of its layers into one flat buffer of values
+    and one of gradients per (device, dtype) (gpunn/parameter.py); parameters already packed
+    (say, a Sequential nested in another) stay in their buffers.
     """
 
     def __init__(self, *layers):
@@ -26,7 +31,7 @@ class Sequential(Layer):
             if not isinstance(layer, Layer):
                 raise TypeError(f"Sequential: argument {i} is {type(layer).__name__}, not a Layer")
         self.layers = list(layers)
-        self.training = True
+        pack_parameters(self.parameters())
 
     def children(self):
         return self.layers
@@ -42,25 +47,15 @@ class Sequential(Layer):
 
     # -- forward / backward ---------------------------------------------------------------
     def forward(self, x, *, train: bool | None = None):
-        train = self.training if train is None else train
+        train = self._mode(train)
         for layer in self.layers:
             x = layer.forward(x, train=train)
         return x
-
-    def __call__(self, x, *, train: bool | None = None):
-        return self.forward(x, train=train)
 
     def backward(self, dout):
         for layer in reversed(self.layers):
             dout = layer.backward(dout)
         return dout
-
-    def train(self, mode: bool = True):
-        self.training = bool(mode)
-        return self
-
-    def eval(self):
-        return self.train(False)
 
     # -- shapes ---------------------------------------------------------------------------
     def output_shape(self, in_shape):
@@ -100,7 +95,7 @@ class Sequential(Layer):
         return "\n".join(lines)
 
     def num_parameters(self) -> int:
-        return sum(int(np.prod(p.shape)) for _, p, _ in self.named_parameters())
+        return sum(p.size for p in self.parameters())
 
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -57,14 +57,7 @@ def test_gradcheck_eval_mode(make, shape, rng):
 @pytest.mark.parametrize("name,make,shape", LAYER_CASES, ids=[c[0] for c in LAYER_CASES])
 def test_dtype_preserved(name, make, shape, dtype, rng):
     layer = make()
-    if layer.params or any(c.params for c in layer.walk()):
-        # rebuild parameters in the requested dtype
-        for sub in layer.walk():
-            for k in sub.params:
-                sub.params[k] = sub.params[k].astype(dtype)
-                sub.grads[k] = sub.grads[k].astype(dtype)
-            for k in sub.buffers:
-                sub.buffers[k] = sub.buffers[k].astype(dtype)
+    layer.to(dtype=dtype)      # parameters, gradients and buffers in the requested dtype
     x = rng.standard_normal(shape).astype(dtype)
     y = layer.forward(x, train=True)
     assert y.dtype == dtype

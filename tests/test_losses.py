@@ -245,17 +245,19 @@ def test_mse_dtype_and_errors(rng):
 def test_l2_penalty_weights_only_and_all():
     model = Sequential(Linear(3, 2, rng=0, dtype=np.float64), BatchNorm1d(2, dtype=np.float64),
                        Linear(2, 2, rng=1, dtype=np.float64))
-    for _, p, _ in model.named_parameters():      # non-zero biases so they would count
-        p[...] += 0.5
-    named = {n: p for n, p, _ in model.named_parameters()}
+    for p in model.parameters():                  # non-zero biases so they would count
+        p.data[...] += 0.5
+    named = {n: p.data for n, p in model.named_parameters()}
     w2 = np.sum(named["0.W"] ** 2) + np.sum(named["2.W"] ** 2)
     all2 = sum(np.sum(p ** 2) for p in named.values())
     assert float(l2_penalty(model, 0.1)) == pytest.approx(0.05 * w2, rel=1e-13)
     every = l2_penalty(model, 0.1, weights_only=False)
     assert float(every) == pytest.approx(0.05 * all2, rel=1e-13)
     assert float(l2_penalty(model.named_parameters(), 0.1)) == pytest.approx(0.05 * w2, rel=1e-13)
-    # unnamed pairs: every array counts
+    # unnamed Parameters, pairs or arrays: every array counts
     assert float(l2_penalty(model.parameters(), 0.1)) == pytest.approx(0.05 * all2, rel=1e-13)
+    pairs = [(p.data, p.grad) for p in model.parameters()]
+    assert float(l2_penalty(pairs, 0.1)) == pytest.approx(0.05 * all2, rel=1e-13)
     out = l2_penalty(Sequential(Linear(3, 2, rng=0)), 1.0)
     assert out.shape == () and out.dtype == np.float32
     with pytest.raises(ValueError, match="lam"):

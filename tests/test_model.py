@@ -24,18 +24,21 @@ def test_whole_model_gradcheck(rng):
     assert res.max_rel_error < 1e-6, str(res)
 
 
-def test_named_parameters_and_live_pairs(rng):
+def test_named_parameters_and_live_parameters(rng):
     m = _mlp()
-    names = [n for n, _, _ in m.named_parameters()]
+    names = [n for n, _ in m.named_parameters()]
     assert names == ["0.W", "1.gamma", "1.beta", "4.0.W", "4.0.b", "5.W", "5.b"]
-    pairs = m.parameters()
+    params = m.parameters()
     x = rng.standard_normal((5, 6)).astype(np.float32)
     m.backward(np.ones_like(m.forward(x, train=True)))
-    for (p, g), (_, p2, g2) in zip(pairs, m.named_parameters()):
-        assert p is p2 and g is g2
-    assert all(np.abs(g).sum() > 0 for _, g in pairs)
+    for p, (name, p2) in zip(params, m.named_parameters()):
+        assert p is p2 and name.endswith(p.name)
+        layer = m.layers[int(name.split(".")[0])]
+        layer = layer.block[int(name.split(".")[1])] if name.count(".") == 2 else layer
+        assert layer.params[p.name] is p.data and layer.grads[p.name] is p.grad
+    assert all(np.abs(p.grad).sum() > 0 for p in params)
     m.zero_grad()
-    assert all(np.abs(g).sum() == 0 for _, g in pairs)
+    assert all(np.abs(p.grad).sum() == 0 for p in params)
 
 
 def test_state_dict_round_trip_reproduces_outputs(rng, tmp_path):
@@ -54,10 +57,10 @@ def test_state_dict_round_trip_reproduces_outputs(rng, tmp_path):
 
 def test_load_state_dict_keeps_arrays_in_place():
     m = _mlp()
-    p0 = m.parameters()[0][0]
+    p0 = m.parameters()[0].data
     m.load_state_dict(_mlp(seed=5).state_dict())
-    assert m.parameters()[0][0] is p0          # an optimizer holding p0 stays valid
-    np.testing.assert_array_equal(p0, _mlp(seed=5).parameters()[0][0])
+    assert m.parameters()[0].data is p0          # an optimizer holding p0 stays valid
+    np.testing.assert_array_equal(p0, _mlp(seed=5).parameters()[0].data)
 
 
 def test_load_state_dict_errors_change_nothing():

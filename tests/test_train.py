@@ -32,8 +32,8 @@ def _run(data, out, epochs, resume=False, model="cnn-bn", **cfg):
 
 
 def _same_weights(a, b):
-    for (n, p, _), (_, q, _) in zip(a.named_parameters(), b.named_parameters()):
-        np.testing.assert_array_equal(p, q, err_msg=n)
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=n)
     sa, sb = a.state_dict(), b.state_dict()
     for k in sa:
         np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)

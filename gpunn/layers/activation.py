@@ -25,7 +25,7 @@ class _Elementwise(Layer):
 class ReLU(_Elementwise):
     """y = max(x, 0). x: any shape."""
 
-    def forward(self, x, *, train=False):
+    def forward(self, x, *, train=None):
         self._x = self._check(x)
         return act.relu_forward(x)
 
@@ -41,7 +41,7 @@ class LeakyReLU(_Elementwise):
         super().__init__()
         self.slope = float(slope)
 
-    def forward(self, x, *, train=False):
+    def forward(self, x, *, train=None):
         self._x = self._check(x)
         return act.leaky_relu_forward(x, self.slope)
 
@@ -56,7 +56,7 @@ class LeakyReLU(_Elementwise):
 class Sigmoid(_Elementwise):
     """y = 1 / (1 + exp(-x))."""
 
-    def forward(self, x, *, train=False):
+    def forward(self, x, *, train=None):
         self._y = act.sigmoid_forward(self._check(x))
         return self._y
 
@@ -66,7 +66,7 @@ class Sigmoid(_Elementwise):
 
 
 class Tanh(_Elementwise):
-    def forward(self, x, *, train=False):
+    def forward(self, x, *, train=None):
         self._y = act.tanh_forward(self._check(x))
         return self._y
 
@@ -82,7 +82,7 @@ class Softmax(_Elementwise):
     fused and stable. This layer is for models that must output probabilities.
     """
 
-    def forward(self, x, *, train=False):
+    def forward(self, x, *, train=None):
         self.check_input(x, 2)
         xp = get_array_module(x)
         e = xp.exp(x - x.max(axis=1, keepdims=True))

@@ -1,6 +1,6 @@
 """The layer contract every gpunn layer follows.
 
-    params: dict[str, Array]      learnable arrays, on the layer's device
+    params: dict[str, Array]      learnable arrays, on the layer's device (views of Parameters)
     grads:  dict[str, Array]      same keys; backward writes into these arrays in place
     buffers: dict[str, Array]     non-learnable arrays saved with the model (running stats)
     host_state: dict[str, int]    host-side integers saved with the model (dropout seed, step)
@@ -10,28 +10,79 @@
     output_shape(in_shape)        per-sample shape in -> per-sample shape out (no batch axis);
                                   raises ShapeError naming the layer when the input cannot fit
 
-A layer reads its parameters from ``params`` at every call, so assigning a new array there
-takes effect. Gradients are written into the existing ``grads`` arrays (``g[...] = value``),
-so an optimizer that holds those arrays sees every new gradient.
+Every learnable array is a :class:`~gpunn.parameter.Parameter` (value and gradient); once a
+model packs them (``Sequential`` does when it is built), ``params[name]`` and ``grads[name]``
+are views into the model's flat buffers. Assigning ``layer.params["W"] = array`` writes into
+the existing array (shape- and dtype-checked, copied to its device), so the buffers, and an
+optimizer holding them, see it. Gradients are written in place too (``store_grad``).
+
+``training`` (True when built, as in PyTorch) is the mode ``forward(x)`` and ``layer(x)`` use
+when ``train`` is not given; ``train()`` / ``eval()`` set it for a layer and its children.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..backend import FLOAT_DTYPES, Device, check_dtype, device_of, get_array_module, to_device
+from ..backend import (FLOAT_DTYPES, Device, DeviceError, check_dtype, device_of, resolve_device,
+                       to_device)
 from ..errors import DTypeError, ShapeError
+from ..parameter import Parameter
+
+class ParamDict(dict):
+    """``layer.params``: a dict of arrays whose item assignment writes *into* the parameter
+    (its flat-buffer view) instead of replacing it; a new name registers a new Parameter."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self._layer = layer
+
+    def __setitem__(self, name, value):
+        p = self._layer._parameters.get(name)
+        if p is None:
+            self._layer.add_param(name, value)
+        else:
+            _write_into(p.data, value, f"{self._layer!r}.params[{name!r}]")
+
+
+class GradDict(dict):
+    """``layer.grads``: item assignment writes into the existing gradient array."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self._layer = layer
+
+    def __setitem__(self, name, value):
+        if name not in self:
+            raise KeyError(f"{self._layer!r} has no parameter {name!r} (it has: "
+                           f"{', '.join(self) or 'none'})")
+        _write_into(self[name], value, f"{self._layer!r}.grads[{name!r}]")
+
+
+def _write_into(dst, value, where: str) -> None:
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        raise TypeError(f"{where}: expected an array, got {type(value).__name__}")
+    if tuple(shape) != tuple(dst.shape):
+        raise ShapeError(f"{where}: expected shape {tuple(dst.shape)}, got {tuple(shape)}")
+    if value.dtype != dst.dtype:
+        raise DTypeError(f"{where}: expected dtype {dst.dtype}, got {value.dtype} (convert the "
+                         f"array, or the layer with .to(dtype=...))")
+    dst[...] = to_device(value, device_of(dst))
+
 
 class Layer:
-    """Base class: parameter bookkeeping, device moves, input checks."""
+    """Base class: parameter bookkeeping, mode, device moves, input checks."""
 
     def __init__(self):
-        self.params: dict = {}
-        self.grads: dict = {}
+        self._parameters: dict = {}           # name -> Parameter
+        self.params: dict = ParamDict(self)
+        self.grads: dict = GradDict(self)
         self.buffers: dict = {}
         self.host_state: dict = {}
+        self.training = True
 
     # -- the contract -------------------------------------------------------------------
-    def forward(self, x, *, train: bool = False):
+    def forward(self, x, *, train: bool | None = None):
         raise NotImplementedError
 
     def backward(self, dout):
@@ -41,15 +92,29 @@ class Layer:
         """Per-sample output shape for a per-sample input shape (default: unchanged)."""
         return tuple(in_shape)
 
-    def __call__(self, x, *, train: bool = False):
+    def __call__(self, x, *, train: bool | None = None):
         return self.forward(x, train=train)
 
+    def _mode(self, train):
+        """``train`` as given, or the layer's mode when it is None."""
+        return self.training if train is None else bool(train)
+
+    def train(self, mode: bool = True):
+        """Set training mode (``mode=False``: evaluation) here and in every child; returns self."""
+        for layer in self.walk():
+            layer.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
     # -- parameters -----------------------------------------------------------------------
-    def add_param(self, name: str, value) -> None:
-        """Register a learnable array and a zero gradient of the same shape, dtype, device."""
-        xp = get_array_module(value)
-        self.params[name] = value
-        self.grads[name] = xp.zeros_like(value)
+    def add_param(self, name: str, value) -> Parameter:
+        """Register a learnable array with a zero gradient of the same shape, dtype, device."""
+        p = Parameter(value, name, layer=self)
+        self._parameters[name] = p
+        p.bind(p.data, p.grad)
+        return p
 
     def store_grad(self, name: str, value) -> None:
         """Write ``value`` into the existing gradient array (shape-checked, in place)."""
@@ -60,9 +125,13 @@ class Layer:
         g[...] = value
 
     def zero_grad(self) -> None:
-        for layer in self.walk():
-            for g in layer.grads.values():
-                g[...] = 0
+        params = self.parameters()
+        flats = {id(p.flat): p.flat for p in params if p.flat is not None}
+        for flat in flats.values():
+            flat.grads.fill(0)
+        for p in params:
+            if p.flat is None:
+                p.grad[...] = 0
 
     # -- containers -----------------------------------------------------------------------
     def children(self) -> list:
@@ -75,23 +144,14 @@ class Layer:
         for child in self.children():
             yield from child.walk()
 
-    def _named(self, attr: str, prefix: str = ""):
-        for k, v in getattr(self, attr).items():
-            yield prefix + k, v
-        for i, child in enumerate(self.children()):
-            yield from child._named(attr, f"{prefix}{i}.")
-
     def named_parameters(self) -> list:
-        """``[(name, param, grad), ...]`` for this layer and its children, e.g. ``"2.0.W"``."""
-        out = []
-        for layer_prefix, layer in self._prefixed_layers():
-            for k, p in layer.params.items():
-                out.append((layer_prefix + k, p, layer.grads[k]))
-        return out
+        """``[(name, Parameter), ...]`` for this layer and its children, e.g. ``"2.0.W"``."""
+        return [(prefix + k, p) for prefix, layer in self._prefixed_layers()
+                for k, p in layer._parameters.items()]
 
     def parameters(self) -> list:
-        """``[(param, grad), ...]``: live arrays, for an optimizer built once."""
-        return [(p, g) for _, p, g in self.named_parameters()]
+        """Every :class:`Parameter` here and in the children, in a fixed order."""
+        return [p for _, p in self.named_parameters()]
 
     def _prefixed_layers(self, prefix: str = ""):
         yield prefix, self
@@ -111,15 +171,24 @@ class Layer:
             return a.dtype
         return None
 
-    def to(self, device):
-        """Move params, grads and buffers (children's too) to ``device``; returns self.
+    def to(self, device=None, *, dtype=None):
+        """Move (and/or convert) parameters, gradients and buffers, children's too; returns self.
 
-        The arrays are replaced, so build optimizers after moving the model.
+        Packed parameters move as whole flat buffers and every view follows, so an optimizer
+        built before the move keeps working. A buffer is shared by the whole model it was
+        packed for: moving one layer of a model moves the model's parameters with it.
         """
+        dev = None if device is None else resolve_device(device)
+        dt = None if dtype is None else check_dtype(dtype, f"{type(self).__name__}.to")
+        params = self.parameters()
+        for flat in {id(p.flat): p.flat for p in params if p.flat is not None}.values():
+            flat.to(dev, dtype=dt)
+        for p in params:
+            if p.flat is None:
+                p.bind(_convert(p.data, dev, dt), _convert(p.grad, dev, dt))
         for layer in self.walk():
-            for d in (layer.params, layer.grads, layer.buffers):
-                for k in list(d):
-                    d[k] = to_device(d[k], device)
+            for k in list(layer.buffers):
+                layer.buffers[k] = _convert(layer.buffers[k], dev, dt)
         return self
 
     # -- input checks ---------------------------------------------------------------------
@@ -150,7 +219,6 @@ class Layer:
         if self.params:
             pdev = self.device
             if pdev is not None and device_of(x) != pdev:
-                from ..backend import DeviceError
                 raise DeviceError(f"{self!r}: {what} is on {device_of(x)} but the layer's "
                                   f"parameters are on {pdev}; move one with .to()")
 
@@ -169,3 +237,11 @@ class Layer:
 
     def extra_repr(self) -> str:
         return ""
+
+
+def _convert(a, device, dtype):
+    if device is not None:
+        a = to_device(a, device)
+    if dtype is not None and a.dtype != dtype:
+        a = a.astype(dtype)
+    return a

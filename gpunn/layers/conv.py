@@ -46,7 +46,7 @@ class Conv2d(Layer):
         return window_geometry(h, w, self.kernel_size, self.stride, self.padding, repr(self),
                                "kernel")
 
-    def forward(self, x, *, train=False):
+    def forward(self, x, *, train=None):
         self.check_input(x, 4, feature_axis=1, features=self.in_channels)
         xp = get_array_module(x)
         n, _, h, w = x.shape

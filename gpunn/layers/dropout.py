@@ -1,12 +1,13 @@
 """Inverted dropout with masks from a counter-based generator (same mask on any device)."""
 from __future__ import annotations
 
+from ..errors import ShapeError
 from ..init import make_rng
 from ..ops.dropout import dropout_forward
-from .activation import _Elementwise
+from .base import Layer
 
 
-class Dropout(_Elementwise):
+class Dropout(Layer):
     """Zero each element with probability ``p`` in training and scale the rest by 1/(1-p);
     the identity when ``train=False``.
 
@@ -27,9 +28,9 @@ class Dropout(_Elementwise):
         self.host_state["step"] = 0
         self._mask = None
 
-    def forward(self, x, *, train=False):
-        self._check(x)
-        if not train or self.p == 0.0:
+    def forward(self, x, *, train=None):
+        self.check_input(x)
+        if not self._mode(train) or self.p == 0.0:
             self._mask = None
             return x
         y, self._mask = dropout_forward(x, self.p, self.host_state["seed"],
@@ -40,7 +41,10 @@ class Dropout(_Elementwise):
     def backward(self, dout):
         if self._mask is None:   # eval mode or p == 0: identity
             return dout
-        return self._check_dout(dout, self._mask) * self._mask
+        if dout.shape != self._mask.shape:
+            raise ShapeError(f"{self!r}: backward expected dout of shape "
+                             f"{tuple(self._mask.shape)}, got {tuple(dout.shape)}")
+        return dout * self._mask
 
     def extra_repr(self):
         return f"p={self.p}"

@@ -30,7 +30,7 @@ class Linear(Layer):
             self.add_param("b", np.zeros(self.out_features, dtype=dtype))
         self._x = None
 
-    def forward(self, x, *, train: bool = False):
+    def forward(self, x, *, train=None):
         self.check_input(x, 2, feature_axis=1, features=self.in_features)
         self._x = x
         y = x @ self.params["W"]

@@ -39,12 +39,12 @@ class _BatchNorm(Layer):
             return (0,), (1, -1)
         return (0, 2, 3), (1, -1, 1, 1)
 
-    def forward(self, x, *, train=False):
+    def forward(self, x, *, train=None):
         self.check_input(x, self._ndim, feature_axis=1, features=self.num_features)
         axes, bshape = self._axes_and_shape()
         gamma = self.params["gamma"].reshape(bshape)
         beta = self.params["beta"].reshape(bshape)
-        if train:
+        if self._mode(train):
             m = x.size // self.num_features
             if m < 2:
                 raise ShapeError(f"{self!r}: training needs more than one value per feature "

@@ -52,10 +52,11 @@ class _Pool2d(Layer):
 class MaxPool2d(_Pool2d):
     """Maximum over each window; the gradient goes to the first maximum (as PyTorch)."""
 
-    def forward(self, x, *, train=False):
+    def forward(self, x, *, train=None):
         self.check_input(x, 4)
         pad, oh, ow = self._geometry(*x.shape[2:])
         kh, kw = self.kernel_size
+        train = self._mode(train)
         y, argmax = maxpool2d_forward(x, kh, kw, self.stride, pad, with_argmax=train)
         self._cache = (x.shape, argmax, pad, oh, ow) if train else None
         return y
@@ -75,7 +76,7 @@ class AvgPool2d(_Pool2d):
         super().__init__(kernel_size, stride, padding)
         self.count_include_pad = bool(count_include_pad)
 
-    def forward(self, x, *, train=False):
+    def forward(self, x, *, train=None):
         self.check_input(x, 4)
         pad, oh, ow = self._geometry(*x.shape[2:])
         kh, kw = self.kernel_size

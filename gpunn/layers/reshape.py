@@ -8,7 +8,7 @@ from .base import Layer
 class Flatten(Layer):
     """x: (N, d1, d2, ...) -> (N, d1*d2*...). A view where the input is contiguous."""
 
-    def forward(self, x, *, train=False):
+    def forward(self, x, *, train=None):
         self.check_input(x)
         if x.ndim < 2:
             raise ShapeError(f"{self!r}: expected at least 2-d input (N, ...), got shape "

@@ -24,7 +24,8 @@ class Residual(Layer):
     def children(self):
         return self.block
 
-    def forward(self, x, *, train=False):
+    def forward(self, x, *, train=None):
+        train = self._mode(train)
         h = x
         for layer in self.block:
             h = layer.forward(h, train=train)
