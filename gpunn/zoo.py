@@ -13,7 +13,7 @@ from .init import make_rng
 from .layers import (BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Residual)
 from .model import Sequential
 
-__all__ = ["MODELS", "build_model", "model_names"]
+__all__ = ["MODELS", "build_model"]
 
 
 def _flat(shape):
@@ -106,10 +106,6 @@ MODELS = {
     "model1": model1, "model2": model2, "model3": model3, "model4": model4,
     "mlp1000": mlp1000, "cnn-bn": cnn_bn, "lenet5x5": lenet5x5, "resnet-small": resnet_small,
 }
-
-
-def model_names() -> list:
-    return list(MODELS)
 
 
 def build_model(name: str, input_shape=(1, 28, 28), num_classes: int = 10, *, seed: int = 0,

@@ -135,6 +135,3 @@ def file_sha256(path) -> str:
     import hashlib
     return hashlib.sha256(open_maybe_gzip(path)).hexdigest()
 
-
-def exists(path) -> bool:
-    return os.path.isfile(path)
