@@ -6,7 +6,6 @@ or a mislabelled file fails here, not as a strange shape deep inside training.
 from __future__ import annotations
 
 import gzip
-import os
 import pickle
 
 import numpy as np
