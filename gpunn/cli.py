@@ -5,13 +5,17 @@ import json
 import os
 import sys
 import time
+from dataclasses import fields
 
 import click
 import numpy as np
 
 from . import __version__
+from .runs import DEFAULT_LR, RunConfig
 
-OPTIMIZERS = ("sgd", "adam")
+# Run settings and their defaults live in RunConfig; the train options read them from there.
+_DEFAULTS = {f.name: f.default for f in fields(RunConfig)}
+OPTIMIZERS = tuple(DEFAULT_LR)
 
 
 def _echo_err(msg):
@@ -93,38 +97,39 @@ def datasets(check, download, data_dir):
 # -- train --------------------------------------------------------------------------------------
 def _train_options(f):
     opts = [
-        click.option("--model", "model_name", default="model4", show_default=True,
+        click.option("--model", "model_name", default=_DEFAULTS["model"], show_default=True,
                      help="Zoo model: model1, model2, model3, model4, mlp1000, cnn-bn, lenet5x5, resnet-small."),
-        click.option("--dataset", default="fashion-mnist", show_default=True,
+        click.option("--dataset", default=_DEFAULTS["dataset"], show_default=True,
                      help="fashion-mnist, mnist, kmnist, cifar10 or synthetic."),
-        click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+        click.option("--data-dir", type=click.Path(file_okay=False), default=_DEFAULTS["data_dir"],
                      help="Folder holding the data set's files (else the usual places)."),
-        click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True),
-        click.option("--lr", type=float, default=None, help="Learning rate [sgd: 0.05, adam: 0.002]."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True),
-        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd", show_default=True),
-        click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum (0 for plain SGD)."),
-        click.option("--nesterov/--no-nesterov", default=False, show_default=True),
-        click.option("--weight-decay", type=float, default=0.0, show_default=True, help="L2 weight decay."),
-        click.option("--dropout", type=float, default=None, help="Dropout rate for models that take one."),
-        click.option("--schedule", type=click.Choice(["none", "step", "exp", "cosine"]), default="none",
+        click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULTS["epochs"], show_default=True),
+        click.option("--lr", type=float, default=_DEFAULTS["lr"],
+                     help="Learning rate [" + ", ".join(f"{k}: {v}" for k, v in DEFAULT_LR.items()) + "]."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS["batch_size"], show_default=True),
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_DEFAULTS["optimizer"], show_default=True),
+        click.option("--momentum", type=float, default=_DEFAULTS["momentum"], show_default=True, help="SGD momentum (0 for plain SGD)."),
+        click.option("--nesterov/--no-nesterov", default=_DEFAULTS["nesterov"], show_default=True),
+        click.option("--weight-decay", type=float, default=_DEFAULTS["weight_decay"], show_default=True, help="L2 weight decay."),
+        click.option("--dropout", type=float, default=_DEFAULTS["dropout"], help="Dropout rate for models that take one."),
+        click.option("--schedule", type=click.Choice(["none", "step", "exp", "cosine"]), default=_DEFAULTS["schedule"],
                      show_default=True, help="Learning-rate schedule, stepped each epoch."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-        click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--eval-every", type=click.IntRange(min=0), default=20000, show_default=True,
+        click.option("--device", default=_DEFAULTS["device"], show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--dtype", type=click.Choice(["float32", "float64"]), default=_DEFAULTS["dtype"], show_default=True),
+        click.option("--seed", type=int, default=_DEFAULTS["seed"], show_default=True),
+        click.option("--eval-every", type=click.IntRange(min=0), default=_DEFAULTS["eval_every"], show_default=True,
                      help="Evaluate every N training samples (0: at epoch ends only)."),
-        click.option("--val-size", type=float, default=5000, show_default=True,
+        click.option("--val-size", type=float, default=_DEFAULTS["val_size"], show_default=True,
                      help="Validation samples taken from the training set (a fraction if < 1)."),
-        click.option("--standardize/--no-standardize", default=False, show_default=True,
+        click.option("--standardize/--no-standardize", default=_DEFAULTS["standardize"], show_default=True,
                      help="Standardise images with the training split's mean and std (else [0, 1])."),
-        click.option("--patience", type=int, default=None, help="Early stopping: evaluations without improvement."),
-        click.option("--max-steps", type=int, default=None, help="Stop after this many steps (smoke tests)."),
+        click.option("--patience", type=int, default=_DEFAULTS["patience"], help="Early stopping: evaluations without improvement."),
+        click.option("--max-steps", type=int, default=_DEFAULTS["max_steps"], help="Stop after this many steps (smoke tests)."),
         click.option("--out", type=click.Path(file_okay=False), default=None,
                      help="Run directory [runs/MODEL-DATASET-TIME]."),
         click.option("--resume", "resume", type=click.Path(file_okay=False, exists=True), default=None,
                      help="Continue the run in this directory from its checkpoint (settings from its config.json; --epochs may raise the total)."),
-        click.option("--progress/--no-progress", default=True, show_default=True),
+        click.option("--progress/--no-progress", default=_DEFAULTS["progress"], show_default=True),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -136,7 +141,7 @@ def _train_options(f):
 @click.pass_context
 def train(ctx, resume, **kw):
     """Train a zoo model on a data set and write a run directory with plots and a report."""
-    from .runs import RunConfig, run_training
+    from .runs import run_training
 
     if resume:
         cfg = RunConfig.load(os.path.join(resume, "config.json"))
@@ -203,7 +208,7 @@ def eval_(run_dir, as_json, device, data_dir, plots):
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Sweep directory [runs/sweep-NAME].")
 @click.option("--device", default=None, help="Override the config's device.")
 @click.option("--epochs", type=int, default=None, help="Override the config's epochs.")
-@click.option("--max-steps", type=int, default=None, help="Cap every run's steps (smoke tests).")
+@click.option("--max-steps", type=int, default=_DEFAULTS["max_steps"], help="Cap every run's steps (smoke tests).")
 @click.option("--progress/--no-progress", default=True)
 def sweep(config, out, device, epochs, max_steps, progress):
     """Train every model x setting in a TOML sweep file; write the grid of learning curves

@@ -121,3 +121,17 @@ def test_help_is_complete(cmd):
                     "--momentum", "--weight-decay", "--dropout", "--device", "--seed",
                     "--eval-every", "--out", "--resume"):
             assert opt in r.output
+
+
+def test_train_option_defaults_are_run_config_defaults():
+    from dataclasses import fields
+
+    from gpunn.cli import train
+    from gpunn.runs import RunConfig
+
+    defaults = {f.name: f.default for f in fields(RunConfig)}
+    params = {("model" if p.name == "model_name" else p.name): p for p in train.params}
+    shared = set(defaults) & set(params)
+    assert shared == set(defaults)                      # every run setting is an option
+    for name in shared:
+        assert params[name].default == defaults[name], name

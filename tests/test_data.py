@@ -187,11 +187,14 @@ def test_loader_covers_each_sample_once_per_epoch():
     assert len(dl) == 11
     e0 = np.concatenate([yb for _, yb in dl])
     assert sorted(e0.tolist()) == list(range(103))
-    dl.epoch = 1
+    assert dl.epoch == 1                               # each pass moves on to the next epoch
     e1 = np.concatenate([yb for _, yb in dl])
-    assert not np.array_equal(e0, e1)
+    assert not np.array_equal(e0, e1) and sorted(e1.tolist()) == list(range(103))
     dl.epoch = 0
     np.testing.assert_array_equal(np.concatenate([yb for _, yb in dl]), e0)   # replayable
+    np.testing.assert_array_equal(np.concatenate([yb for _, yb in dl.batches(1)]), e1)
+    np.testing.assert_array_equal(np.concatenate([yb for _, yb in dl.batches(1, start=3)]),
+                                  e1[30:])             # a resumed epoch: the same batches on
     for xb, yb in dl:
         np.testing.assert_array_equal(xb[:, 0], yb.astype(np.float32))        # pairs stay aligned
     dl2 = DataLoader(x, y, batch_size=10, shuffle=False, drop_last=True)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gpunn.data import make_synthetic
-from gpunn.losses import SoftmaxCrossEntropy
+from gpunn.losses import CrossEntropyLoss
 from gpunn.optim import SGD, CosineAnnealingLR
 from gpunn.train import TrainConfig, evaluate, fit, load_checkpoint
 from gpunn.zoo import build_model
@@ -26,7 +26,7 @@ def _run(data, out, epochs, resume=False, model="cnn-bn", **cfg):
     opt = SGD(m.parameters(), lr=0.05, momentum=0.9)
     sched = CosineAnnealingLR(opt, T_max=3)
     conf = TrainConfig(epochs=epochs, batch_size=32, eval_every=150, progress=False, **cfg)
-    res = fit(m, SoftmaxCrossEntropy(), opt, data, conf, out_dir=str(out), scheduler=sched,
+    res = fit(m, CrossEntropyLoss(), opt, data, conf, out_dir=str(out), scheduler=sched,
               resume=resume, log=lambda s: None)
     return m, opt, res
 
@@ -55,8 +55,8 @@ def test_resume_is_exact(data, tmp_path):
 def test_resume_mid_epoch(data, tmp_path):
     a, _, _ = _run(data, tmp_path / "a", 2)
     _run(data, tmp_path / "b", 2, max_steps=7)           # stops inside epoch 1
-    _, _, _, _, meta = load_checkpoint(tmp_path / "b" / "checkpoint.npz")
-    assert meta["state"]["batch"] == 7 and meta["state"]["epoch"] == 0
+    ck = load_checkpoint(tmp_path / "b" / "checkpoint.npz")
+    assert ck["state"]["batch"] == 7 and ck["state"]["epoch"] == 0
     b, _, _ = _run(data, tmp_path / "b", 2, resume=True)
     _same_weights(a, b)
 
@@ -64,7 +64,7 @@ def test_resume_mid_epoch(data, tmp_path):
 def test_ctrl_c_writes_checkpoint_and_resumes(data, tmp_path):
     a, _, _ = _run(data, tmp_path / "a", 1)
 
-    class InterruptingLoss(SoftmaxCrossEntropy):
+    class InterruptingLoss(CrossEntropyLoss):
         calls = 0
 
         def forward(self, logits, labels):
@@ -80,8 +80,8 @@ def test_ctrl_c_writes_checkpoint_and_resumes(data, tmp_path):
         fit(m, InterruptingLoss(), opt, data, TrainConfig(epochs=1, batch_size=32, eval_every=150,
                                                           progress=False),
             out_dir=str(tmp_path / "b"), scheduler=sched, log=lambda s: None)
-    _, _, _, _, meta = load_checkpoint(tmp_path / "b" / "checkpoint.npz")
-    assert meta["state"]["step"] == 5                   # the step in flight finished first
+    ck = load_checkpoint(tmp_path / "b" / "checkpoint.npz")
+    assert ck["state"]["step"] == 5                     # the step in flight finished first
     b, _, _ = _run(data, tmp_path / "b", 1, resume=True)
     _same_weights(a, b)
 
@@ -89,7 +89,7 @@ def test_ctrl_c_writes_checkpoint_and_resumes(data, tmp_path):
 def test_early_stopping_restores_best(data, tmp_path):
     m = build_model("model2", (1, 12, 12), 10, seed=0)
     opt = SGD(m.parameters(), lr=3.0)                    # far too large: validation gets worse
-    res = fit(m, SoftmaxCrossEntropy(), opt, data,
+    res = fit(m, CrossEntropyLoss(), opt, data,
               TrainConfig(epochs=30, batch_size=50, eval_every=100, patience=2, progress=False),
               log=lambda s: None)
     assert res.stopped_early
@@ -97,7 +97,7 @@ def test_early_stopping_restores_best(data, tmp_path):
     assert len(h["samples"]) < 30 * 5
     best = max(h["val_acc"])
     assert res.best["value"] == best
-    _, acc, _ = evaluate(m, SoftmaxCrossEntropy(), data.x_val, data.y_val)
+    _, acc, _ = evaluate(m, CrossEntropyLoss(), data.x_val, data.y_val)
     assert acc == pytest.approx(best)
 
 
@@ -109,6 +109,6 @@ def test_resume_without_checkpoint(data, tmp_path):
 def test_training_learns(data):
     m = build_model("model4", (1, 12, 12), 10, seed=0)
     opt = SGD(m.parameters(), lr=0.05, momentum=0.9)
-    res = fit(m, SoftmaxCrossEntropy(), opt, data,
+    res = fit(m, CrossEntropyLoss(), opt, data,
               TrainConfig(epochs=3, batch_size=20, eval_every=0, progress=False), log=lambda s: None)
     assert res.history["test_acc"][-1] > 0.6

@@ -14,8 +14,12 @@ from ..backend import resolve_device, to_device
 class DataLoader:
     """Iterate ``(xb, yb)`` batches on ``device``.
 
-    x: (N, ...) array, y: (N,) labels. ``shuffle``: a new order each epoch, from (seed, epoch);
-    set ``loader.epoch`` to replay an epoch (resume). ``drop_last`` skips a final short batch.
+    x: (N, ...) array, y: (N,) labels. ``shuffle``: each pass draws the order of epoch
+    ``loader.epoch`` from (seed, epoch) and then moves ``loader.epoch`` on, so every ``for``
+    loop over the loader sees a new order (set ``loader.epoch`` to replay one).
+    ``batches(epoch, start)`` gives epoch ``epoch``'s batches from batch ``start`` on without
+    touching ``loader.epoch`` (the trainer uses it to resume mid-epoch). ``drop_last`` skips a
+    final short batch.
     """
 
     def __init__(self, x, y, batch_size: int, shuffle: bool = True, seed: int = 0,
@@ -43,19 +47,19 @@ class DataLoader:
         return np.random.default_rng([self.seed, e]).permutation(len(self.x))
 
     def __iter__(self):
+        epoch = self.epoch
+        self.epoch += 1
+        return self.batches(epoch)
+
+    def batches(self, epoch: int, start: int = 0):
+        """Epoch ``epoch``'s batches from batch ``start`` on (a resumed epoch skips the rest)."""
         n, bs = len(self.x), self.batch_size
         if self.shuffle:
-            perm = to_device(self.order().astype(np.int64), self.device)
-        for b in range(len(self)):
+            perm = to_device(self.order(epoch).astype(np.int64), self.device)
+        for b in range(start, len(self)):
             lo, hi = b * bs, min(n, (b + 1) * bs)
             if self.shuffle:
                 idx = perm[lo:hi]
                 yield self.x[idx], self.y[idx]
             else:
                 yield self.x[lo:hi], self.y[lo:hi]
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.seed = int(state["epoch"]), int(state["seed"])

@@ -1,0 +1,12 @@
+"""Training: a :class:`TrainStep` (forward, loss, backward, update), a :class:`Trainer` loop
+that emits events, extensions for evaluation, checkpoints, early stopping, the LR schedule
+and progress, and :func:`fit`, which puts the usual run together."""
+from ..serialization import load_checkpoint, save_checkpoint
+from .extensions import (CHECKPOINT, Checkpoint, EarlyStopping, EvalLog, Evaluation, Extension,
+                         LRSchedule, ProgressBar)
+from .loop import TrainConfig, Trainer, TrainResult, TrainState, evaluate, fit
+from .step import TrainStep
+
+__all__ = ["TrainConfig", "TrainState", "TrainResult", "TrainStep", "Trainer", "fit", "evaluate",
+           "Extension", "LRSchedule", "Evaluation", "EarlyStopping", "Checkpoint", "EvalLog",
+           "ProgressBar", "CHECKPOINT", "load_checkpoint", "save_checkpoint"]

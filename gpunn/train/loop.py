@@ -1,0 +1,246 @@
+"""The training loop: epochs and batches, a position that round-trips through checkpoints, and
+events for the extensions.
+
+:class:`Trainer` only iterates: it runs the :class:`~gpunn.train.step.TrainStep` on each batch,
+counts steps and samples in a :class:`TrainState`, and emits events to its extensions, in the
+order they were given:
+
+    start                     after construction (a checkpoint extension resumes here)
+    step_end                  after every step
+    epoch_end                 after the last step of an epoch, the counters already advanced
+    evaluate(row)             emitted by the evaluation extension with each history row
+    interrupt                 Ctrl-C: the step in flight finished; KeyboardInterrupt follows
+    finish                    the loop is over (all epochs, early stop or max_steps)
+
+Everything else — evaluation, checkpoints, early stopping and best weights, the LR schedule,
+the progress bar — is an extension (gpunn/train/extensions.py) with its own state in the
+checkpoint, so a run stopped anywhere resumes exactly: the batch order is a function of
+(seed, epoch), dropout masks of (seed, step), and every piece of state is saved.
+
+:func:`fit` puts the usual run together.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+from ..backend import get_array_module, resolve_device, to_numpy
+from .step import TrainStep
+
+__all__ = ["TrainConfig", "TrainState", "TrainResult", "Trainer", "fit", "evaluate"]
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 100
+    eval_every: int = 20000          # training samples between evaluations (0: epoch ends only)
+    train_eval_fraction: float = 0.2  # share of the training set evaluated for train metrics
+    eval_batch_size: int = 1000
+    seed: int = 0
+    patience: int | None = None      # evaluations without improvement before stopping
+    monitor: str = "val_acc"         # "val_acc" | "val_loss" (| "test_*" when no validation)
+    restore_best: bool = True        # with patience: end with the best weights seen
+    progress: bool = True
+    max_steps: int | None = None     # stop after this many optimizer steps (tests, smoke runs)
+
+
+@dataclass
+class TrainState:
+    """Where a run is: the part of the checkpoint that belongs to the loop itself."""
+    epoch: int = 0          # completed epochs
+    batch: int = 0          # batches done in the current epoch
+    step: int = 0           # optimizer steps in all
+    samples: int = 0        # training samples seen in all
+    since_eval: int = 0     # samples since the last periodic evaluation
+    seconds: float = 0.0    # training time before this process (resume) plus this one's
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainState":
+        names = {f.name for f in fields(cls)}
+        missing = sorted(names - set(d))
+        if missing:
+            raise ValueError(f"train state is missing {', '.join(missing)}")
+        return cls(**{k: d[k] for k in names})
+
+
+@dataclass
+class TrainResult:
+    history: dict
+    best: dict = field(default_factory=dict)   # {"metric": ..., "value": ..., "samples": ...}
+    stopped_early: bool = False
+    interrupted: bool = False
+    seconds: float = 0.0
+    steps: int = 0
+
+
+class _StopFlag:
+    """SIGINT sets a flag checked between steps, so a checkpoint never sees half a step."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:          # not the main thread: leave Ctrl-C alone
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:          # second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+class Trainer:
+    """Runs ``step`` over ``loader`` for ``epochs`` epochs and tells ``extensions`` about it.
+
+    An extension is any object with some of the methods ``on_start(trainer)``,
+    ``on_step_end(trainer)``, ``on_epoch_end(trainer)``, ``on_evaluate(trainer, row)``,
+    ``on_interrupt(trainer)``, ``on_finish(trainer)``; with a ``name`` and
+    ``state_dict()``/``load_state_dict()`` its state goes into checkpoints. An extension stops
+    the run by setting ``trainer.should_stop = True`` (and ``trainer.stopped_early`` when that
+    is why).
+    """
+
+    def __init__(self, step: TrainStep, loader, epochs: int, *, extensions=(),
+                 max_steps: int | None = None, log=None):
+        self.step, self.loader, self.epochs = step, loader, int(epochs)
+        self.extensions = list(extensions)
+        self.max_steps = max_steps
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.state = TrainState()
+        self.steps_per_epoch = len(loader)
+        self.should_stop = self.stopped_early = self.interrupted = False
+        self.max_steps_reached = False
+        self.t_start = time.perf_counter()
+
+    def extension(self, name: str):
+        """The extension called ``name``, or None."""
+        return next((e for e in self.extensions if getattr(e, "name", None) == name), None)
+
+    def emit(self, event: str, *args) -> None:
+        for ext in self.extensions:
+            handler = getattr(ext, f"on_{event}", None)
+            if handler is not None:
+                handler(self, *args)
+
+    def elapsed(self) -> float:
+        """Training seconds so far, including the time before a resume."""
+        return time.perf_counter() - self.t_start
+
+    def run(self) -> None:
+        self.emit("start")                 # may restore self.state (resume)
+        st = self.state
+        self.t_start = time.perf_counter() - st.seconds
+        xp = get_array_module(self.loader.x)
+        with _StopFlag() as flag:
+            while st.epoch < self.epochs and not self.should_stop:
+                self.step.reset_metrics(xp)
+                for xb, yb in self.loader.batches(st.epoch, start=st.batch):
+                    self.step(xb, yb)
+                    st.batch += 1
+                    st.step += 1
+                    st.samples += len(xb)
+                    st.since_eval += len(xb)
+                    self.emit("step_end")
+                    if st.batch == self.steps_per_epoch or self.should_stop or flag.requested \
+                            or self._out_of_steps():
+                        break
+                if flag.requested:
+                    st.seconds = self.elapsed()
+                    self.interrupted = True
+                    self.emit("interrupt")
+                    raise KeyboardInterrupt
+                if self.should_stop:
+                    break
+                if st.batch == self.steps_per_epoch:
+                    st.epoch += 1
+                    st.batch = 0
+                    st.since_eval = 0
+                    self.emit("epoch_end")
+                    if self.should_stop:
+                        break
+                if self._out_of_steps():
+                    self.max_steps_reached = True
+                    break
+        self.emit("finish")
+
+    def _out_of_steps(self) -> bool:
+        return bool(self.max_steps) and self.state.step >= self.max_steps
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+def evaluate(model, loss_fn, x, y, batch_size: int = 1000):
+    """Mean loss and accuracy over (x, y) in evaluation mode; returns (loss, acc, predictions).
+
+    Sums stay on the device; one transfer at the end.
+    """
+    xp = get_array_module(x)
+    total_loss = xp.zeros((), dtype=np.float64)
+    correct = xp.zeros((), dtype=np.int64)
+    preds = []
+    n = len(x)
+    for i in range(0, n, batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        logits = model.forward(xb, train=False)
+        total_loss += loss_fn.forward(logits, yb) * (len(xb) if loss_fn.reduction == "mean" else 1)
+        p = logits.argmax(axis=1)
+        correct += (p == yb).sum()
+        preds.append(p)
+    p_all = to_numpy(xp.concatenate(preds)) if preds else np.zeros(0, np.int64)
+    return float(total_loss) / max(n, 1), float(correct) / max(n, 1), p_all
+
+
+# -- the usual run ------------------------------------------------------------------------------
+def fit(model, loss_fn, optimizer, data, config: TrainConfig, *, out_dir=None, device="auto",
+        scheduler=None, resume: bool = False, log=None, extensions=()) -> TrainResult:
+    """Train ``model`` on ``data`` (an object with x_train/y_train, optional x_val/y_val and
+    x_test/y_test NumPy arrays) and return the history.
+
+    The model must already be on ``device`` (the optimizer may have been built before the
+    move). With ``out_dir`` a checkpoint is written at every evaluation; ``resume=True``
+    continues from ``out_dir/checkpoint.npz`` exactly where it stopped. ``extensions`` are
+    added after the standard ones (evaluation, early stopping, checkpoint, log, progress).
+    """
+    from ..data import DataLoader
+    from . import extensions as ext
+
+    dev = resolve_device(device)
+    cfg = config
+    if cfg.batch_size <= 0 or cfg.epochs <= 0:
+        raise ValueError(f"fit: epochs and batch_size must be positive, got {cfg.epochs}, "
+                         f"{cfg.batch_size}")
+    if len(data.x_train) == 0:
+        raise ValueError("fit: the training set is empty")
+    loader = DataLoader(data.x_train, data.y_train, batch_size=cfg.batch_size, shuffle=True,
+                        seed=cfg.seed, drop_last=False, device=dev)
+    evaluation = ext.Evaluation(data, loss_fn, dev, every=cfg.eval_every,
+                                train_fraction=cfg.train_eval_fraction,
+                                batch_size=cfg.eval_batch_size, seed=cfg.seed)
+    stopping = ext.EarlyStopping(evaluation.monitor_for(cfg.monitor), patience=cfg.patience,
+                                 restore_best=cfg.restore_best)
+    exts = [ext.ProgressBar(enabled=cfg.progress),
+            ext.LRSchedule(scheduler) if scheduler is not None else None, evaluation, stopping,
+            ext.Checkpoint(out_dir, resume=resume) if out_dir or resume else None,
+            ext.EvalLog(), *extensions]
+    trainer = Trainer(TrainStep(model, loss_fn, optimizer), loader, cfg.epochs,
+                      extensions=[e for e in exts if e is not None], max_steps=cfg.max_steps,
+                      log=log)
+    trainer.run()
+    return TrainResult(history=evaluation.history, best=stopping.best(),
+                       stopped_early=trainer.stopped_early, seconds=trainer.elapsed(),
+                       steps=trainer.state.step)

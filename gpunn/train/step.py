@@ -1,0 +1,56 @@
+"""One training step as an object: forward, loss, backward, gradient hooks, update.
+
+:class:`TrainStep` is the unit the rest of a training run builds on: the loop calls it once per
+batch, a CUDA-graph version would capture and replay exactly this, and a data-parallel wrapper
+adds a gradient all-reduce as a hook between backward and update. It keeps the running loss
+and accuracy of the current epoch *on the device*, so a step never waits for the GPU; reading
+them (:meth:`metrics`) is the one host synchronisation, done only when a number is shown.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_array_module
+
+__all__ = ["TrainStep"]
+
+
+class TrainStep:
+    """``step(xb, yb)``: one optimisation step on a batch already on the model's device.
+
+    xb: (N, ...) inputs, yb: (N,) integer labels. ``after_backward`` holds callables
+    ``hook(step)`` run between backward and the update (gradients are in the model's grads:
+    the place for an all-reduce or a non-finite check).
+    """
+
+    def __init__(self, model, loss_fn, optimizer):
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.after_backward: list = []
+        self.loss_sum = self.correct = None
+        self.seen = 0
+
+    def reset_metrics(self, xp=np) -> None:
+        """Zero the running sums (at the start of each epoch), on ``xp``'s device."""
+        self.loss_sum = xp.zeros((), dtype=np.float64)
+        self.correct = xp.zeros((), dtype=np.int64)
+        self.seen = 0
+
+    def __call__(self, xb, yb):
+        logits = self.model.forward(xb, train=True)
+        loss = self.loss_fn.forward(logits, yb)
+        self.model.backward(self.loss_fn.backward())
+        for hook in self.after_backward:
+            hook(self)
+        self.optimizer.step()
+        if self.loss_sum is None:
+            self.reset_metrics(get_array_module(logits))
+        n = len(xb)
+        self.loss_sum += loss * n
+        self.correct += (logits.argmax(axis=1) == yb).sum()
+        self.seen += n
+        return loss
+
+    def metrics(self) -> tuple:
+        """(mean loss, accuracy) over the batches since :meth:`reset_metrics`, as floats."""
+        seen = max(self.seen, 1)
+        return float(self.loss_sum) / seen, float(self.correct) / seen
