@@ -9,6 +9,8 @@ environment turns ``"auto"`` into ``"cpu"`` without touching code.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import sys
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ import numpy as np
 __all__ = [
     "Device", "DeviceError", "resolve_device", "cuda_status", "cuda_available",
     "get_array_module", "device_of", "to_device", "to_numpy", "synchronize", "is_cuda_array",
-    "FLOAT_DTYPES", "check_dtype",
+    "FLOAT_DTYPES", "check_dtype", "Backend", "NUMPY", "backend_of", "use_backend",
 ]
 
 
@@ -177,6 +179,75 @@ def get_array_module(*arrays):
         import cupy
         return cupy
     return np
+
+
+# -- backends: what an op needs to run on some arrays -------------------------------------------
+class Backend:
+    """The array module ``xp`` of an op's arrays and, for backends with ``kernels=True``, the
+    custom CUDA kernels its CUDA body launches (``kernel(base, dtype)``).
+
+    Three exist: :data:`NUMPY` (NumPy bodies), one CUDA backend per GPU (CuPy arrays), and the
+    emulated-CUDA backend of the tests (gpunn/testing), which sends NumPy arrays down the CUDA
+    bodies with CPU-compiled kernels while :func:`use_backend` has it in force.
+    """
+    kernels = False
+
+    def __init__(self, name: str, xp):
+        self.name, self.xp = name, xp
+
+    def kernel(self, base: str, dtype):
+        raise DeviceError(f"the {self.name} backend has no CUDA kernels (asked for {base!r})")
+
+    def __repr__(self):
+        return f"<gpunn backend {self.name}>"
+
+
+class CudaBackend(Backend):
+    """CuPy arrays on one GPU; kernels compiled for it (gpunn.kernels), cached by (base, dtype)."""
+    kernels = True
+
+    def __init__(self, index: int):
+        import cupy
+        super().__init__(f"cuda:{index}", cupy)
+        self.index = index
+        self._cache: dict = {}
+
+    def kernel(self, base: str, dtype):
+        k = self._cache.get((base, dtype))
+        if k is None:
+            from .kernels import get_kernel
+            k = self._cache[(base, dtype)] = get_kernel(base, dtype, self.index)
+        return k
+
+
+NUMPY = Backend("numpy", np)
+_cuda_backends: dict = {}
+# The backend NumPy arrays run on: NUMPY, except inside use_backend() (the tests' emulated CUDA).
+_cpu_backend = contextvars.ContextVar("gpunn_cpu_backend", default=NUMPY)
+
+
+def backend_of(x) -> Backend:
+    """The backend an op on ``x`` runs on: resolved once per op call, from the array."""
+    if type(x) is np.ndarray:
+        return _cpu_backend.get()
+    if is_cuda_array(x):
+        idx = x.device.id
+        b = _cuda_backends.get(idx)
+        if b is None:
+            b = _cuda_backends[idx] = CudaBackend(idx)
+        return b
+    return _cpu_backend.get()
+
+
+@contextlib.contextmanager
+def use_backend(backend: Backend):
+    """Run the ops on NumPy arrays through ``backend`` inside the block (per thread and
+    context; tests use it for emulated CUDA: ``gpunn.testing.emulated_cuda()``)."""
+    token = _cpu_backend.set(backend)
+    try:
+        yield backend
+    finally:
+        _cpu_backend.reset(token)
 
 
 def device_of(x) -> Device:

@@ -4,7 +4,7 @@ training runs.
 The reference is always the NumPy body on the CPU. The other side is either a real GPU
 (CuPy arrays, the RawKernels in ``kernels/``) or, without a GPU, the *emulated* CUDA path:
 NumPy arrays sent down the same CUDA bodies with the kernels compiled for the CPU
-(``gpunn.kernels.emulation()``). Differences are norm-relative, ``|a - b| / |a|``.
+(``gpunn.testing.emulated_cuda()``). Differences are norm-relative, ``|a - b| / |a|``.
 
 ``gpunn parity`` prints the table and exits non-zero on any failure; ``pytest -m gpu`` and
 the emulation tests call the same functions.
@@ -70,8 +70,11 @@ class Side:
 
     @contextlib.contextmanager
     def active(self):
-        from . import kernels
-        with (kernels.use_emulation() if self.kind == "emulated" else contextlib.nullcontext()):
+        if self.kind == "emulated":
+            from .testing import emulated_cuda      # test machinery, imported on purpose
+            with emulated_cuda():
+                yield
+        else:
             yield
 
     def launches(self):

@@ -47,14 +47,6 @@ def tanh_backward(dout, y):
     return dout * (1 - y * y)
 
 
-def bias_relu_2d(x, b):
-    return relu(x + b[None, :])
-
-
-def bias_relu_nchw(x, b):
-    return relu(x + b[None, :, None, None])
-
-
 # -- counter-based dropout ----------------------------------------------------------------------
 def splitmix64(z):
     """z: uint64 array (wrapping arithmetic)."""

@@ -119,9 +119,8 @@ def all_runs(emulated: bool, tmpdir) -> dict:
     runs = {}
     ctx = nullcontext()
     if emulated:
-        from gpunn import kernels
-        ctx = getattr(kernels, "emulation", None)
-        ctx = ctx() if ctx else kernels.use_emulation()
+        from gpunn.testing import emulated_cuda
+        ctx = emulated_cuda()
     with ctx:
         for name in ZOO:
             for opt in ("sgd", "adam"):

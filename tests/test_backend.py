@@ -84,6 +84,71 @@ def test_bad_device_strings(bad):
 def test_numpy_helpers():
     x = np.arange(3.0)
     assert get_array_module(x) is np and get_array_module(None, x) is np
-    assert to_device(x, "cpu") is x or np.array_equal(to_device(x, "cpu"), x)
+    assert to_device(x, "cpu") is x                  # already there: no copy
+    assert to_device([1.0, 2.0], "cpu").dtype == np.float64
     assert isinstance(to_numpy([1, 2]), np.ndarray)
     backend.synchronize("cpu")
+
+
+# -- backends: resolved once per op call, from the arrays -------------------------------------
+def test_backend_of_numpy_is_numpy_and_has_no_kernels():
+    b = backend.backend_of(np.zeros(3))
+    assert b is backend.NUMPY and b.xp is np and not b.kernels
+    with pytest.raises(DeviceError, match="numpy backend has no CUDA kernels.*relu_forward"):
+        b.kernel("relu_forward", np.float32)
+
+
+def test_use_backend_is_scoped_and_per_thread():
+    import threading
+
+    class Marker(backend.Backend):
+        kernels = True
+    m = Marker("marker", np)
+    seen = {}
+    with backend.use_backend(m):
+        assert backend.backend_of(np.zeros(1)) is m
+        t = threading.Thread(target=lambda: seen.setdefault("other", backend.backend_of(np.zeros(1))))
+        t.start()
+        t.join()
+        with backend.use_backend(backend.NUMPY):
+            assert backend.backend_of(np.zeros(1)) is backend.NUMPY
+        assert backend.backend_of(np.zeros(1)) is m
+    assert backend.backend_of(np.zeros(1)) is backend.NUMPY
+    assert seen["other"] is backend.NUMPY            # another thread never sees the block
+
+
+def test_op_takes_the_cuda_body_only_on_a_kernel_backend():
+    from gpunn.ops.dispatch import op
+    calls = []
+
+    @op
+    def double(x):
+        calls.append("numpy")
+        return x * 2
+
+    @double.cuda
+    def _double_cuda(b, x):
+        calls.append(b.name)
+        return x * 2
+
+    class Fake(backend.Backend):
+        kernels = True
+    x = np.arange(3.0)
+    np.testing.assert_array_equal(double(x), [0, 2, 4])
+    with backend.use_backend(Fake("fake", np)):
+        double(x)
+    assert calls == ["numpy", "fake"]
+    assert double.numpy(x)[2] == 4 and double.cuda_body is _double_cuda
+
+
+def test_library_never_imports_its_test_machinery():
+    """gpunn.testing (emulator) and CuPy's private modules are for tests only."""
+    import subprocess
+    code = ("import sys, numpy, gpunn, gpunn.cli, gpunn.train, gpunn.zoo, gpunn.parity, "
+            "gpunn.kernels, gpunn.ops.conv; from gpunn.zoo import build_model; "
+            "m = build_model('model4', (1, 28, 28), 10, seed=0); "
+            "m.forward(numpy.zeros((2, 1, 28, 28), numpy.float32), train=True); "
+            "print(sorted(k for k in sys.modules if k.startswith(('gpunn.testing', 'cupy._core', "
+            "'cupy_backends'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -6,14 +6,13 @@ import pytest
 
 from gpunn.parity import Side, layer_parity, training_parity
 
-kernels = pytest.importorskip("gpunn.kernels")
+from gpunn.testing import emulated_cuda, emulated_kernel
 
 
 @pytest.fixture(scope="module")
 def side():
     try:
-        with kernels.use_emulation():
-            pass
+        emulated_kernel("relu_forward", np.float32)
     except Exception as e:          # pragma: no cover - g++ missing
         pytest.skip(f"kernel emulation unavailable: {e}")
     return Side("emulated")
@@ -46,7 +45,7 @@ def test_dropout_masks_identical_to_numpy_body(side):
     from gpunn.ops.dropout import dropout_forward
     x = np.random.default_rng(0).standard_normal((7, 33)).astype(np.float32)
     y_ref, m_ref = dropout_forward(x, 0.4, seed=9, step=3)
-    with kernels.use_emulation():
+    with emulated_cuda():
         y, m = dropout_forward(x, 0.4, seed=9, step=3)
     np.testing.assert_array_equal(m, m_ref)
     np.testing.assert_array_equal(y, y_ref)
@@ -56,7 +55,7 @@ def test_relu_propagates_nan_like_the_numpy_body(side):
     from gpunn.ops.activation import relu_forward
     x = np.array([-1.0, np.nan, 2.0, 0.0, -np.inf], dtype=np.float32)
     ref = relu_forward(x)
-    with kernels.use_emulation():
+    with emulated_cuda():
         y = relu_forward(x)
     np.testing.assert_array_equal(y, ref)          # NaN == NaN for assert_array_equal
     assert np.isnan(y[1])

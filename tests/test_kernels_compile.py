@@ -1,7 +1,7 @@
 """Compile gate and source rules for kernels/*.cu, without a GPU.
 
 Every kernel file, as the loader hands it to cupy.RawModule, compiles through NVRTC with the
-option list CuPy builds (gpunn.cuda_emu.nvrtc_check) for sm_75, sm_80, sm_86, sm_89, sm_90
+option list CuPy builds (tests/nvrtc_check.py) for sm_75, sm_80, sm_86, sm_89, sm_90
 and every newer architecture the installed NVRTC knows, with an empty log (warnings fail)
 and every entry point present in the binary. NVRTC comes from the nvidia-cuda-nvrtc-cu12
 wheel (or a CUDA toolkit) through CuPy's own wrapper; where it cannot be loaded these tests
@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from gpunn import kernels
-from gpunn.cuda_emu import nvrtc_check
-from gpunn.cuda_emu.signatures import strip_comments
+import nvrtc_check
+from gpunn.kernel_signatures import strip_comments
 
 NVRTC_OK, NVRTC_REASON, _ = nvrtc_check.nvrtc_status()
 ARCHS = nvrtc_check.target_archs() if NVRTC_OK else []
@@ -106,7 +106,7 @@ def test_compile_error_names_file_kernel_and_log(monkeypatch):
     kernels.clear_cache()
     try:
         with pytest.raises(kernels.KernelCompileError) as e:
-            kernels.get_kernel("pool.cu", "maxpool2d_forward_f32", device=0)
+            kernels.get_kernel("maxpool2d_forward", "float32", device=0)
     finally:
         kernels.clear_cache()
     msg = str(e.value)

@@ -1,4 +1,4 @@
-"""Every CUDA kernel, run on the CPU through the emulator (gpunn.cuda_emu), against the
+"""Every CUDA kernel, run on the CPU through the emulator (gpunn.testing.cuda_emu), against the
 independent NumPy references in kernel_refs.py.
 
 Each kernel runs with its threads in three orders (forward, reverse, shuffled), with a grid
@@ -21,9 +21,11 @@ import numpy as np
 import pytest
 
 import kernel_refs as ref
-from gpunn import cuda_emu, kernels
-from gpunn.cuda_emu import (ArgumentTypeError, EmulatedKernel, EmulationError,
-                            EmulatorBuildError, GuardError, SignatureError)
+from gpunn import kernel_signatures, kernels
+from gpunn.testing import EMULATION_MAX_BLOCKS, emulated_cuda, emulated_kernel
+from gpunn.testing import cuda_emu
+from gpunn.testing.cuda_emu import (ArgumentTypeError, EmulatedKernel, EmulationError,
+                                    EmulatorBuildError, GuardError, SignatureError)
 
 DTYPES = [np.float32, np.float64]
 ORDERS = ["forward", "reverse", "shuffled"]
@@ -37,8 +39,7 @@ SANITIZE = cuda_emu.sanitize_default()
 TESTED = {
     "elementwise.cu": ["relu_forward", "relu_backward", "leaky_relu_forward",
                        "leaky_relu_backward", "sigmoid_forward", "sigmoid_backward",
-                       "tanh_forward", "tanh_backward", "bias_relu_forward_2d",
-                       "bias_relu_forward_nchw"],
+                       "tanh_forward", "tanh_backward"],
     "dropout.cu": ["dropout_forward"],
     "im2col.cu": ["im2col", "col2im"],
     "pool.cu": ["maxpool2d_forward", "maxpool2d_forward_noargmax", "maxpool2d_backward",
@@ -57,14 +58,14 @@ def _built():
 
 
 def K(file, base, dtype, order):
-    """The kernel through the loader (gpunn.kernels.get_kernel), as an op gets it: emulated
-    with threads in ``order``, or (order "cuda") the real one behind a NumPy adapter."""
-    name = kernels.kernel_name(base, dtype)
+    """The kernel as an op gets it: emulated with threads in ``order``
+    (gpunn.testing.emulated_kernel), or (order "cuda") the real one from the loader
+    (gpunn.kernels.get_kernel) behind a NumPy adapter."""
+    assert kernels.kernel_file(base) == file
     if order == "cuda":
-        return _OnDevice(kernels.get_kernel(file, name, device=0))
-    with kernels.use_emulation(order=order):
-        k = kernels.get_kernel(file, name)
-    assert k.emulated
+        return _OnDevice(kernels.get_kernel(base, dtype, device=0))
+    k = emulated_kernel(base, dtype, order=order)
+    assert k.emulated and k.name == kernels.kernel_name(base, dtype)
     return k
 
 
@@ -99,7 +100,7 @@ class _OnDevice:
 
 def configs(n):
     """Launch shapes to try for n work items: a small grid, and the loader's default."""
-    return [SMALL, kernels.launch_config(n, max_blocks=kernels.EMULATION_MAX_BLOCKS)]
+    return [SMALL, kernels.launch_config(n, max_blocks=EMULATION_MAX_BLOCKS)]
 
 
 def randn(rng, shape, dtype, scale=1.0):
@@ -166,28 +167,6 @@ def test_sigmoid_tanh(dtype, order, rng):
             assert_ulp(y, np.tanh(x), 4)
             K("elementwise.cu", "tanh_backward", dtype, order)(grid, block, (dout, y, dx, N))
             np.testing.assert_array_equal(dx, ref.tanh_backward(dout, y))
-
-
-@pytest.mark.parametrize("order", RUNS)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_bias_relu(dtype, order, rng):
-    for n_, f in [(1, 1), (7, 13), (33, 300)]:
-        x = randn(rng, (n_, f), dtype)
-        b = randn(rng, f, dtype)
-        for grid, block in configs(x.size):
-            y = np.full_like(x, np.nan)
-            K("elementwise.cu", "bias_relu_forward_2d", dtype, order)(
-                grid, block, (x, b, y, np.int64(x.size), np.int32(f)))
-            np.testing.assert_array_equal(y, ref.bias_relu_2d(x, b))
-    for shape in [(1, 1, 1, 1), (3, 5, 7, 9), (2, 16, 4, 3)]:
-        x = randn(rng, shape, dtype)
-        b = randn(rng, shape[1], dtype)
-        for grid, block in configs(x.size):
-            y = np.full_like(x, np.nan)
-            K("elementwise.cu", "bias_relu_forward_nchw", dtype, order)(
-                grid, block, (x, b, y, np.int64(x.size), np.int32(shape[1]),
-                              np.int64(shape[2] * shape[3])))
-            np.testing.assert_array_equal(y, ref.bias_relu_nchw(x, b))
 
 
 def test_elementwise_in_place(rng):
@@ -428,7 +407,7 @@ def test_every_kernel_has_an_emulation_test():
     # and the raw scan agrees with the parser: no __global__ function escapes the list
     for f in kernels.kernel_files():
         src = kernels.kernel_path(f).read_text()
-        assert set(cuda_emu.signatures.global_function_names(src)) == set(kernels.signatures(f))
+        assert set(kernel_signatures.global_function_names(src)) == set(kernels.signatures(f))
 
 
 # -- the emulator's own strictness ----------------------------------------------------------------
@@ -516,7 +495,7 @@ def test_shared_memory_is_refused():
 def test_template_global_is_refused():
     src = "template <typename T> __global__ void f(T* y) {}\n"
     with pytest.raises(SignatureError, match="not 'extern"):
-        cuda_emu.signatures.parse_source(src, "t.cu")
+        kernel_signatures.parse_source(src, "t.cu")
 
 
 @pytest.fixture
@@ -571,16 +550,22 @@ def test_read_only_output_and_partial_overlap_are_refused(relu32):
         relu32((1,), (32,), (buf[:10], buf[5:15], np.int64(10)))
 
 
-def test_loader_emulation_switch_and_marshal():
-    assert not kernels.emulation_active()
-    with kernels.use_emulation(order="reverse"):
-        assert kernels.emulation_active()
-        k = kernels.get_kernel("optim.cu", "sgd_momentum_update_f32")
+def test_emulated_backend_switch_and_marshal():
+    from gpunn.backend import NUMPY, backend_of, use_backend
+    x = np.linspace(-1, 1, 999)
+    assert backend_of(x) is NUMPY
+    with emulated_cuda(order="reverse") as b:
+        assert backend_of(x) is b and b.kernels and b.xp is np
+        k = b.kernel("sgd_momentum_update", np.float32)
         assert isinstance(k._fn, EmulatedKernel) and k._fn.order == "reverse"
-        assert kernels.launch_config(10**6) == ((kernels.EMULATION_MAX_BLOCKS,),
-                                               (kernels.DEFAULT_BLOCK,))
-        with kernels.use_emulation(False):
-            assert not kernels.emulation_active()
+        assert k.emulated and k.max_blocks == EMULATION_MAX_BLOCKS
+        assert b.kernel("sgd_momentum_update", np.float32) is k            # cached
+        with use_backend(NUMPY):
+            assert backend_of(x) is NUMPY
+        assert backend_of(x) is b
+    assert backend_of(x) is NUMPY
+    assert kernels.launch_config(10**6, max_blocks=EMULATION_MAX_BLOCKS) == (
+        (EMULATION_MAX_BLOCKS,), (kernels.DEFAULT_BLOCK,))
     assert kernels.launch_config(10**7) == ((kernels.MAX_BLOCKS,), (kernels.DEFAULT_BLOCK,))
     assert kernels.launch_config(0) == ((1,), (kernels.DEFAULT_BLOCK,))
     p = np.zeros(3, np.float32)
@@ -589,46 +574,37 @@ def test_loader_emulation_switch_and_marshal():
                                           np.int32, np.int32]
     with pytest.raises(ArgumentTypeError, match="does not fit"):
         K("im2col.cu", "im2col", np.float32, "forward").marshal(p, p, *([2**31] * 12))
-    with pytest.raises(kernels.KernelError, match="has no kernel 'relu_f32'"):
-        with kernels.use_emulation():
-            kernels.get_kernel("elementwise.cu", "relu_f32")
+    with pytest.raises(ArgumentTypeError, match="needs an integer, got 2.5"):
+        k.marshal(p, p, p, 2.5, 0.1, 0.9, 0, True, False)
+    with pytest.raises(ArgumentTypeError, match="takes 9 arguments"):
+        k.marshal(p, p)
+    with pytest.raises(kernels.KernelError, match="no kernel 'relu'"):
+        emulated_kernel("relu", np.float32)
     assert kernels.kernel_name("im2col", np.float64) == "im2col_f64"
-    x = np.linspace(-1, 1, 999)
     y = np.zeros_like(x)
-    with kernels.use_emulation(order="shuffled"):
-        k = kernels.kernel_for(x, "elementwise.cu", "relu_forward")
-        assert k.name == "relu_forward_f64"
-        k.launch(x.size, x, y, x.size)
+    k = emulated_kernel("relu_forward", x.dtype, order="shuffle")
+    assert k.name == "relu_forward_f64" and k._fn.order == "shuffled"
+    k.launch(x.size, x, y, x.size)
     np.testing.assert_array_equal(y, ref.relu(x))
-    with pytest.raises(kernels.KernelError, match="needs a CuPy array"):
-        kernels.kernel_for(x, "elementwise.cu", "relu_forward")
     with pytest.raises(TypeError, match="float32 or float64"):
         kernels.dtype_suffix(np.int32)
+    with pytest.raises(ValueError, match="order must be one of"):
+        emulated_cuda(order="sideways").__enter__()
 
 
-def test_loader_short_api_base_name_dtype_and_launch_counter(monkeypatch):
-    """get_kernel(base, dtype), kernel_file, emulation("shuffle"), emulating, count_launches."""
-    assert kernels.kernel_dir() == kernels.kernels_dir()
+def test_loader_base_name_dtype_and_launch_counter():
+    """kernel_file from the parsed sources, kernel_entry, count_launches."""
     assert kernels.kernel_file("col2im") == "im2col.cu"
     assert kernels.kernel_file("sgd_momentum_update") == "optim.cu"
     with pytest.raises(kernels.KernelError, match="no kernel 'relu'.*relu_forward"):
         kernels.kernel_file("relu")
+    file, sig = kernels.kernel_entry("relu_forward", np.dtype(np.float64))
+    assert file == "elementwise.cu" and sig.name == "relu_forward_f64"
     x = np.linspace(-2, 2, 777).astype(np.float32)
     y = np.zeros_like(x)
     before = kernels.count_launches().get("relu_forward_f32", 0)
-    assert not kernels.emulating()
-    with kernels.emulation(order="shuffle"):
-        assert kernels.emulating()
-        k = kernels.get_kernel("relu_forward", np.float32)
-        assert k.emulated and k.name == "relu_forward_f32" and k._fn.order == "shuffled"
-        grid, block = kernels.launch_config(x.size)
-        k(grid, block, (x, y, np.int64(x.size)))
-        assert kernels.get_kernel("relu_forward", np.dtype(np.float64)).name == "relu_forward_f64"
+    k = emulated_kernel("relu_forward", np.float32)
+    grid, block = kernels.launch_config(x.size)
+    k(grid, block, (x, y, np.int64(x.size)))
     np.testing.assert_array_equal(y, ref.relu(x))
     assert kernels.count_launches()["relu_forward_f32"] == before + 1
-    with pytest.raises(ValueError, match="order must be one of"):
-        kernels.emulation(order="sideways").__enter__()
-    monkeypatch.setenv("GPUNN_EMULATE_CUDA", "1")
-    monkeypatch.setenv("GPUNN_EMULATE_ORDER", "shuffle")
-    assert kernels.emulating()
-    assert kernels.get_kernel("tanh_forward", np.float64)._fn.order == "shuffled"

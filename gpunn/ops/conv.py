@@ -11,20 +11,13 @@ from __future__ import annotations
 
 
 from ..backend import get_array_module
-from ._cuda import contiguous, i32, launch, use_cuda_body
+from .dispatch import op
 from .geometry import conv_output_size, crop_padding, pad_input
 
 __all__ = ["im2col", "col2im"]
 
 
 # -- im2col -------------------------------------------------------------------------------------
-def im2col(x, kh: int, kw: int, stride: tuple, pad: tuple):
-    """x: (N, C, H, W) -> col: (C*kh*kw, N*oh*ow)."""
-    if use_cuda_body(x):
-        return _im2col_cuda(x, kh, kw, stride, pad)
-    return _im2col_cpu(x, kh, kw, stride, pad)
-
-
 def _windows(xpad, kh, kw, sy, sx, oh, ow):
     """A strided view (C, kh, kw, N, oh, ow) of the padded input: no copy, no index arrays."""
     xp = get_array_module(xpad)
@@ -34,7 +27,9 @@ def _windows(xpad, kh, kw, sy, sx, oh, ow):
         xpad, shape=(c, kh, kw, n, oh, ow), strides=(sc, sh, sw, sn, sh * sy, sw * sx))
 
 
-def _im2col_cpu(x, kh, kw, stride, pad):
+@op
+def im2col(x, kh: int, kw: int, stride: tuple, pad: tuple):
+    """x: (N, C, H, W) -> col: (C*kh*kw, N*oh*ow)."""
     n, c, h, w = x.shape
     sy, sx = stride
     oh = conv_output_size(h, kh, sy, pad[0], pad[1])
@@ -44,15 +39,29 @@ def _im2col_cpu(x, kh, kw, stride, pad):
     return _windows(xpad, kh, kw, sy, sx, oh, ow).reshape(c * kh * kw, n * oh * ow)
 
 
+def _geometry(x_shape, kh, kw, stride, pad):
+    """The kernels' geometry arguments: (n, c, h, w, kh, kw, sy, sx, pt, pl, oh, ow)."""
+    n, c, h, w = x_shape
+    oh = conv_output_size(h, kh, stride[0], pad[0], pad[1])
+    ow = conv_output_size(w, kw, stride[1], pad[2], pad[3])
+    return (n, c, h, w, kh, kw, stride[0], stride[1], pad[0], pad[2], oh, ow)
+
+
+@im2col.cuda
+def _im2col_cuda(b, x, kh, kw, stride, pad):
+    """kernels/im2col.cu: one thread per col entry (grid-stride), a gather, no index arrays."""
+    x = b.xp.ascontiguousarray(x)
+    geo = _geometry(x.shape, kh, kw, stride, pad)
+    n, c, oh, ow = geo[0], geo[1], geo[10], geo[11]
+    col = b.xp.empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
+    b.kernel("im2col", x.dtype).launch(col.size, x, col, *geo)
+    return col
+
+
 # -- col2im -------------------------------------------------------------------------------------
+@op
 def col2im(col, x_shape: tuple, kh: int, kw: int, stride: tuple, pad: tuple):
     """col: (C*kh*kw, N*oh*ow) -> dx: (N, C, H, W), summing overlapping contributions."""
-    if use_cuda_body(col):
-        return _col2im_cuda(col, x_shape, kh, kw, stride, pad)
-    return _col2im_cpu(col, x_shape, kh, kw, stride, pad)
-
-
-def _col2im_cpu(col, x_shape, kh, kw, stride, pad):
     xp = get_array_module(col)
     n, c, h, w = x_shape
     sy, sx = stride
@@ -69,29 +78,11 @@ def _col2im_cpu(col, x_shape, kh, kw, stride, pad):
     return crop_padding(dxp, pad, h, w)
 
 
-# -- CUDA bodies: kernels/im2col.cu -----------------------------------------------------------
-def _geometry_args(x_shape, kh, kw, stride, pad):
-    n, c, h, w = x_shape
-    oh = conv_output_size(h, kh, stride[0], pad[0], pad[1])
-    ow = conv_output_size(w, kw, stride[1], pad[2], pad[3])
-    return oh, ow, tuple(i32(v) for v in (n, c, h, w, kh, kw, stride[0], stride[1], pad[0],
-                                          pad[2], oh, ow))
-
-
-def _im2col_cuda(x, kh, kw, stride, pad):
-    """One thread per col entry (grid-stride): a gather, no index arrays."""
-    x = contiguous(x)
-    n, c = x.shape[:2]
-    oh, ow, geo = _geometry_args(x.shape, kh, kw, stride, pad)
-    col = get_array_module(x).empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
-    launch("im2col", x, col.size, (x, col, *geo))
-    return col
-
-
-def _col2im_cuda(col, x_shape, kh, kw, stride, pad):
-    """One thread per input pixel summing the col entries that read it: no atomics."""
-    col = contiguous(col)
-    _, _, geo = _geometry_args(x_shape, kh, kw, stride, pad)
-    dx = get_array_module(col).empty(tuple(x_shape), dtype=col.dtype)
-    launch("col2im", col, dx.size, (col, dx, *geo))
+@col2im.cuda
+def _col2im_cuda(b, col, x_shape, kh, kw, stride, pad):
+    """kernels/im2col.cu: one thread per input pixel summing the col entries that read it
+    (no atomics)."""
+    col = b.xp.ascontiguousarray(col)
+    dx = b.xp.empty(tuple(x_shape), dtype=col.dtype)
+    b.kernel("col2im", col.dtype).launch(dx.size, col, dx, *_geometry(x_shape, kh, kw, stride, pad))
     return dx

@@ -6,7 +6,7 @@ so the same (seed, step) gives the same mask on the CPU and on a GPU.
 from __future__ import annotations
 
 from ..backend import get_array_module
-from ._cuda import contiguous, i64, launch, scalar, u32, u64, use_cuda_body
+from .dispatch import op
 from .random import keep_threshold, random_bits, stream_key
 
 
@@ -21,25 +21,19 @@ def dropout_mask(shape, p: float, seed: int, step: int, dtype, xp):
     return (keep.astype(dtype) * scale).reshape(shape)
 
 
+@op
 def dropout_forward(x, p: float, seed: int, step: int):
     """y = x * mask; returns (y, mask). x: any shape."""
-    if use_cuda_body(x):
-        return _dropout_forward_cuda(x, p, seed, step)
-    return _dropout_forward_cpu(x, p, seed, step)
-
-
-def _dropout_forward_cpu(x, p, seed, step):
     xp = get_array_module(x)
     mask = dropout_mask(x.shape, p, seed, step, x.dtype, xp)
     return x * mask, mask
 
 
-def _dropout_forward_cuda(x, p, seed, step):
+@dropout_forward.cuda
+def _dropout_forward_cuda(b, x, p, seed, step):
     """kernels/dropout.cu: one pass draws the bits, writes the mask and the output."""
-    x = contiguous(x)
-    xp = get_array_module(x)
-    y, mask = xp.empty_like(x), xp.empty_like(x)
-    launch("dropout_forward", x, x.size,
-           (x, y, mask, i64(x.size), u64(stream_key(seed, step)), u32(keep_threshold(p)),
-            scalar(1.0 / (1.0 - p), x.dtype)))
+    x = b.xp.ascontiguousarray(x)
+    y, mask = b.xp.empty_like(x), b.xp.empty_like(x)
+    b.kernel("dropout_forward", x.dtype).launch(
+        x.size, x, y, mask, x.size, stream_key(seed, step), keep_threshold(p), 1.0 / (1.0 - p))
     return y, mask

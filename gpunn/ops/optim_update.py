@@ -17,31 +17,25 @@ float64; every scalar is converted to the parameter's dtype here (as the CUDA bo
 them), so float32 parameters are updated in float32 arithmetic throughout.
 
 ``p``, ``v``, ``m`` are modified in place; ``g`` is only read. All arrays share one shape,
-dtype and device. The NumPy bodies reuse one scratch array per call instead of a temporary
-per operator.
-
-Dispatch: NumPy arrays go to the ``_cpu`` bodies; CuPy arrays to the ``_cuda`` bodies, which
-until the RawKernels (kernels/optim.cu) are wired in run the ``_cpu`` bodies through CuPy.
+dtype and device; the optimizers pass whole flat parameter buffers (gpunn/parameter.py), so
+one call updates a model. The NumPy bodies reuse one scratch array per call instead of a
+temporary per operator; the CUDA bodies (kernels/optim.cu) read p, g and the buffers once and
+write them once, in one grid-stride kernel.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..backend import get_array_module
-from ._cuda import i32, i64, launch, scalar, use_cuda_body
+from .dispatch import op
 
 __all__ = ["sgd_update", "adam_update"]
 
 
+@op
 def sgd_update(p, g, v, lr, momentum=0.0, nesterov=False, weight_decay=0.0, ema=False):
     """One SGD step on ``p`` in place. ``v``: momentum buffer (updated in place), or None
     when ``momentum == 0``."""
-    if use_cuda_body(p):
-        return _sgd_update_cuda(p, g, v, lr, momentum, nesterov, weight_decay, ema)
-    return _sgd_update_cpu(p, g, v, lr, momentum, nesterov, weight_decay, ema)
-
-
-def _sgd_update_cpu(p, g, v, lr, momentum, nesterov, weight_decay, ema):
     xp = get_array_module(p, g, v)
     dt = p.dtype.type
     lr, mu, wd = dt(lr), dt(momentum), dt(weight_decay)
@@ -74,15 +68,19 @@ def _sgd_update_cpu(p, g, v, lr, momentum, nesterov, weight_decay, ema):
     p -= step
 
 
+@sgd_update.cuda
+def _sgd_update_cuda(b, p, g, v, lr, momentum=0.0, nesterov=False, weight_decay=0.0, ema=False):
+    if momentum == 0:
+        b.kernel("sgd_update", p.dtype).launch(p.size, p, g, p.size, lr, weight_decay)
+    else:
+        b.kernel("sgd_momentum_update", p.dtype).launch(
+            p.size, p, g, v, p.size, lr, momentum, weight_decay, bool(nesterov), bool(ema))
+
+
+@op
 def adam_update(p, g, m, v, lr, b1, b2, eps, weight_decay, bc1, bc2):
     """One Adam step on ``p`` in place; ``m``, ``v``: moment buffers (updated in place);
     ``bc1``/``bc2``: bias corrections for this step count (see module docstring)."""
-    if use_cuda_body(p):
-        return _adam_update_cuda(p, g, m, v, lr, b1, b2, eps, weight_decay, bc1, bc2)
-    return _adam_update_cpu(p, g, m, v, lr, b1, b2, eps, weight_decay, bc1, bc2)
-
-
-def _adam_update_cpu(p, g, m, v, lr, b1, b2, eps, weight_decay, bc1, bc2):
     xp = get_array_module(p, g, m, v)
     dt = p.dtype.type
     lr, b1, b2, eps, wd, bc1, bc2 = (dt(a) for a in (lr, b1, b2, eps, weight_decay, bc1, bc2))
@@ -110,22 +108,7 @@ def _adam_update_cpu(p, g, m, v, lr, b1, b2, eps, weight_decay, bc1, bc2):
     p -= step
 
 
-# -- CUDA bodies: kernels/optim.cu --------------------------------------------------------------
-# One grid-stride kernel per update reads p, g and the buffers once and writes them once.
-# Parameters are contiguous (the optimizer allocates them); the kernels index flat memory.
-def _sgd_update_cuda(p, g, v, lr, momentum, nesterov, weight_decay, ema):
-    dt = p.dtype
-    if momentum == 0:
-        launch("sgd_update", p, p.size,
-               (p, g, i64(p.size), scalar(lr, dt), scalar(weight_decay, dt)))
-    else:
-        launch("sgd_momentum_update", p, p.size,
-               (p, g, v, i64(p.size), scalar(lr, dt), scalar(momentum, dt),
-                scalar(weight_decay, dt), i32(bool(nesterov)), i32(bool(ema))))
-
-
-def _adam_update_cuda(p, g, m, v, lr, b1, b2, eps, weight_decay, bc1, bc2):
-    dt = p.dtype
-    launch("adam_update", p, p.size,
-           (p, g, m, v, i64(p.size),
-            *(scalar(a, dt) for a in (lr, b1, b2, eps, weight_decay, bc1, bc2))))
+@adam_update.cuda
+def _adam_update_cuda(b, p, g, m, v, lr, b1, b2, eps, weight_decay, bc1, bc2):
+    b.kernel("adam_update", p.dtype).launch(p.size, p, g, m, v, p.size, lr, b1, b2, eps,
+                                            weight_decay, bc1, bc2)

@@ -19,10 +19,18 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
-from ._cuda import contiguous, i32, launch, use_cuda_body
+from .dispatch import op
 from .geometry import conv_output_size, crop_padding, pad_input
 
 __all__ = ["maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward"]
+
+
+def _geometry(x_shape, kh, kw, stride, pad):
+    """(output shape, the kernels' geometry arguments (n, c, h, w, kh, kw, sy, sx, pt, pl,
+    oh, ow))."""
+    n, c, h, w = x_shape
+    oh, ow = _out_size(h, w, kh, kw, stride, pad)
+    return (n, c, oh, ow), (n, c, h, w, kh, kw, stride[0], stride[1], pad[0], pad[2], oh, ow)
 
 
 def _out_size(h, w, kh, kw, stride, pad):
@@ -55,18 +63,13 @@ def _offset_table(kh, kw, w, xp):
 
 
 # -- max pooling --------------------------------------------------------------------------------
+@op
 def maxpool2d_forward(x, kh: int, kw: int, stride: tuple, pad: tuple, with_argmax: bool = True):
     """x: (N, C, H, W) -> (out (N, C, oh, ow), argmax int32 (N, C, oh, ow) or None).
 
     Evaluation needs no argmax: ``with_argmax=False`` skips it (on the CPU that is ~2.5x faster
     for a 2x2 pool, the plain maximum of four slices).
     """
-    if use_cuda_body(x):
-        return _maxpool2d_forward_cuda(x, kh, kw, stride, pad, with_argmax)
-    return _maxpool2d_forward_cpu(x, kh, kw, stride, pad, with_argmax)
-
-
-def _maxpool2d_forward_cpu(x, kh, kw, stride, pad, with_argmax=True):
     xp = get_array_module(x)
     n, c, h, w = x.shape
     sy, sx = stride
@@ -94,14 +97,23 @@ def _maxpool2d_forward_cpu(x, kh, kw, stride, pad, with_argmax=True):
     return out, argmax
 
 
+@maxpool2d_forward.cuda
+def _maxpool2d_forward_cuda(b, x, kh, kw, stride, pad, with_argmax=True):
+    x = b.xp.ascontiguousarray(x)
+    out_shape, geo = _geometry(x.shape, kh, kw, stride, pad)
+    y = b.xp.empty(out_shape, dtype=x.dtype)
+    if not with_argmax:
+        b.kernel("maxpool2d_forward_noargmax", x.dtype).launch(y.size, x, y, *geo)
+        return y, None
+    argmax = b.xp.empty(out_shape, dtype=np.int32)
+    b.kernel("maxpool2d_forward", x.dtype).launch(y.size, x, y, argmax, *geo)
+    return y, argmax
+
+
+
+@op
 def maxpool2d_backward(dout, argmax, x_shape: tuple, kh: int, kw: int, stride: tuple, pad: tuple):
     """dout, argmax: (N, C, oh, ow) -> dx: (N, C, H, W)."""
-    if use_cuda_body(dout):
-        return _maxpool2d_backward_cuda(dout, argmax, x_shape, kh, kw, stride, pad)
-    return _maxpool2d_backward_cpu(dout, argmax, x_shape, kh, kw, stride, pad)
-
-
-def _maxpool2d_backward_cpu(dout, argmax, x_shape, kh, kw, stride, pad):
     xp = get_array_module(dout)
     n, c, h, w = x_shape
     sy, sx = stride
@@ -123,6 +135,16 @@ def _maxpool2d_backward_cpu(dout, argmax, x_shape, kh, kw, stride, pad):
     return crop_padding(dxp, pad, h, w)
 
 
+@maxpool2d_backward.cuda
+def _maxpool2d_backward_cuda(b, dout, argmax, x_shape, kh, kw, stride, pad):
+    dout, argmax = b.xp.ascontiguousarray(dout), b.xp.ascontiguousarray(argmax)
+    _, geo = _geometry(x_shape, kh, kw, stride, pad)
+    dx = b.xp.empty(tuple(x_shape), dtype=dout.dtype)
+    b.kernel("maxpool2d_backward", dout.dtype).launch(dx.size, dout, argmax, dx, *geo)
+    return dx
+
+
+
 # -- average pooling ----------------------------------------------------------------------------
 def _avg_divisor(h, w, oh, ow, kh, kw, stride, pad, count_include_pad, dtype, xp):
     """(oh, ow) array of window sizes: in-bounds pixel counts, or kh*kw."""
@@ -134,15 +156,10 @@ def _avg_divisor(h, w, oh, ow, kh, kw, stride, pad, count_include_pad, dtype, xp
     return (rows[:, None] * cols[None, :]).astype(dtype)
 
 
+@op
 def avgpool2d_forward(x, kh: int, kw: int, stride: tuple, pad: tuple,
                       count_include_pad: bool = False):
     """x: (N, C, H, W) -> (N, C, oh, ow)."""
-    if use_cuda_body(x):
-        return _avgpool2d_forward_cuda(x, kh, kw, stride, pad, count_include_pad)
-    return _avgpool2d_forward_cpu(x, kh, kw, stride, pad, count_include_pad)
-
-
-def _avgpool2d_forward_cpu(x, kh, kw, stride, pad, count_include_pad):
     xp = get_array_module(x)
     n, c, h, w = x.shape
     sy, sx = stride
@@ -155,15 +172,20 @@ def _avgpool2d_forward_cpu(x, kh, kw, stride, pad, count_include_pad):
     return acc
 
 
+@avgpool2d_forward.cuda
+def _avgpool2d_forward_cuda(b, x, kh, kw, stride, pad, count_include_pad=False):
+    x = b.xp.ascontiguousarray(x)
+    out_shape, geo = _geometry(x.shape, kh, kw, stride, pad)
+    y = b.xp.empty(out_shape, dtype=x.dtype)
+    b.kernel("avgpool2d_forward", x.dtype).launch(y.size, x, y, *geo, bool(count_include_pad))
+    return y
+
+
+
+@op
 def avgpool2d_backward(dout, x_shape: tuple, kh: int, kw: int, stride: tuple, pad: tuple,
                        count_include_pad: bool = False):
     """dout: (N, C, oh, ow) -> dx: (N, C, H, W)."""
-    if use_cuda_body(dout):
-        return _avgpool2d_backward_cuda(dout, x_shape, kh, kw, stride, pad, count_include_pad)
-    return _avgpool2d_backward_cpu(dout, x_shape, kh, kw, stride, pad, count_include_pad)
-
-
-def _avgpool2d_backward_cpu(dout, x_shape, kh, kw, stride, pad, count_include_pad):
     xp = get_array_module(dout)
     n, c, h, w = x_shape
     sy, sx = stride
@@ -182,46 +204,12 @@ def _avgpool2d_backward_cpu(dout, x_shape, kh, kw, stride, pad, count_include_pa
     return crop_padding(dxp, pad, h, w)
 
 
-# -- CUDA bodies: kernels/pool.cu -------------------------------------------------------------
-def _geo(x_shape, kh, kw, stride, pad):
-    n, c, h, w = x_shape
-    oh, ow = _out_size(h, w, kh, kw, stride, pad)
-    return (n, c, oh, ow), tuple(i32(v) for v in (n, c, h, w, kh, kw, stride[0], stride[1],
-                                                  pad[0], pad[2], oh, ow))
-
-
-def _maxpool2d_forward_cuda(x, kh, kw, stride, pad, with_argmax=True):
-    x = contiguous(x)
-    xp = get_array_module(x)
-    out_shape, geo = _geo(x.shape, kh, kw, stride, pad)
-    y = xp.empty(out_shape, dtype=x.dtype)
-    if not with_argmax:
-        launch("maxpool2d_forward_noargmax", x, y.size, (x, y, *geo))
-        return y, None
-    argmax = xp.empty(out_shape, dtype=np.int32)
-    launch("maxpool2d_forward", x, y.size, (x, y, argmax, *geo))
-    return y, argmax
-
-
-def _maxpool2d_backward_cuda(dout, argmax, x_shape, kh, kw, stride, pad):
-    dout, argmax = contiguous(dout), contiguous(argmax)
-    _, geo = _geo(x_shape, kh, kw, stride, pad)
-    dx = get_array_module(dout).empty(tuple(x_shape), dtype=dout.dtype)
-    launch("maxpool2d_backward", dout, dx.size, (dout, argmax, dx, *geo))
+@avgpool2d_backward.cuda
+def _avgpool2d_backward_cuda(b, dout, x_shape, kh, kw, stride, pad, count_include_pad=False):
+    dout = b.xp.ascontiguousarray(dout)
+    _, geo = _geometry(x_shape, kh, kw, stride, pad)
+    dx = b.xp.empty(tuple(x_shape), dtype=dout.dtype)
+    b.kernel("avgpool2d_backward", dout.dtype).launch(dx.size, dout, dx, *geo,
+                                                      bool(count_include_pad))
     return dx
 
-
-def _avgpool2d_forward_cuda(x, kh, kw, stride, pad, count_include_pad):
-    x = contiguous(x)
-    out_shape, geo = _geo(x.shape, kh, kw, stride, pad)
-    y = get_array_module(x).empty(out_shape, dtype=x.dtype)
-    launch("avgpool2d_forward", x, y.size, (x, y, *geo, i32(bool(count_include_pad))))
-    return y
-
-
-def _avgpool2d_backward_cuda(dout, x_shape, kh, kw, stride, pad, count_include_pad):
-    dout = contiguous(dout)
-    _, geo = _geo(x_shape, kh, kw, stride, pad)
-    dx = get_array_module(dout).empty(tuple(x_shape), dtype=dout.dtype)
-    launch("avgpool2d_backward", dout, dx.size, (dout, dx, *geo, i32(bool(count_include_pad))))
-    return dx

@@ -18,19 +18,17 @@ and raises a clear error before calling in.
 The loss comes back as a 0-d array of the logits' dtype on the logits' device, so a GPU
 training loop can keep it there; ``float(loss)`` copies it to the host.
 
-Dispatch: a NumPy array goes to the ``_cpu`` body; a CuPy array to the ``_cuda`` body,
-which until the RawKernel (kernels/softmax_xent.cu) is wired in runs the ``_cpu`` body
-through CuPy's NumPy-compatible API.
+The index-label op has a CUDA body (kernels/softmax_xent.cu: one fused pass per row); soft
+targets are rare on the hot path, and CuPy runs their NumPy body.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module, is_cuda_array
-from ._cuda import contiguous, i32, launch, scalar, use_cuda_body
+from ..backend import get_array_module
+from .dispatch import op
 
-__all__ = ["softmax_cross_entropy", "softmax_cross_entropy_soft", "log_softmax", "softmax",
-           "REDUCTIONS"]
+__all__ = ["softmax_cross_entropy", "softmax_cross_entropy_soft", "REDUCTIONS"]
 
 REDUCTIONS = ("mean", "sum")
 
@@ -44,6 +42,7 @@ def _scale(reduction: str, n: int) -> float:
 
 
 # -- index labels -----------------------------------------------------------------------------
+@op
 def softmax_cross_entropy(logits, labels, reduction: str = "mean"):
     """Loss and gradient for integer class labels.
 
@@ -51,12 +50,6 @@ def softmax_cross_entropy(logits, labels, reduction: str = "mean"):
     (int32 is what the CUDA body takes; the NumPy body accepts any integer dtype).
     Returns ``(loss, dlogits)``: loss a 0-d array (logits' dtype and device), dlogits (N, K).
     """
-    if use_cuda_body(logits):
-        return _softmax_cross_entropy_cuda(logits, labels, reduction)
-    return _softmax_cross_entropy_cpu(logits, labels, reduction)
-
-
-def _softmax_cross_entropy_cpu(logits, labels, reduction):
     xp = get_array_module(logits, labels)
     n, k = logits.shape
     dt = logits.dtype
@@ -86,6 +79,24 @@ def _softmax_cross_entropy_cpu(logits, labels, reduction):
     return xp.asarray(loss, dtype=dt), e
 
 
+@softmax_cross_entropy.cuda
+def _softmax_cross_entropy_cuda(b, logits, labels, reduction="mean"):
+    """kernels/softmax_xent.cu: one fused pass per row (loss row and gradient row), then one
+    sum for the loss."""
+    logits = b.xp.ascontiguousarray(logits)
+    n, k = logits.shape
+    dt = logits.dtype
+    labels = b.xp.ascontiguousarray(labels.astype(np.int32, copy=False))
+    rows = b.xp.empty(n, dtype=dt)
+    dlogits = b.xp.empty_like(logits)
+    b.kernel("softmax_xent", dt).launch(n, logits, labels, rows, dlogits, n, k,
+                                        _scale(reduction, n))
+    loss = rows.sum()
+    if reduction == "mean":
+        loss = loss / dt.type(n)
+    return b.xp.asarray(loss, dtype=dt), dlogits
+
+
 # -- soft / one-hot targets ---------------------------------------------------------------------
 def softmax_cross_entropy_soft(logits, targets, reduction: str = "mean"):
     """Loss and gradient for per-class targets (one-hot or soft), ``targets``: (N, K).
@@ -95,12 +106,6 @@ def softmax_cross_entropy_soft(logits, targets, reduction: str = "mean"):
     targets this gives the same numbers as :func:`softmax_cross_entropy`. Targets are used in
     the logits' dtype.
     """
-    if is_cuda_array(logits):
-        return _softmax_cross_entropy_soft_cuda(logits, targets, reduction)
-    return _softmax_cross_entropy_soft_cpu(logits, targets, reduction)
-
-
-def _softmax_cross_entropy_soft_cpu(logits, targets, reduction):
     xp = get_array_module(logits, targets)
     n = logits.shape[0]
     dt = logits.dtype
@@ -124,44 +129,3 @@ def _softmax_cross_entropy_soft_cpu(logits, targets, reduction):
     if scale != 1.0:
         p *= dt.type(scale)
     return xp.asarray(loss, dtype=dt), p
-
-
-# -- helpers ----------------------------------------------------------------------------------
-def log_softmax(z, axis: int = -1):
-    """log p = (z - m) - log(sum exp(z - m)), stable for any magnitude. Same dtype as z."""
-    xp = get_array_module(z)
-    shifted = z - z.max(axis=axis, keepdims=True)
-    lse = xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
-    shifted -= lse
-    return shifted
-
-
-def softmax(z, axis: int = -1):
-    """p = exp(z - m) / sum exp(z - m). Same dtype as z."""
-    xp = get_array_module(z)
-    e = z - z.max(axis=axis, keepdims=True)
-    xp.exp(e, out=e)
-    e /= e.sum(axis=axis, keepdims=True)
-    return e
-
-
-# -- CUDA bodies: kernels/softmax_xent.cu -----------------------------------------------------
-def _softmax_cross_entropy_cuda(logits, labels, reduction):
-    """One fused pass per row (loss row and gradient row), then one sum for the loss."""
-    logits = contiguous(logits)
-    xp = get_array_module(logits)
-    n, k = logits.shape
-    dt = logits.dtype
-    labels = contiguous(labels.astype(np.int32, copy=False))
-    rows = xp.empty(n, dtype=dt)
-    dlogits = xp.empty_like(logits)
-    launch("softmax_xent", logits, n,
-           (logits, labels, rows, dlogits, i32(n), i32(k), scalar(_scale(reduction, n), dt)))
-    loss = rows.sum()
-    if reduction == "mean":
-        loss = loss / dt.type(n)
-    return xp.asarray(loss, dtype=dt), dlogits
-
-
-# Soft targets are rare on the hot path: CuPy runs the NumPy body.
-_softmax_cross_entropy_soft_cuda = _softmax_cross_entropy_soft_cpu

@@ -27,10 +27,9 @@ import itertools
 
 import numpy as np
 
-from .signatures import KernelSig
+from ...kernel_signatures import ArgumentTypeError, KernelSig, check_args, describe
 
-__all__ = ["EmulatedKernel", "EmulationError", "GuardError", "ArgumentTypeError", "ORDERS",
-           "check_args", "make_checker"]
+__all__ = ["EmulatedKernel", "EmulationError", "GuardError", "ArgumentTypeError", "ORDERS"]
 
 ORDERS = ("forward", "reverse", "shuffled")
 _ORDER_CODE = {"forward": 0, "reverse": 1, "shuffled": 2}
@@ -55,10 +54,6 @@ class GuardError(EmulationError):
     """A kernel wrote outside an argument array, or into an array it declares const."""
 
 
-class ArgumentTypeError(TypeError):
-    """A launch argument does not match the kernel's parameter type exactly."""
-
-
 def _dim3(v, what: str, kernel: str) -> tuple:
     if not isinstance(v, tuple) or not 1 <= len(v) <= 3:
         raise EmulationError(f"{kernel}: {what} must be a tuple of 1 to 3 ints (as for "
@@ -78,74 +73,6 @@ def _check_launch(grid: tuple, block: tuple, kernel: str) -> None:
                              "x/y <= 1024, z <= 64)")
     if grid[0] > 2**31 - 1 or grid[1] > 65535 or grid[2] > 65535:
         raise EmulationError(f"{kernel}: grid {grid} exceeds CUDA's limits")
-
-
-def describe(v) -> str:
-    if isinstance(v, np.ndarray):
-        return f"numpy array {v.dtype} {v.shape}"
-    return f"{type(v).__module__}.{type(v).__qualname__} {v!r}"
-
-
-def check_args(sig: KernelSig, args, *, array_type=np.ndarray) -> None:
-    """Raise :class:`ArgumentTypeError` unless ``args`` fit ``sig`` exactly (see module doc)."""
-    if not isinstance(args, (tuple, list)):
-        raise ArgumentTypeError(f"{sig.name}: args must be a tuple, got {type(args).__name__}")
-    if len(args) != len(sig.params):
-        raise ArgumentTypeError(f"{sig.name} takes {len(sig.params)} arguments "
-                                f"({', '.join(str(p) for p in sig.params)}), got {len(args)}")
-    for k, (p, a) in enumerate(zip(sig.params, args)):
-        where = f"{sig.name}: argument {k} ({p})"
-        if p.pointer:
-            if not isinstance(a, array_type):
-                raise ArgumentTypeError(f"{where} needs an array of {p.dtype}, got {describe(a)}")
-            if a.dtype != p.dtype:
-                raise ArgumentTypeError(f"{where} needs dtype {p.dtype}, got {a.dtype}")
-            if not a.flags.c_contiguous:
-                raise ArgumentTypeError(f"{where} needs a C-contiguous array (a kernel sees only "
-                                        "the data pointer); pass ascontiguousarray(...)")
-        else:
-            if type(a) is not p.dtype.type:
-                hint = (" (cupy.RawKernel sends a Python int as 64-bit and a float as double, "
-                        "whatever the parameter's type: pass explicit NumPy scalars)"
-                        if isinstance(a, (int, float, bool)) else "")
-                raise ArgumentTypeError(f"{where} needs numpy.{p.dtype.name}(...), got "
-                                        f"{describe(a)}{hint}")
-
-
-def make_checker(sig: KernelSig, *, array_type=np.ndarray, contiguity: bool = True):
-    """A fast ``check(args)`` for launches: the same rules as :func:`check_args`, with the
-    expected types precomputed (about a microsecond for a few arguments); on any mismatch it
-    defers to :func:`check_args` for the message. ``contiguity=False`` skips C-contiguity."""
-    ptrs = tuple((i, p.dtype) for i, p in enumerate(sig.params) if p.pointer)
-    scalars = tuple((i, p.dtype.type) for i, p in enumerate(sig.params) if not p.pointer)
-    n = len(sig.params)
-    # cupy.ndarray keeps its contiguity as a plain attribute; .flags builds an object per call
-    fast_flag = isinstance(getattr(array_type, "_c_contiguous", None), type(np.ndarray.ndim))
-
-    def ok(args) -> bool:
-        if len(args) != n:
-            return False
-        for i, t in scalars:
-            if type(args[i]) is not t:
-                return False
-        for i, dt in ptrs:
-            a = args[i]
-            if type(a) is not array_type or a.dtype != dt:
-                return False
-            if contiguity and not (a._c_contiguous if fast_flag else a.flags.c_contiguous):
-                return False
-        return True
-
-    def check(args):
-        try:
-            if ok(args):
-                return
-        except TypeError:
-            pass
-        check_args(sig, args, array_type=array_type)
-        raise ArgumentTypeError(f"{sig.name}: arguments do not match {sig} (an array subclass?)")
-
-    return check
 
 
 class _Scratch:

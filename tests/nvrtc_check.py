@@ -25,7 +25,10 @@ same list is rebuilt here without the CUDA include path.
 A file passes when NVRTC compiles it with an empty log (warnings fail too) and the binary
 holds every ``extern "C"`` entry point the loader may ask for.
 
-    python -m gpunn.cuda_emu.nvrtc_check        # table of file x arch, exit 1 on a failure
+    python tests/nvrtc_check.py        # table of file x arch, exit 1 on a failure
+
+It lives with the tests, not in the package: it reads CuPy's private option assembly
+(``cupy._core``), which the library itself must never depend on.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .build import cache_dir
+from gpunn.testing.cuda_emu.build import cache_dir
 
 __all__ = ["nvrtc_status", "cupy_compile_options", "target_archs", "compile_file",
            "CompileResult", "BASE_ARCHS"]
@@ -143,7 +146,7 @@ def compile_file(file: str, arch: str, source: str | None = None,
     """
     from cupy_backends.cuda.libs import nvrtc
 
-    from .. import kernels
+    from gpunn import kernels
     if source is None:
         source = kernels.kernel_source(file)
     if names is None:
@@ -191,7 +194,7 @@ def main(argv=None) -> int:
     if not ok:
         print(f"NVRTC unavailable: {reason}")
         return 2
-    from .. import kernels
+    from gpunn import kernels
     archs = target_archs()
     print(f"{reason}; archs: {' '.join('sm_' + a for a in archs)}")
     failed = 0

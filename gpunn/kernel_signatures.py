@@ -1,6 +1,12 @@
 """Kernel signatures parsed from the ``.cu`` sources: the single record of each entry point's
-parameters, used to check launch arguments (emulated and real), to marshal Python numbers
-into the declared C types, and to generate the emulator's C++ launch wrappers.
+parameters, used to check launch arguments (emulated and real: :func:`make_checker`), to
+marshal Python numbers into the declared C types (``gpunn.kernels.Kernel.launch``), and to
+generate the emulator's C++ launch wrappers (gpunn/testing/cuda_emu).
+
+The argument rules: a pointer takes a C-contiguous array of the element dtype; a scalar takes
+the exact NumPy scalar type (``numpy.int32`` for ``int``, ``numpy.float32`` for ``float``).
+A Python ``int`` or ``float`` is refused: CuPy would pass it as 64 bits and an ``int`` /
+``float`` parameter would read garbage on a GPU.
 
 Only ``extern "C" __global__ void name(...)`` entry points are accepted (docs/KERNELS.md); a
 ``__global__`` function in any other form is reported as an error rather than skipped.
@@ -14,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["Param", "KernelSig", "parse_kernels", "parse_source", "strip_comments",
-           "global_function_names", "SignatureError", "CTYPE_DTYPES"]
+           "global_function_names", "SignatureError", "CTYPE_DTYPES", "ArgumentTypeError",
+           "check_args", "make_checker", "describe"]
 
 
 class SignatureError(ValueError):
@@ -141,3 +148,76 @@ def parse_kernels(path) -> dict:
     """:func:`parse_source` on a ``.cu`` file."""
     path = Path(path)
     return parse_source(path.read_text(), file=path.name)
+
+
+# -- checking launch arguments against a signature --------------------------------------------
+class ArgumentTypeError(TypeError):
+    """A launch argument does not match the kernel's parameter type exactly."""
+
+
+def describe(v) -> str:
+    if isinstance(v, np.ndarray):
+        return f"numpy array {v.dtype} {v.shape}"
+    return f"{type(v).__module__}.{type(v).__qualname__} {v!r}"
+
+
+def check_args(sig: KernelSig, args, *, array_type=np.ndarray) -> None:
+    """Raise :class:`ArgumentTypeError` unless ``args`` fit ``sig`` exactly (see module doc)."""
+    if not isinstance(args, (tuple, list)):
+        raise ArgumentTypeError(f"{sig.name}: args must be a tuple, got {type(args).__name__}")
+    if len(args) != len(sig.params):
+        raise ArgumentTypeError(f"{sig.name} takes {len(sig.params)} arguments "
+                                f"({', '.join(str(p) for p in sig.params)}), got {len(args)}")
+    for k, (p, a) in enumerate(zip(sig.params, args)):
+        where = f"{sig.name}: argument {k} ({p})"
+        if p.pointer:
+            if not isinstance(a, array_type):
+                raise ArgumentTypeError(f"{where} needs an array of {p.dtype}, got {describe(a)}")
+            if a.dtype != p.dtype:
+                raise ArgumentTypeError(f"{where} needs dtype {p.dtype}, got {a.dtype}")
+            if not a.flags.c_contiguous:
+                raise ArgumentTypeError(f"{where} needs a C-contiguous array (a kernel sees only "
+                                        "the data pointer); pass ascontiguousarray(...)")
+        else:
+            if type(a) is not p.dtype.type:
+                hint = (" (cupy.RawKernel sends a Python int as 64-bit and a float as double, "
+                        "whatever the parameter's type: pass explicit NumPy scalars)"
+                        if isinstance(a, (int, float, bool)) else "")
+                raise ArgumentTypeError(f"{where} needs numpy.{p.dtype.name}(...), got "
+                                        f"{describe(a)}{hint}")
+
+
+def make_checker(sig: KernelSig, *, array_type=np.ndarray, contiguity: bool = True):
+    """A fast ``check(args)`` for launches: the same rules as :func:`check_args`, with the
+    expected types precomputed (about a microsecond for a few arguments); on any mismatch it
+    defers to :func:`check_args` for the message. ``contiguity=False`` skips C-contiguity."""
+    ptrs = tuple((i, p.dtype) for i, p in enumerate(sig.params) if p.pointer)
+    scalars = tuple((i, p.dtype.type) for i, p in enumerate(sig.params) if not p.pointer)
+    n = len(sig.params)
+    # cupy.ndarray keeps its contiguity as a plain attribute; .flags builds an object per call
+    fast_flag = isinstance(getattr(array_type, "_c_contiguous", None), type(np.ndarray.ndim))
+
+    def ok(args) -> bool:
+        if len(args) != n:
+            return False
+        for i, t in scalars:
+            if type(args[i]) is not t:
+                return False
+        for i, dt in ptrs:
+            a = args[i]
+            if type(a) is not array_type or a.dtype != dt:
+                return False
+            if contiguity and not (a._c_contiguous if fast_flag else a.flags.c_contiguous):
+                return False
+        return True
+
+    def check(args):
+        try:
+            if ok(args):
+                return
+        except TypeError:
+            pass
+        check_args(sig, args, array_type=array_type)
+        raise ArgumentTypeError(f"{sig.name}: arguments do not match {sig} (an array subclass?)")
+
+    return check

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .build import EmulatorBuildError, build_library, cache_dir
 from .launcher import ORDERS, ArgumentTypeError, EmulatedKernel, EmulationError, GuardError
-from .signatures import KernelSig, Param, SignatureError, parse_kernels
+from ...kernel_signatures import KernelSig, Param, SignatureError, parse_kernels
 
 __all__ = ["load_module", "EmulatedModule", "EmulatedKernel", "EmulationError", "GuardError",
            "ArgumentTypeError", "EmulatorBuildError", "SignatureError", "KernelSig", "Param",
