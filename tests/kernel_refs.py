@@ -47,6 +47,20 @@ def tanh_backward(dout, y):
     return dout * (1 - y * y)
 
 
+# One row per element-wise activation kernel pair (tests/test_kernels_emu.py runs them all):
+# name (kernels <name>_forward / <name>_backward in elementwise.cu), the forward and backward
+# references, what the backward kernel reads besides dout ("x": the input, "y": the forward's
+# output), extra scalar arguments (of the kernel's dtype), and the ulp the forward and the
+# backward are held to (0: exact; exp / tanh go through libm in the kernel and NumPy's own
+# routines here). A new activation kernel needs its references and a row here, nothing else.
+ACTIVATIONS = [
+    ("relu", relu, relu_backward, "x", (), 0, 0),
+    ("leaky_relu", leaky_relu, leaky_relu_backward, "x", (0.13,), 0, 0),
+    ("sigmoid", sigmoid, sigmoid_backward, "y", (), 4, 0),
+    ("tanh", np.tanh, tanh_backward, "y", (), 4, 0),
+]
+
+
 # -- counter-based dropout ----------------------------------------------------------------------
 def splitmix64(z):
     """z: uint64 array (wrapping arithmetic)."""

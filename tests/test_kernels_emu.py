@@ -37,9 +37,7 @@ SANITIZE = cuda_emu.sanitize_default()
 # Kernel families each test below runs, per file: the coverage test checks this against
 # every entry point in kernels/ (names are <base>_f32 / <base>_f64).
 TESTED = {
-    "elementwise.cu": ["relu_forward", "relu_backward", "leaky_relu_forward",
-                       "leaky_relu_backward", "sigmoid_forward", "sigmoid_backward",
-                       "tanh_forward", "tanh_backward"],
+    "elementwise.cu": [],              # filled from the ACTIVATIONS table below
     "dropout.cu": ["dropout_forward"],
     "im2col.cu": ["im2col", "col2im"],
     "pool.cu": ["maxpool2d_forward", "maxpool2d_forward_noargmax", "maxpool2d_backward",
@@ -122,33 +120,23 @@ def _signed_inputs(rng, n, dtype):
     return x
 
 
-@pytest.mark.parametrize("order", RUNS)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_relu_family(dtype, order, rng):
-    slope = 0.13
-    for n in SIZES:
-        x = _signed_inputs(rng, n, dtype)
-        dout = randn(rng, n, dtype)
-        N = np.int64(n)
-        s = dtype(slope)
-        for grid, block in configs(n):
-            y = np.full_like(x, np.nan)
-            K("elementwise.cu", "relu_forward", dtype, order)(grid, block, (x, y, N))
-            np.testing.assert_array_equal(y, ref.relu(x))
-            dx = np.full_like(x, np.nan)
-            K("elementwise.cu", "relu_backward", dtype, order)(grid, block, (dout, x, dx, N))
-            np.testing.assert_array_equal(dx, ref.relu_backward(dout, x))
-            K("elementwise.cu", "leaky_relu_forward", dtype, order)(grid, block, (x, y, N, s))
-            np.testing.assert_array_equal(y, ref.leaky_relu(x, slope))
-            K("elementwise.cu", "leaky_relu_backward", dtype, order)(grid, block,
-                                                                      (dout, x, dx, N, s))
-            np.testing.assert_array_equal(dx, ref.leaky_relu_backward(dout, x, slope))
+ACTIVATIONS = ref.ACTIVATIONS           # one row per activation kernel pair: kernel_refs.py
+TESTED["elementwise.cu"] = [f"{a[0]}_{way}" for a in ACTIVATIONS for way in ("forward", "backward")]
+
+
+def _assert_close(actual, expected, ulp):
+    if ulp:
+        assert_ulp(actual, expected, ulp)
+    else:
+        np.testing.assert_array_equal(actual, expected)
 
 
 @pytest.mark.parametrize("order", RUNS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_sigmoid_tanh(dtype, order, rng):
-    # exp / tanh: libm in the kernel, NumPy's own in the reference: held to 4 ulp
+@pytest.mark.parametrize("name,fwd,bwd,reads,extra,fwd_ulp,bwd_ulp", ACTIVATIONS,
+                         ids=[a[0] for a in ACTIVATIONS])
+def test_activation_kernels(name, fwd, bwd, reads, extra, fwd_ulp, bwd_ulp, dtype, order, rng):
+    extra = tuple(dtype(v) for v in extra)
     for n in SIZES:
         x = _signed_inputs(rng, n, dtype)
         if n > 8:
@@ -157,16 +145,14 @@ def test_sigmoid_tanh(dtype, order, rng):
         N = np.int64(n)
         for grid, block in configs(n):
             y = np.full_like(x, np.nan)
-            with np.errstate(over="ignore"):
-                K("elementwise.cu", "sigmoid_forward", dtype, order)(grid, block, (x, y, N))
-                assert_ulp(y, ref.sigmoid(x), 4)
-            dx = np.full_like(x, np.nan)
-            K("elementwise.cu", "sigmoid_backward", dtype, order)(grid, block, (dout, y, dx, N))
-            np.testing.assert_array_equal(dx, ref.sigmoid_backward(dout, y))   # same arithmetic
-            K("elementwise.cu", "tanh_forward", dtype, order)(grid, block, (x, y, N))
-            assert_ulp(y, np.tanh(x), 4)
-            K("elementwise.cu", "tanh_backward", dtype, order)(grid, block, (dout, y, dx, N))
-            np.testing.assert_array_equal(dx, ref.tanh_backward(dout, y))
+            with np.errstate(over="ignore", invalid="ignore"):
+                K("elementwise.cu", f"{name}_forward", dtype, order)(grid, block, (x, y, N, *extra))
+                _assert_close(y, fwd(x, *extra), fwd_ulp)
+                arg = x if reads == "x" else y
+                dx = np.full_like(x, np.nan)
+                K("elementwise.cu", f"{name}_backward", dtype, order)(grid, block,
+                                                                      (dout, arg, dx, N, *extra))
+                _assert_close(dx, bwd(dout, arg, *extra), bwd_ulp)
 
 
 def test_elementwise_in_place(rng):

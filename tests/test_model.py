@@ -108,9 +108,22 @@ def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
 def test_summary_and_output_shape():
     m = _mlp()
     s = m.summary((6,))
-    assert "total parameters: " in s
-    assert m.num_parameters() == 6 * 8 + 16 + 8 * 8 + 8 + 8 * 3 + 3
-    assert f"{m.num_parameters():,}" in s
+    assert m.num_parameters() == 6 * 8 + 16 + 8 * 8 + 8 + 8 * 3 + 3 == 163
+    rows = [line.split("  ") for line in s.splitlines()]
+    rows = [[c.strip() for c in r if c.strip()] for r in rows]
+    assert rows[0] == ["#", "layer", "output shape", "params"]
+    assert rows[2:] == [
+        ["input", "(6,)"],
+        ["0", "Linear(6, 8, bias=False)", "(8,)", "48"],
+        ["1", "BatchNorm1d(8, eps=1e-05, momentum=0.1)", "(8,)", "16"],
+        ["2", "ReLU()", "(8,)", "-"],
+        ["3", "Dropout(p=0.3)", "(8,)", "-"],
+        ["4", "Residual(Linear(8, 8, bias=True), Tanh())", "(8,)", "-"],
+        ["4.0", "Linear(8, 8, bias=True)", "72"],        # children: no output shape of their own
+        ["4.1", "Tanh()", "-"],
+        ["5", "Linear(8, 3, bias=True)", "(3,)", "27"],
+        ["total parameters: 163"],
+    ]
     assert m.output_shape((6,)) == (3,)
     with pytest.raises(ShapeError, match=r"layer 0 \(Linear\(6, 8"):
         m.output_shape((5,))

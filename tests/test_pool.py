@@ -8,6 +8,7 @@ from gpunn.errors import DTypeError, ShapeError
 from gpunn.gradcheck import check_layer
 from gpunn.layers import AvgPool2d, MaxPool2d
 from gpunn.ops.geometry import same_padding
+from gpunn.ops.pool import maxpool2d_forward
 
 F64 = np.float64
 
@@ -41,6 +42,13 @@ def pool_loop(x, k, s, pad, kind, count_include_pad=False):
     return out, arg
 
 
+def op_argmax(x, k, s, p):
+    """The argmax the max-pool op hands to backward (int32, flat index h*W + w)."""
+    _, arg = maxpool2d_forward(x, k, k, (s, s), _pad(x.shape[2], x.shape[3], k, s, p))
+    assert arg.dtype == np.int32
+    return arg
+
+
 def maxpool_backward_loop(dout, arg, x_shape):
     """Reference: each window's gradient goes to its argmax pixel, summed over windows."""
     n, c, h, w = x_shape
@@ -62,7 +70,10 @@ def test_maxpool_forward_matches_loop(k, s, p, rng):
     out, arg = pool_loop(x, k, s, _pad(7, 9, k, s, p), "max")
     np.testing.assert_array_equal(layer.forward(x), out)           # evaluation: no argmax
     np.testing.assert_array_equal(layer.forward(x, train=True), out)
-    np.testing.assert_array_equal(layer._cache[1], arg)
+    np.testing.assert_array_equal(op_argmax(x, k, s, p), arg)
+    dout = rng.standard_normal(out.shape)      # the layer's backward routes through that argmax
+    np.testing.assert_allclose(layer.backward(dout), maxpool_backward_loop(dout, arg, x.shape),
+                               rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("k,s,p", CONFIGS)
@@ -100,7 +111,7 @@ def test_maxpool_ties_match_loop(k, s, p, rng):
     out, arg = pool_loop(x, k, s, _pad(7, 9, k, s, p), "max")
     layer = MaxPool2d(k, s, p)
     np.testing.assert_array_equal(layer.forward(x, train=True), out)
-    np.testing.assert_array_equal(layer._cache[1], arg)
+    np.testing.assert_array_equal(op_argmax(x, k, s, p), arg)
     dout = rng.standard_normal(out.shape)
     np.testing.assert_allclose(layer.backward(dout), maxpool_backward_loop(dout, arg, x.shape),
                                rtol=1e-12, atol=1e-15)
@@ -112,7 +123,7 @@ def test_maxpool_large_window_matches_loop(rng):
     out, arg = pool_loop(x, 17, 1, (0, 0, 0, 0), "max")
     layer = MaxPool2d(17, 1)
     np.testing.assert_array_equal(layer.forward(x, train=True), out)
-    np.testing.assert_array_equal(layer._cache[1], arg)
+    np.testing.assert_array_equal(op_argmax(x, 17, 1, 0), arg)
     dout = rng.standard_normal(out.shape)
     np.testing.assert_allclose(layer.backward(dout), maxpool_backward_loop(dout, arg, x.shape),
                                rtol=1e-12, atol=1e-15)
@@ -134,8 +145,6 @@ def test_dtype_preserved(cls, dtype, rng):
     x = rng.standard_normal((2, 3, 7, 7)).astype(dtype)
     y = layer.forward(x, train=True)
     assert y.dtype == dtype and layer.backward(np.ones_like(y)).dtype == dtype
-    if cls is MaxPool2d:
-        assert layer._cache[1].dtype == np.int32
 
 
 def test_bad_inputs():

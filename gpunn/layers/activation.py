@@ -7,6 +7,8 @@ from ..errors import ShapeError
 from ..ops import activation as act
 from .base import Layer
 
+__all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax"]
+
 
 class _Elementwise(Layer):
     """Shared input checks and caching for shape-preserving element-wise layers."""
