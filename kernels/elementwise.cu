@@ -1,4 +1,4 @@
-// Element-wise activations, forward and backward, and the fused bias-add + ReLU forward.
+// Element-wise activations, forward and backward.
 // Semantics: docs/CONVENTIONS.md ("Elementwise"); kernel list and call shapes: docs/KERNELS.md.
 //
 // Every entry point is `extern "C"`, one per dtype (suffix _f32 / _f64), and forwards to a

@@ -50,14 +50,27 @@ def tanh_backward(dout, y):
 # One row per element-wise activation kernel pair (tests/test_kernels_emu.py runs them all):
 # name (kernels <name>_forward / <name>_backward in elementwise.cu), the forward and backward
 # references, what the backward kernel reads besides dout ("x": the input, "y": the forward's
-# output), extra scalar arguments (of the kernel's dtype), and the ulp the forward and the
-# backward are held to (0: exact; exp / tanh go through libm in the kernel and NumPy's own
-# routines here). A new activation kernel needs its references and a row here, nothing else.
+# output), extra scalar arguments (of the kernel's dtype), and how closely the forward and the
+# backward must agree: EXACT, ulp(n) (exp / tanh go through libm in the kernel and NumPy's own
+# routines here), or eps(n) (rtol = atol = n machine epsilons, where a cancellation such as
+# 1 + tanh(u) near -1 turns an ulp of difference into many). A new activation kernel needs its
+# references and a row here, nothing else.
+EXACT = ("exact", 0)
+
+
+def ulp(n):
+    return ("ulp", n)
+
+
+def eps(n):
+    return ("eps", n)
+
+
 ACTIVATIONS = [
-    ("relu", relu, relu_backward, "x", (), 0, 0),
-    ("leaky_relu", leaky_relu, leaky_relu_backward, "x", (0.13,), 0, 0),
-    ("sigmoid", sigmoid, sigmoid_backward, "y", (), 4, 0),
-    ("tanh", np.tanh, tanh_backward, "y", (), 4, 0),
+    ("relu", relu, relu_backward, "x", (), EXACT, EXACT),
+    ("leaky_relu", leaky_relu, leaky_relu_backward, "x", (0.13,), EXACT, EXACT),
+    ("sigmoid", sigmoid, sigmoid_backward, "y", (), ulp(4), EXACT),
+    ("tanh", np.tanh, tanh_backward, "y", (), ulp(4), EXACT),
 ]
 
 

@@ -124,18 +124,22 @@ ACTIVATIONS = ref.ACTIVATIONS           # one row per activation kernel pair: ke
 TESTED["elementwise.cu"] = [f"{a[0]}_{way}" for a in ACTIVATIONS for way in ("forward", "backward")]
 
 
-def _assert_close(actual, expected, ulp):
-    if ulp:
-        assert_ulp(actual, expected, ulp)
-    else:
+def _assert_close(actual, expected, tol):
+    kind, n = tol
+    if kind == "exact":
         np.testing.assert_array_equal(actual, expected)
+    elif kind == "ulp":
+        assert_ulp(actual, expected, n)
+    else:
+        e = float(np.finfo(expected.dtype).eps) * n
+        np.testing.assert_allclose(actual, expected, rtol=e, atol=e)
 
 
 @pytest.mark.parametrize("order", RUNS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name,fwd,bwd,reads,extra,fwd_ulp,bwd_ulp", ACTIVATIONS,
+@pytest.mark.parametrize("name,fwd,bwd,reads,extra,fwd_tol,bwd_tol", ACTIVATIONS,
                          ids=[a[0] for a in ACTIVATIONS])
-def test_activation_kernels(name, fwd, bwd, reads, extra, fwd_ulp, bwd_ulp, dtype, order, rng):
+def test_activation_kernels(name, fwd, bwd, reads, extra, fwd_tol, bwd_tol, dtype, order, rng):
     extra = tuple(dtype(v) for v in extra)
     for n in SIZES:
         x = _signed_inputs(rng, n, dtype)
@@ -147,12 +151,12 @@ def test_activation_kernels(name, fwd, bwd, reads, extra, fwd_ulp, bwd_ulp, dtyp
             y = np.full_like(x, np.nan)
             with np.errstate(over="ignore", invalid="ignore"):
                 K("elementwise.cu", f"{name}_forward", dtype, order)(grid, block, (x, y, N, *extra))
-                _assert_close(y, fwd(x, *extra), fwd_ulp)
+                _assert_close(y, fwd(x, *extra), fwd_tol)
                 arg = x if reads == "x" else y
                 dx = np.full_like(x, np.nan)
                 K("elementwise.cu", f"{name}_backward", dtype, order)(grid, block,
                                                                       (dout, arg, dx, N, *extra))
-                _assert_close(dx, bwd(dout, arg, *extra), bwd_ulp)
+                _assert_close(dx, bwd(dout, arg, *extra), bwd_tol)
 
 
 def test_elementwise_in_place(rng):
