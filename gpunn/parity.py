@@ -84,8 +84,8 @@ class Side:
 
 def layer_cases():
     """(name, factory(dtype), per-sample input shape, uses custom kernels) for every layer type."""
-    from .layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, LeakyReLU,
-                         Linear, MaxPool2d, ReLU, Residual, Sigmoid, Softmax, Tanh)
+    from .layers import (GELU, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten,
+                         LeakyReLU, Linear, MaxPool2d, ReLU, Residual, Sigmoid, Softmax, Tanh)
     return [
         ("Linear(20, 7)", lambda dt: Linear(20, 7, rng=0, dtype=dt), (20,), False),
         ("Conv2d(3, 5, 3, pad 1)", lambda dt: Conv2d(3, 5, 3, padding=1, rng=0, dtype=dt), (3, 9, 8), True),
@@ -98,6 +98,7 @@ def layer_cases():
         ("LeakyReLU(0.1)", lambda dt: LeakyReLU(0.1), (30,), True),
         ("Sigmoid", lambda dt: Sigmoid(), (30,), True),
         ("Tanh", lambda dt: Tanh(), (30,), True),
+        ("GELU", lambda dt: GELU(), (4, 5, 6), True),
         ("Softmax", lambda dt: Softmax(), (12,), False),
         ("Dropout(0.3)", lambda dt: Dropout(0.3, seed=11), (4, 6, 6), True),
         ("BatchNorm1d(16)", lambda dt: BatchNorm1d(16, dtype=dt), (16,), False),

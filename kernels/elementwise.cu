@@ -159,3 +159,45 @@ extern "C" __global__ void tanh_backward_f64(const double* dout, const double* y
                                              long long n) {
     tanh_backward<double>(dout, y, dx, n);
 }
+
+// -- GELU, tanh form (PyTorch's GELU(approximate="tanh")) --------------------------------------
+// u = k0*(x + k1*(x*x*x)), t = tanh(u), y = (0.5*x)*(1 + t), with k0 = sqrt(2/pi), k1 = 0.044715;
+// dx = dout * (0.5*(1 + t) + (0.5*x)*((1 - t*t)*(k0*(1 + k3*(x*x))))), k3 = 3*k1, from the input x.
+// Evaluated in exactly this order by the NumPy body (gpunn/ops/activation.py).
+
+template <typename T>
+__device__ __forceinline__ void gelu_forward(const T* x, T* y, long long n) {
+    const T k0 = T(0.7978845608028654), k1 = T(0.044715);
+    for (long long i = ew_first(); i < n; i += ew_stride()) {
+        T v = x[i];
+        T t = ew_tanh<T>(k0 * (v + k1 * (v * v * v)));
+        y[i] = (T(0.5) * v) * (T(1) + t);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void gelu_backward(const T* dout, const T* x, T* dx, long long n) {
+    const T k0 = T(0.7978845608028654), k1 = T(0.044715), k3 = T(0.134145);
+    for (long long i = ew_first(); i < n; i += ew_stride()) {
+        T v = x[i];
+        T x2 = v * v;
+        T t = ew_tanh<T>(k0 * (v + k1 * (x2 * v)));
+        T d = T(0.5) * (T(1) + t) + (T(0.5) * v) * ((T(1) - t * t) * (k0 * (T(1) + k3 * x2)));
+        dx[i] = dout[i] * d;
+    }
+}
+
+extern "C" __global__ void gelu_forward_f32(const float* x, float* y, long long n) {
+    gelu_forward<float>(x, y, n);
+}
+extern "C" __global__ void gelu_forward_f64(const double* x, double* y, long long n) {
+    gelu_forward<double>(x, y, n);
+}
+extern "C" __global__ void gelu_backward_f32(const float* dout, const float* x, float* dx,
+                                             long long n) {
+    gelu_backward<float>(dout, x, dx, n);
+}
+extern "C" __global__ void gelu_backward_f64(const double* dout, const double* x, double* dx,
+                                             long long n) {
+    gelu_backward<double>(dout, x, dx, n);
+}

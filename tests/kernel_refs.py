@@ -47,6 +47,19 @@ def tanh_backward(dout, y):
     return dout * (1 - y * y)
 
 
+def gelu(x):
+    """GELU, tanh form, evaluated in float64 (the kernel works in its own dtype)."""
+    v = x.astype(np.float64)
+    return (0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3)))).astype(x.dtype)
+
+
+def gelu_backward(dout, x):
+    v = x.astype(np.float64)
+    t = np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3))
+    d = 0.5 * (1 + t) + 0.5 * v * (1 - t ** 2) * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * v ** 2)
+    return (dout.astype(np.float64) * d).astype(x.dtype)
+
+
 # One row per element-wise activation kernel pair (tests/test_kernels_emu.py runs them all):
 # name (kernels <name>_forward / <name>_backward in elementwise.cu), the forward and backward
 # references, what the backward kernel reads besides dout ("x": the input, "y": the forward's
@@ -71,6 +84,7 @@ ACTIVATIONS = [
     ("leaky_relu", leaky_relu, leaky_relu_backward, "x", (0.13,), EXACT, EXACT),
     ("sigmoid", sigmoid, sigmoid_backward, "y", (), ulp(4), EXACT),
     ("tanh", np.tanh, tanh_backward, "y", (), ulp(4), EXACT),
+    ("gelu", gelu, gelu_backward, "x", (), eps(64), eps(64)),
 ]
 
 

@@ -7,7 +7,7 @@ from ..errors import ShapeError
 from ..ops import activation as act
 from .base import Layer
 
-__all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax"]
+__all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax"]
 
 
 class _Elementwise(Layer):
@@ -75,6 +75,31 @@ class Tanh(_Elementwise):
     def backward(self, dout):
         y = self._need_cache("_y")
         return act.tanh_backward(self._check_dout(dout, y), y)
+
+
+class GELU(_Elementwise):
+    """Gaussian error linear unit, tanh form: y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+
+    This is PyTorch's ``GELU(approximate="tanh")`` (GPT-2, BERT); the exact erf form is not
+    implemented, so asking for it is an error rather than a silent difference.
+    """
+
+    def __init__(self, approximate: str = "tanh"):
+        super().__init__()
+        if approximate != "tanh":
+            raise ValueError(f"GELU: only approximate='tanh' is implemented, got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x, *, train=None):
+        self._x = self._check(x)
+        return act.gelu_forward(x)
+
+    def backward(self, dout):
+        x = self._need_cache("_x")
+        return act.gelu_backward(self._check_dout(dout, x), x)
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
 
 
 class Softmax(_Elementwise):

@@ -115,3 +115,34 @@ def tanh_backward(dout, y):
 @tanh_backward.cuda
 def _tanh_backward_cuda(b, dout, y):
     return _binary(b, "tanh_backward", dout, y)
+
+
+_GELU_K0, _GELU_K1, _GELU_K3 = 0.7978845608028654, 0.044715, 0.134145   # sqrt(2/pi), k1, 3*k1
+
+
+@op
+def gelu_forward(x):
+    """GELU, tanh form: y = (0.5*x) * (1 + tanh(k0*(x + k1*x^3))), in the kernel's order."""
+    xp, T = get_array_module(x), x.dtype.type
+    t = xp.tanh(T(_GELU_K0) * (x + T(_GELU_K1) * (x * x * x)))
+    return (T(0.5) * x) * (T(1) + t)
+
+
+@gelu_forward.cuda
+def _gelu_forward_cuda(b, x):
+    return _unary(b, "gelu_forward", x)
+
+
+@op
+def gelu_backward(dout, x):
+    """dx = dout * (0.5*(1 + t) + (0.5*x)*(1 - t^2)*k0*(1 + 3*k1*x^2)), from the input x."""
+    xp, T = get_array_module(x), x.dtype.type
+    x2 = x * x
+    t = xp.tanh(T(_GELU_K0) * (x + T(_GELU_K1) * (x2 * x)))
+    d = T(0.5) * (T(1) + t) + (T(0.5) * x) * ((T(1) - t * t) * (T(_GELU_K0) * (T(1) + T(_GELU_K3) * x2)))
+    return dout * d
+
+
+@gelu_backward.cuda
+def _gelu_backward_cuda(b, dout, x):
+    return _binary(b, "gelu_backward", dout, x)
