@@ -126,7 +126,7 @@ def test_help_is_complete(cmd):
 def test_train_option_defaults_are_run_config_defaults():
     from dataclasses import fields
 
-    from gpunn.cli import train
+    from gpunn.cli.cmd_train import train
     from gpunn.runs import RunConfig
 
     defaults = {f.name: f.default for f in fields(RunConfig)}

@@ -1,0 +1,10 @@
+"""The ``gpunn`` command line (click lives here and nowhere below it).
+
+One module per command: ``cmd_info`` (info, datasets), ``cmd_train``, ``cmd_eval``,
+``cmd_sweep``, ``cmd_parity``. A new command is a new ``cmd_*.py`` that decorates its function
+with ``@main.command()`` (``from .app import main``) and a line below.
+"""
+from . import cmd_eval, cmd_info, cmd_parity, cmd_sweep, cmd_train  # noqa: F401  (registers)
+from .app import main
+
+__all__ = ["main"]

@@ -1,0 +1,37 @@
+"""``gpunn parity``: the NumPy path against the CUDA path (a GPU, or emulated)."""
+from __future__ import annotations
+
+import sys
+
+import click
+import numpy as np
+
+from .app import echo_err, main
+
+
+@main.command()
+@click.option("--emulate", is_flag=True,
+              help="No GPU: run the CUDA bodies with the kernels compiled for the CPU (g++).")
+@click.option("--models", default="model4,cnn-bn", show_default=True, help="Zoo models to train on both sides.")
+@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Training steps per model.")
+@click.option("--dtype", "dtypes", type=click.Choice(["float64", "float32", "both"]), default="both",
+              show_default=True)
+def parity(emulate, models, steps, dtypes):
+    """Compare the NumPy path with the CUDA path: every layer's forward and backward, and
+    whole training runs, in float64 (to ~1e-10) and float32. Exits 1 on any failure."""
+    from ..backend import cuda_status
+    from ..parity import format_rows, run_parity
+
+    if not emulate:
+        ok, reason, _ = cuda_status()
+        if not ok:
+            echo_err(f"error: no usable CUDA device ({reason}); use --emulate to check the CUDA "
+                      "path with CPU-compiled kernels")
+            sys.exit(2)
+    dts = {"float64": (np.float64,), "float32": (np.float32,), "both": (np.float64, np.float32)}[dtypes]
+    names = [m for m in models.split(",") if m]
+    rows, ok = run_parity("emulated" if emulate else "cuda", models=names, steps=steps, dtypes=dts)
+    click.echo(f"parity: NumPy vs {'emulated CUDA (CPU-compiled kernels)' if emulate else 'CUDA'}")
+    click.echo(format_rows(rows))
+    sys.exit(0 if ok else 1)

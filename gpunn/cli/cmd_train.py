@@ -1,0 +1,93 @@
+"""``gpunn train``: train a model and write a run directory."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import click
+
+from ..runs import DEFAULT_LR, RunConfig
+from .app import DEFAULTS, OPTIMIZERS, echo_err, main
+
+
+def _train_options(f):
+    opts = [
+        click.option("--model", "model_name", default=DEFAULTS["model"], show_default=True,
+                     help="Zoo model: model1, model2, model3, model4, mlp1000, cnn-bn, lenet5x5, resnet-small."),
+        click.option("--dataset", default=DEFAULTS["dataset"], show_default=True,
+                     help="fashion-mnist, mnist, kmnist, cifar10 or synthetic."),
+        click.option("--data-dir", type=click.Path(file_okay=False), default=DEFAULTS["data_dir"],
+                     help="Folder holding the data set's files (else the usual places)."),
+        click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS["epochs"], show_default=True),
+        click.option("--lr", type=float, default=DEFAULTS["lr"],
+                     help="Learning rate [" + ", ".join(f"{k}: {v}" for k, v in DEFAULT_LR.items()) + "]."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS["batch_size"], show_default=True),
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=DEFAULTS["optimizer"], show_default=True),
+        click.option("--momentum", type=float, default=DEFAULTS["momentum"], show_default=True, help="SGD momentum (0 for plain SGD)."),
+        click.option("--nesterov/--no-nesterov", default=DEFAULTS["nesterov"], show_default=True),
+        click.option("--weight-decay", type=float, default=DEFAULTS["weight_decay"], show_default=True, help="L2 weight decay."),
+        click.option("--dropout", type=float, default=DEFAULTS["dropout"], help="Dropout rate for models that take one."),
+        click.option("--schedule", type=click.Choice(["none", "step", "exp", "cosine"]), default=DEFAULTS["schedule"],
+                     show_default=True, help="Learning-rate schedule, stepped each epoch."),
+        click.option("--device", default=DEFAULTS["device"], show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--dtype", type=click.Choice(["float32", "float64"]), default=DEFAULTS["dtype"], show_default=True),
+        click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True),
+        click.option("--eval-every", type=click.IntRange(min=0), default=DEFAULTS["eval_every"], show_default=True,
+                     help="Evaluate every N training samples (0: at epoch ends only)."),
+        click.option("--val-size", type=float, default=DEFAULTS["val_size"], show_default=True,
+                     help="Validation samples taken from the training set (a fraction if < 1)."),
+        click.option("--standardize/--no-standardize", default=DEFAULTS["standardize"], show_default=True,
+                     help="Standardise images with the training split's mean and std (else [0, 1])."),
+        click.option("--patience", type=int, default=DEFAULTS["patience"], help="Early stopping: evaluations without improvement."),
+        click.option("--max-steps", type=int, default=DEFAULTS["max_steps"], help="Stop after this many steps (smoke tests)."),
+        click.option("--out", type=click.Path(file_okay=False), default=None,
+                     help="Run directory [runs/MODEL-DATASET-TIME]."),
+        click.option("--resume", "resume", type=click.Path(file_okay=False, exists=True), default=None,
+                     help="Continue the run in this directory from its checkpoint (settings from its config.json; --epochs may raise the total)."),
+        click.option("--progress/--no-progress", default=DEFAULTS["progress"], show_default=True),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+@main.command()
+@_train_options
+@click.pass_context
+def train(ctx, resume, **kw):
+    """Train a zoo model on a data set and write a run directory with plots and a report."""
+    from ..runs import run_training
+
+    if resume:
+        cfg = RunConfig.load(os.path.join(resume, "config.json"))
+        src = ctx.get_parameter_source
+        if src("epochs") != click.core.ParameterSource.DEFAULT:
+            cfg.epochs = kw["epochs"]
+        if src("device") != click.core.ParameterSource.DEFAULT:
+            cfg.device = kw["device"]
+        if src("data_dir") != click.core.ParameterSource.DEFAULT:
+            cfg.data_dir = kw["data_dir"]
+        cfg.progress = kw["progress"]
+        out = resume
+    else:
+        cfg = RunConfig.from_cli(kw)
+        out = kw["out"] or os.path.join(
+            "runs", f"{cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        summary = run_training(cfg, out, resume=bool(resume))
+    except KeyboardInterrupt:
+        echo_err(f"stopped; resume with: gpunn train --resume {out}")
+        sys.exit(130)
+    except Exception as e:
+        from ..errors import ShapeError, DTypeError
+        from ..backend import DeviceError
+        from ..data import DatasetNotFound
+        if isinstance(e, (ShapeError, DTypeError, DeviceError, DatasetNotFound, ValueError,
+                          FileNotFoundError)):
+            echo_err(f"error: {e}")
+            sys.exit(2)
+        raise
+    click.echo(f"test accuracy {summary['test_acc']:.4f}  loss {summary['test_loss']:.4f}  "
+               f"({summary['seconds']:.1f} s on {summary['device']})")
+    click.echo(f"report: {os.path.join(out, 'report.md')}")
