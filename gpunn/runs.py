@@ -1,8 +1,9 @@
 """Run directories: one training run (config -> model, data, optimizer -> fit -> report) and
 sweeps of models x settings. The CLI is a thin layer over these functions.
 
-A run directory holds config.json, history.json, weights.npz, checkpoint.npz, the PNG plots
-and report.md.
+A run directory holds config.json, history.json, metrics.csv (one row per evaluation, written
+as it trains), weights.npz, checkpoint.npz, the PNG plots and report.md (and tensorboard/ with
+``tensorboard=True``).
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class RunConfig:
     patience: int | None = None
     max_steps: int | None = None
     progress: bool = True
+    tensorboard: bool = False        # also write TensorBoard event files (tensorboardX extra)
 
     def __post_init__(self):
         if self.lr is None:
@@ -123,6 +125,9 @@ def build_all(cfg: RunConfig, device):
 
 def run_training(cfg: RunConfig, out: str, *, resume: bool = False, log=None) -> dict:
     """Train per ``cfg`` into run directory ``out``; returns a summary dict."""
+    from .train.logs import run_logs
+
+    logs = run_logs(out, tensorboard=cfg.tensorboard)     # a missing extra fails here, first
     dev = resolve_device(cfg.device)
     os.makedirs(out, exist_ok=True)
     data, model, opt, sched, loss = build_all(cfg, dev)
@@ -132,7 +137,7 @@ def run_training(cfg: RunConfig, out: str, *, resume: bool = False, log=None) ->
                        seed=cfg.seed, patience=cfg.patience, progress=cfg.progress,
                        max_steps=cfg.max_steps)
     result = fit(model, loss, opt, data, tcfg, out_dir=out, device=dev, scheduler=sched,
-                 resume=resume, log=log)
+                 resume=resume, log=log, extensions=logs)
     model.save(os.path.join(out, "weights.npz"))
     _write_json(os.path.join(out, "history.json"), result.history)
     ev = _evaluate_and_report(out, cfg, model, data, loss, dev, result)

@@ -30,15 +30,24 @@ def atomic_savez(path, arrays: dict, meta: dict | None = None) -> None:
     payload[META_KEY] = np.array(json.dumps({"format": FORMAT, **(meta or {})}))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())      # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):             # name the file meant, not the temporary one
+            e.filename = path
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_npz(path, with_meta: bool = False):

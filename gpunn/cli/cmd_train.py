@@ -46,6 +46,8 @@ def _train_options(f):
         click.option("--resume", "resume", type=click.Path(file_okay=False, exists=True), default=None,
                      help="Continue the run in this directory from its checkpoint (settings from its config.json; --epochs may raise the total)."),
         click.option("--progress/--no-progress", default=DEFAULTS["progress"], show_default=True),
+        click.option("--tensorboard/--no-tensorboard", default=DEFAULTS["tensorboard"], show_default=True,
+                     help="Also write TensorBoard event files to RUN/tensorboard (needs: pip install 'gpunn[tensorboard]')."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -69,6 +71,8 @@ def train(ctx, resume, **kw):
         if src("data_dir") != click.core.ParameterSource.DEFAULT:
             cfg.data_dir = kw["data_dir"]
         cfg.progress = kw["progress"]
+        if src("tensorboard") != click.core.ParameterSource.DEFAULT:
+            cfg.tensorboard = kw["tensorboard"]
         out = resume
     else:
         cfg = RunConfig.from_cli(kw)
@@ -83,8 +87,9 @@ def train(ctx, resume, **kw):
         from ..errors import ShapeError, DTypeError
         from ..backend import DeviceError
         from ..data import DatasetNotFound
+        from ..extras import MissingExtra
         if isinstance(e, (ShapeError, DTypeError, DeviceError, DatasetNotFound, ValueError,
-                          FileNotFoundError)):
+                          FileNotFoundError, MissingExtra)):
             echo_err(f"error: {e}")
             sys.exit(2)
         raise

@@ -2,11 +2,12 @@
 that emits events, extensions for evaluation, checkpoints, early stopping, the LR schedule
 and progress, and :func:`fit`, which puts the usual run together."""
 from ..serialization import load_checkpoint, save_checkpoint
-from .extensions import (CHECKPOINT, Checkpoint, EarlyStopping, EvalLog, Evaluation, Extension,
-                         LRSchedule, ProgressBar)
+from .extensions import (BEST, CHECKPOINT, BestWeights, Checkpoint, EarlyStopping, EvalLog,
+                         Evaluation, Extension, LRSchedule, NonFiniteGuard, ProgressBar, RunLock)
 from .loop import TrainConfig, Trainer, TrainResult, TrainState, evaluate, fit
 from .step import TrainStep
 
 __all__ = ["TrainConfig", "TrainState", "TrainResult", "TrainStep", "Trainer", "fit", "evaluate",
            "Extension", "LRSchedule", "Evaluation", "EarlyStopping", "Checkpoint", "EvalLog",
-           "ProgressBar", "CHECKPOINT", "load_checkpoint", "save_checkpoint"]
+           "ProgressBar", "RunLock", "NonFiniteGuard", "BestWeights", "CHECKPOINT", "BEST",
+           "load_checkpoint", "save_checkpoint"]

@@ -2,26 +2,45 @@
 
 Each has a ``name``; those with state (``state_dict()`` / ``load_state_dict()``) are saved in
 the checkpoint under that name, so a resumed run continues each of them where it stopped.
-Order matters and is the order :func:`gpunn.train.fit` builds them in: the schedule steps
-before the epoch-end evaluation (whose row records the new lr), early stopping judges a row
-before the checkpoint saves it, and the log prints it last.
+Order matters and is the order :func:`gpunn.train.fit` builds them in: the run lock first
+(nothing is read or written before it is held), the schedule steps before the epoch-end
+evaluation (whose row records the new lr), the non-finite guard checks the weights before
+anything judges or saves them, early stopping judges a row before the best weights and the
+checkpoint save it, and the log prints it last.
 """
 from __future__ import annotations
 
+import errno
+import json
 import os
+import socket
 import sys
 import time
 
 import numpy as np
 
-from ..backend import synchronize, to_device
+from ..backend import get_array_module, synchronize, to_device
+from ..errors import NonFiniteError, RunLockedError, RunWriteError
+from ..parameter import buffers_of
 from ..serialization import load_checkpoint, save_checkpoint
 from .loop import TrainState, evaluate
 
 __all__ = ["Extension", "LRSchedule", "Evaluation", "EarlyStopping", "Checkpoint", "EvalLog",
-           "ProgressBar", "CHECKPOINT"]
+           "ProgressBar", "RunLock", "NonFiniteGuard", "BestWeights", "CHECKPOINT", "BEST",
+           "LOCK", "write_error"]
 
 CHECKPOINT = "checkpoint.npz"
+BEST = "best.npz"
+LOCK = ".gpunn.lock"
+
+
+def write_error(e: OSError, path, intact: str) -> RunWriteError:
+    """A failed write as one line: the file, the OS's reason, and what is still intact."""
+    why = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+           errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+           errno.EROFS: "read-only file system"}.get(e.errno, e.strerror or str(e))
+    return RunWriteError(f"could not write {path}: {why}; {intact}", errno=e.errno,
+                         filename=str(path))
 
 
 class Extension:
@@ -36,11 +55,20 @@ class Extension:
 
 
 class LRSchedule(Extension):
-    """Steps an LR scheduler (gpunn.optim.schedules) at the end of every epoch."""
+    """Steps an LR scheduler (gpunn.optim.schedules) at the end of every epoch.
+
+    On resume the checkpoint gives the schedule's position (epoch, base lr) and the scheduler
+    given here its *plan* (T_max, step_size, gamma...): a run resumed with more epochs passes a
+    scheduler planned for the new total, so the schedule stretches to it from where it stopped
+    (a cosine that reached 0 at the old end goes on at the stretched curve's lr, not at 0), and
+    the change is logged.
+    """
     name = "lr_schedule"
 
     def __init__(self, scheduler):
         self.scheduler = scheduler
+        self.plan = dict(scheduler.hyper)
+        self.replanned = None               # (saved plan, new plan, old lr) after a re-plan
 
     def on_epoch_end(self, trainer):
         self.scheduler.step()
@@ -50,6 +78,21 @@ class LRSchedule(Extension):
 
     def load_state_dict(self, state):
         self.scheduler.load_state_dict(state)
+        saved = dict(self.scheduler.hyper)
+        if saved != self.plan:
+            old_lr = self.scheduler.get_last_lr()
+            self.scheduler.load_state_dict({**state, **self.plan})
+            self.replanned = (saved, dict(self.plan), old_lr)
+
+    def on_resume(self, trainer):
+        if self.replanned is None:
+            return
+        saved, plan, old_lr = self.replanned
+        change = ", ".join(f"{k} {saved[k]} -> {plan[k]}" for k in plan if saved[k] != plan[k])
+        trainer.log(f"lr schedule re-planned for {trainer.epochs} epochs: "
+                    f"{type(self.scheduler).__name__} {change}; epoch "
+                    f"{trainer.state.epoch + 1} trains at lr {self.scheduler.get_last_lr():.6g} "
+                    f"(the old plan had {old_lr:.6g})")
 
 
 def _new_history():
@@ -85,10 +128,12 @@ class Evaluation(Extension):
         self.history = _new_history()
 
     def monitor_for(self, wanted: str) -> str:
-        """``wanted`` if its split is evaluated, else the nearest that is (val -> test -> train)."""
-        if wanted.split("_")[0] in self.sets:
-            return wanted
-        return wanted.replace("val", "test") if "test" in self.sets else "train_acc"
+        """``wanted`` if its split is evaluated, else the training split's metric of the same
+        kind. Never the test split: it is reported, and never used to choose anything."""
+        split, kind = wanted.split("_", 1)
+        if split == "test":
+            raise ValueError(f"cannot monitor {wanted}: the test split is never used to choose")
+        return wanted if split in self.sets else f"train_{kind}"
 
     def on_step_end(self, trainer):
         st = trainer.state
@@ -176,12 +221,27 @@ class EarlyStopping(Extension):
 class Checkpoint(Extension):
     """Writes ``out_dir/checkpoint.npz`` atomically after every evaluation and on Ctrl-C
     (model, optimizer, train state, and every named extension's state); with ``resume``,
-    restores all of them when the run starts."""
+    restores all of them when the run starts, then emits ``resume``.
+
+    A write that fails (a full disk, permissions, a read-only file system) raises
+    :class:`~gpunn.errors.RunWriteError` naming the file; the previous checkpoint is untouched
+    (the write goes to a temporary file renamed over it). :meth:`note` says what is on disk.
+    """
     name = "checkpoint"
 
     def __init__(self, out_dir, resume: bool = False):
         self.path = os.path.join(out_dir, CHECKPOINT) if out_dir else None
         self.resume = resume
+        self.saved = None                   # (step, epoch) of the checkpoint now on disk
+
+    def note(self) -> str:
+        if not self.path:
+            return "no checkpoint is written by this run"
+        if self.saved is None:
+            return "no checkpoint had been written yet"
+        step, epoch = self.saved
+        return (f"the last checkpoint, {self.path} (step {step}, epoch {epoch:.2f}), is intact "
+                f"and loadable")
 
     def on_start(self, trainer):
         if not self.resume:
@@ -196,8 +256,10 @@ class Checkpoint(Extension):
             if getattr(ext, "name", "") in ck["extensions"]:
                 ext.load_state_dict(ck["extensions"][ext.name])
         st = trainer.state
+        self.saved = (st.step, st.samples / max(len(trainer.loader.x), 1))
         trainer.log(f"resuming from {self.path}: epoch {st.epoch + 1}, batch {st.batch}, "
                     f"{st.samples} samples seen")
+        trainer.emit("resume")
 
     def save(self, trainer):
         if not self.path:
@@ -205,8 +267,14 @@ class Checkpoint(Extension):
         trainer.state.seconds = trainer.elapsed()
         states = {e.name: e.state_dict() for e in trainer.extensions
                   if getattr(e, "name", "") and hasattr(e, "state_dict")}
-        save_checkpoint(self.path, trainer.step.model.state_dict(), trainer.state.to_dict(),
-                        trainer.step.optimizer.state_dict(), states)
+        try:
+            save_checkpoint(self.path, trainer.step.model.state_dict(), trainer.state.to_dict(),
+                            trainer.step.optimizer.state_dict(), states)
+        except OSError as e:
+            intact = self.note().replace("the last checkpoint", "the previous checkpoint")
+            raise write_error(e, self.path, intact) from e
+        st = trainer.state
+        self.saved = (st.step, st.samples / max(len(trainer.loader.x), 1))
 
     def on_evaluate(self, trainer, row):
         self.save(trainer)
@@ -218,6 +286,255 @@ class Checkpoint(Extension):
 
     def state_dict(self):
         return {}
+
+
+class BestWeights(Extension):
+    """Keeps the best weights seen in ``out_dir/best.npz`` (as ``Sequential.save`` writes them),
+    judged by the early-stopping extension's monitor, a validation metric: written at each
+    evaluation that improves on the best, atomically, after the non-finite guard checked it."""
+    name = "best_weights"
+
+    def __init__(self, out_dir):
+        self.path = os.path.join(out_dir, BEST)
+        self.saved_samples = None
+
+    def on_evaluate(self, trainer, row):
+        stopping = trainer.extension("early_stopping")
+        if stopping is None:
+            raise RuntimeError("BestWeights needs the early_stopping extension (it judges)")
+        if stopping.best_samples == row["samples"] and self.saved_samples != row["samples"]:
+            try:
+                trainer.step.model.save(self.path)
+            except OSError as e:
+                raise write_error(e, self.path, "the previous best.npz is intact; " +
+                                  trainer.checkpoint_note()) from e
+            self.saved_samples = row["samples"]
+
+    def state_dict(self):
+        return {"saved_samples": self.saved_samples}
+
+    def load_state_dict(self, state):
+        self.saved_samples = state.get("saved_samples")
+
+
+class RunLock(Extension):
+    """Holds ``out_dir/.gpunn.lock`` while a run writes its directory, so a second writer is
+    refused (:class:`~gpunn.errors.RunLockedError`, naming the holder's pid and host).
+
+    The lock is an ``flock`` on the file, which the kernel drops when its process dies however
+    it dies: a lock left by a killed run is stale, detected (the file still names the dead
+    process) and taken over, with a note in :attr:`stale`. The file holds the holder's pid,
+    host, start time and command line. Re-entrant: :meth:`acquire` by the holder nests, and
+    the lock goes at the matching :meth:`release` (``on_start`` / ``on_close`` do that pair,
+    so a lock taken before the run by its owner is kept through it).
+    """
+    name = ""
+
+    def __init__(self, out_dir):
+        self.dir = os.fspath(out_dir)
+        self.path = os.path.join(self.dir, LOCK)
+        self._fd = None
+        self._depth = 0
+        self.stale = None                   # what a stale lock's file said, when one was taken
+
+    @staticmethod
+    def _describe(info: dict) -> str:
+        if not info:
+            return "a process that left no details"
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("started", 0)))
+        return f"pid {info.get('pid')} on {info.get('host')}, since {since}"
+
+    @staticmethod
+    def _read(fd) -> dict:
+        os.lseek(fd, 0, os.SEEK_SET)
+        raw = os.read(fd, 65536)
+        try:
+            return json.loads(raw.decode()) if raw.strip() else {}
+        except (ValueError, UnicodeDecodeError):
+            return {"pid": "?", "host": "?"}
+
+    def acquire(self) -> "RunLock":
+        if self._fd is not None:
+            self._depth += 1
+            return self
+        import fcntl
+        os.makedirs(self.dir, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                held = e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+                info = self._read(fd) if held else {}
+                os.close(fd)
+                if held:
+                    raise RunLockedError(
+                        f"{self.dir} is being written by another gpunn process "
+                        f"({self._describe(info)}); wait for it to end or stop it, or use "
+                        f"another --out") from None
+                raise
+            # the holder before us may have removed the file between our open and our lock:
+            # then we hold a lock on a file nobody else sees, and must start again
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        info = self._read(fd)
+        if info:
+            self.stale = info
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+              "argv": sys.argv}
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, (json.dumps(me) + "\n").encode())
+        self._fd, self._depth = fd, 1
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        self._depth -= 1
+        if self._depth > 0:
+            return
+        try:
+            os.unlink(self.path)            # while still locked: a waiter re-checks the inode
+        except FileNotFoundError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def on_start(self, trainer):
+        self.acquire()
+        if self.stale and self._depth == 1:
+            trainer.log(f"note: took over a stale lock on {self.dir} left by "
+                        f"{self._describe(self.stale)}, which is no longer running")
+
+    def on_close(self, trainer):
+        self.release()
+
+
+class NonFiniteGuard(Extension):
+    """Stops training when the loss or a gradient is NaN or infinite, with
+    :class:`~gpunn.errors.NonFiniteError` naming the step, the loss, the first parameter the
+    backward pass reached with a non-finite gradient (its layer), and the lr.
+
+    A hook at ``TrainStep.after_backward`` records, on the device and without waiting for it,
+    the first step whose loss or gradients are not finite and where. The host looks at that
+    record every ``every`` steps (1 on the CPU, where it costs nothing; 50 on a GPU, where
+    looking waits for the device), and always before an evaluation row is judged or saved, on
+    Ctrl-C and at the end: so no checkpoint or best.npz ever holds non-finite weights, and the
+    last checkpoint stays loadable.
+    """
+    name = ""
+
+    def __init__(self, every: int | None = None):
+        self.every = every
+        self.trainer = None
+        self._state = None
+
+    def on_start(self, trainer):
+        self.trainer = trainer
+        model = trainer.step.model
+        named = model.named_parameters()
+        params = [p for _, p in named]
+        names = {id(p): n for n, p in named}
+        flats = buffers_of(params)
+        if flats:                           # one gradient buffer per (device, dtype)
+            self.groups = [(f.grads, [(off, p.size, names[id(p)], p)
+                                      for p, off in zip(f.params, f.offsets)]) for f in flats]
+        else:
+            self.groups = [(p.grad, [(0, p.size, names[id(p)], p)]) for p in params]
+        xp = get_array_module(self.groups[0][0]) if self.groups else np
+        if self.every is None:
+            self.every = 1 if xp is np else 50
+        self._xp = xp
+        self._state = None
+        trainer.step.after_backward.append(self._record)
+
+    def _record(self, step):
+        xp = self._xp
+        if self._state is None:             # first step of this process: one small upload
+            self._state = {"count": xp.asarray(self.trainer.state.step, dtype=np.int64),
+                           "step": xp.asarray(-1, dtype=np.int64),
+                           "loss": xp.zeros((), dtype=np.float64),
+                           "pos": [xp.asarray(-1, dtype=np.int64) for _ in self.groups]}
+        s = self._state
+        s["count"] += 1
+        first = s["step"] < 0
+        loss = xp.asarray(step.loss, dtype=np.float64)
+        bad = ~xp.isfinite(loss)
+        positions = []
+        for grads, _ in self.groups:
+            ok_rev = xp.isfinite(grads[::-1])     # reversed: backward order, last layer first
+            j = ok_rev.argmin()
+            hit = ~ok_rev[j]
+            bad = bad | hit
+            positions.append(xp.where(hit, grads.size - 1 - j, -1))
+        newly = first & bad
+        s["step"] = xp.where(newly, s["count"], s["step"])
+        s["loss"] = xp.where(newly, loss, s["loss"])
+        s["pos"] = [xp.where(newly, p, old) for p, old in zip(positions, s["pos"])]
+
+    def check(self, trainer) -> None:
+        """Raise NonFiniteError if a step so far had a non-finite loss or gradient."""
+        if self._state is None:
+            return
+        step = int(self._state["step"])
+        if step < 0:
+            return
+        spe = max(trainer.steps_per_epoch, 1)
+        epoch, batch = (step - 1) // spe + 1, (step - 1) % spe + 1
+        loss = float(self._state["loss"])
+        where = f"at step {step} (epoch {epoch}, batch {batch} of {spe})"
+        what = f"the loss is {loss}" if not np.isfinite(loss) else f"the loss is finite ({loss:.4g})"
+        culprit = "every gradient is finite"
+        for (grads, members), pos in reversed(list(zip(self.groups, self._state["pos"]))):
+            pos = int(pos)
+            if pos < 0:
+                continue
+            for off, size, pname, p in reversed(members):
+                if off <= pos < off + size:
+                    layer = getattr(p, "_layer", None)
+                    lname = pname.rsplit(".", 1)[0] if "." in pname else ""
+                    desc = f"layer {lname} {layer!r}" if layer is not None else "a parameter"
+                    culprit = (f"the first non-finite gradient the backward pass reached is "
+                               f"{pname!r}, of {desc}")
+                    break
+            break
+        lr = float(trainer.step.optimizer.lr)
+        raise NonFiniteError(
+            f"non-finite values {where}: {what}; {culprit}. Training stopped; "
+            f"{trainer.checkpoint_note()}. Try a smaller learning rate (now {lr:g})")
+
+    def on_step_end(self, trainer):
+        if trainer.state.step % self.every == 0:
+            self.check(trainer)
+
+    def on_evaluate(self, trainer, row):
+        self.check(trainer)
+
+    def on_interrupt(self, trainer):
+        self.check(trainer)
+
+    def on_finish(self, trainer):
+        self.check(trainer)
+
+    def on_close(self, trainer):
+        if self._record in trainer.step.after_backward:
+            trainer.step.after_backward.remove(self._record)
 
 
 class EvalLog(Extension):
@@ -233,18 +550,26 @@ class EvalLog(Extension):
                     " ".join(parts))
 
 
+def _clock(seconds) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
 class ProgressBar(Extension):
     """A one-line progress bar on stderr (a terminal), redrawn at most 5 times a second:
-    epoch, batches, samples/s, the epoch's running loss and accuracy, and the time left.
+    epoch, batches, samples/s, the epoch's running loss and accuracy, and the time left in
+    the epoch and in the run (at this epoch's step rate; evaluations add a little). Other
+    output (the evaluation lines) ends the bar's line first and so starts on its own.
 
     Reading the running loss syncs the device, so it is read every ``every`` steps only.
     """
     name = "progress"
 
-    def __init__(self, enabled: bool = True, stream=None, every: int = 20, width: int = 24):
+    def __init__(self, enabled: bool = True, stream=None, every: int = 20, width: int = 24,
+                 interval: float = 0.2):
         self.stream = stream or sys.stderr
         self.enabled = enabled
-        self.every, self.width = every, width
+        self.every, self.width, self.interval = every, width, interval
         self._shown = False
         self._t0 = self._n0 = self._b0 = None
         self._metrics = None
@@ -266,7 +591,7 @@ class ProgressBar(Extension):
         if st.step % self.every == 0 or st.batch == trainer.steps_per_epoch:
             self._metrics = trainer.step.metrics()
         now = time.perf_counter()
-        if now - self._last >= 0.2 or st.batch == trainer.steps_per_epoch:
+        if now - self._last >= self.interval or st.batch == trainer.steps_per_epoch:
             self._last = now
             self._draw(trainer, now)
 
@@ -281,7 +606,12 @@ class ProgressBar(Extension):
                 f"[{'#' * fill}{'.' * (self.width - fill)}] {done}/{total}  {rate:,.0f} samples/s")
         if self._metrics is not None:
             line += f"  loss {self._metrics[0]:.4f}  acc {self._metrics[1]:.4f}"
-        line += f"  ETA {int(left) // 60}:{int(left) % 60:02d}"
+        line += f"  ETA {_clock(left)}"
+        run_total = trainer.epochs * total
+        if trainer.max_steps:
+            run_total = min(run_total, trainer.max_steps)
+        if run_total > total and steps_rate > 0:
+            line += f" (run {_clock((run_total - st.step) / steps_rate)})"
         if self.stream.isatty():
             self.stream.write("\r" + line + "\033[K")
             self._shown = True
@@ -304,4 +634,7 @@ class ProgressBar(Extension):
         self.clear()
 
     def on_finish(self, trainer):
+        self.clear()
+
+    def on_close(self, trainer):          # also after a fault: its message starts a new line
         self.clear()

@@ -8,19 +8,30 @@ order they were given:
     start                     after construction (a checkpoint extension resumes here)
     step_end                  after every step
     epoch_end                 after the last step of an epoch, the counters already advanced
+    resume                    emitted by the checkpoint extension once a resume restored
+                              every extension's state (the schedule says how it re-planned)
     evaluate(row)             emitted by the evaluation extension with each history row
     interrupt                 Ctrl-C: the step in flight finished; KeyboardInterrupt follows
     finish                    the loop is over (all epochs, early stop or max_steps)
+    close                     always last, also when the run failed (locks are released here)
 
 Everything else — evaluation, checkpoints, early stopping and best weights, the LR schedule,
-the progress bar — is an extension (gpunn/train/extensions.py) with its own state in the
-checkpoint, so a run stopped anywhere resumes exactly: the batch order is a function of
-(seed, epoch), dropout masks of (seed, step), and every piece of state is saved.
+the progress bar, the run lock, the non-finite guard — is an extension
+(gpunn/train/extensions.py) with its own state in the checkpoint, so a run stopped anywhere
+resumes exactly: the batch order is a function of (seed, epoch), dropout masks of (seed,
+step), and every piece of state is saved.
+
+A fault stops the run with a :class:`gpunn.errors.RunError` whose message says what happened
+and whether the last checkpoint is intact (it is: a checkpoint is only written after a check
+that the weights are finite, and atomically): non-finite values (:class:`NonFiniteError`, from
+the guard), an allocation that failed on the GPU or the host (:class:`OutOfMemoryError`, from
+the loop), a failed write (:class:`RunWriteError`, from the checkpoint).
 
 :func:`fit` puts the usual run together.
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -29,6 +40,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from ..backend import get_array_module, resolve_device, to_numpy
+from ..errors import OutOfMemoryError
 from .step import TrainStep
 
 __all__ = ["TrainConfig", "TrainState", "TrainResult", "Trainer", "fit", "evaluate"]
@@ -43,10 +55,13 @@ class TrainConfig:
     eval_batch_size: int = 1000
     seed: int = 0
     patience: int | None = None      # evaluations without improvement before stopping
-    monitor: str = "val_acc"         # "val_acc" | "val_loss" (| "test_*" when no validation)
+    monitor: str = "val_acc"         # "val_acc" | "val_loss" ("train_*" when no validation);
+    #                                  never the test split: it is for reporting, not choosing
     restore_best: bool = True        # with patience: end with the best weights seen
     progress: bool = True
     max_steps: int | None = None     # stop after this many optimizer steps (tests, smoke runs)
+    save_best: bool = False          # with out_dir: keep the best weights in out_dir/best.npz
+    check_finite: bool = True        # stop on a NaN/inf loss or gradient (NonFiniteGuard)
 
 
 @dataclass
@@ -142,7 +157,22 @@ class Trainer:
         """Training seconds so far, including the time before a resume."""
         return time.perf_counter() - self.t_start
 
+    def checkpoint_note(self) -> str:
+        """What a fault leaves on disk: the last checkpoint, intact, or that none was written."""
+        ck = self.extension("checkpoint")
+        return ck.note() if ck is not None else "no checkpoint is written by this run"
+
     def run(self) -> None:
+        try:
+            self._run()
+        except MemoryError as e:
+            if isinstance(e, OutOfMemoryError):
+                raise
+            raise OutOfMemoryError(out_of_memory_message(self, e)) from e
+        finally:
+            self.emit("close")
+
+    def _run(self) -> None:
         self.emit("start")                 # may restore self.state (resume)
         st = self.state
         self.t_start = time.perf_counter() - st.seconds
@@ -181,6 +211,53 @@ class Trainer:
 
     def _out_of_steps(self) -> bool:
         return bool(self.max_steps) and self.state.step >= self.max_steps
+
+
+# -- faults -------------------------------------------------------------------------------------
+def _gib(n) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def memory_info(device) -> tuple:
+    """(free bytes, total bytes, note) of ``device`` (a GPU, or the host's RAM); None where
+    unknown. On a GPU the note names the bytes CuPy's pool holds and its limit, if set."""
+    if getattr(device, "is_cuda", False):
+        try:
+            import cupy
+            with cupy.cuda.Device(device.index):
+                free, total = cupy.cuda.runtime.memGetInfo()
+                pool = cupy.get_default_memory_pool()
+                note = f"CuPy's pool holds {_gib(pool.total_bytes())}"
+                if pool.get_limit():
+                    note += f", its limit is {_gib(pool.get_limit())}"
+            return int(free), int(total), note
+        except Exception:
+            return None, None, ""
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_AVPHYS_PAGES") * page, os.sysconf("SC_PHYS_PAGES") * page, ""
+    except (ValueError, OSError, AttributeError):
+        return None, None, ""
+
+
+def out_of_memory_message(trainer, e) -> str:
+    """One line for an allocation that failed inside the loop: where, the batch size, the bytes
+    asked for (CuPy's and NumPy's errors carry them) and free, what to try, what is intact."""
+    device = getattr(trainer.loader, "device", None)
+    on_gpu = getattr(device, "is_cuda", False) or type(e).__module__.startswith("cupy")
+    asked = getattr(e, "_size", None) or getattr(e, "_total_size", None)
+    free, total, note = memory_info(device)
+    st, bs = trainer.state, getattr(trainer.loader, "batch_size", 0)
+    what = f"out of {'GPU' if on_gpu else 'host'} memory on {device}"
+    parts = [f"{what} at step {st.step + 1} (epoch {st.epoch + 1}, batch size {bs})"]
+    if asked:
+        parts.append(f"asked for {_gib(asked)}")
+    if free is not None:
+        parts.append(f"{_gib(free)} free of {_gib(total)}" + (f" ({note})" if note else ""))
+    smaller = max(1, bs // 2)
+    hint = (f"try a smaller --batch-size (e.g. {smaller}) or a smaller model"
+            + (", or free the GPU from other processes (nvidia-smi)" if on_gpu else ""))
+    return f"{'; '.join(parts)}. {hint.capitalize()}; {trainer.checkpoint_note()}"
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -224,6 +301,12 @@ def fit(model, loss_fn, optimizer, data, config: TrainConfig, *, out_dir=None, d
     if cfg.batch_size <= 0 or cfg.epochs <= 0:
         raise ValueError(f"fit: epochs and batch_size must be positive, got {cfg.epochs}, "
                          f"{cfg.batch_size}")
+    if not cfg.monitor.startswith(("val_", "train_")) or \
+            not cfg.monitor.endswith(("_acc", "_loss")):
+        raise ValueError(f"fit: monitor must be val_acc, val_loss, train_acc or train_loss, got "
+                         f"{cfg.monitor!r} (the test split is for reporting, never for choosing)")
+    if cfg.save_best and not out_dir:
+        raise ValueError("fit: save_best needs an out_dir to write best.npz into")
     if len(data.x_train) == 0:
         raise ValueError("fit: the training set is empty")
     loader = DataLoader(data.x_train, data.y_train, batch_size=cfg.batch_size, shuffle=True,
@@ -231,15 +314,27 @@ def fit(model, loss_fn, optimizer, data, config: TrainConfig, *, out_dir=None, d
     evaluation = ext.Evaluation(data, loss_fn, dev, every=cfg.eval_every,
                                 train_fraction=cfg.train_eval_fraction,
                                 batch_size=cfg.eval_batch_size, seed=cfg.seed)
-    stopping = ext.EarlyStopping(evaluation.monitor_for(cfg.monitor), patience=cfg.patience,
-                                 restore_best=cfg.restore_best)
-    exts = [ext.ProgressBar(enabled=cfg.progress),
-            ext.LRSchedule(scheduler) if scheduler is not None else None, evaluation, stopping,
+    monitor = evaluation.monitor_for(cfg.monitor)
+    stopping = ext.EarlyStopping(monitor, patience=cfg.patience, restore_best=cfg.restore_best)
+    # a run lock or progress bar given in ``extensions`` takes the standard one's place
+    given = [e for e in extensions if isinstance(e, (ext.RunLock, ext.ProgressBar))]
+    locks = [e for e in given if isinstance(e, ext.RunLock)]
+    if out_dir and not locks:
+        locks = [ext.RunLock(out_dir)]
+    bars = [e for e in given if isinstance(e, ext.ProgressBar)] or [
+        ext.ProgressBar(enabled=cfg.progress)]
+    exts = [*locks, *bars,
+            ext.LRSchedule(scheduler) if scheduler is not None else None, evaluation,
+            ext.NonFiniteGuard() if cfg.check_finite else None, stopping,
+            ext.BestWeights(out_dir) if cfg.save_best else None,
             ext.Checkpoint(out_dir, resume=resume) if out_dir or resume else None,
-            ext.EvalLog(), *extensions]
+            ext.EvalLog(), *[e for e in extensions if not any(e is g for g in given)]]
     trainer = Trainer(TrainStep(model, loss_fn, optimizer), loader, cfg.epochs,
                       extensions=[e for e in exts if e is not None], max_steps=cfg.max_steps,
                       log=log)
+    if monitor != cfg.monitor:
+        trainer.log(f"no validation split: the best weights are judged on {monitor} "
+                    f"(the test split is never used to choose)")
     trainer.run()
     return TrainResult(history=evaluation.history, best=stopping.best(),
                        stopped_early=trainer.stopped_early, seconds=trainer.elapsed(),

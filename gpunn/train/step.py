@@ -19,14 +19,15 @@ class TrainStep:
     """``step(xb, yb)``: one optimisation step on a batch already on the model's device.
 
     xb: (N, ...) inputs, yb: (N,) integer labels. ``after_backward`` holds callables
-    ``hook(step)`` run between backward and the update (gradients are in the model's grads:
-    the place for an all-reduce or a non-finite check).
+    ``hook(step)`` run between backward and the update (gradients are in the model's grads,
+    the batch's loss, a device scalar, in ``step.loss``: the place for an all-reduce or a
+    non-finite check).
     """
 
     def __init__(self, model, loss_fn, optimizer):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.after_backward: list = []
-        self.loss_sum = self.correct = None
+        self.loss_sum = self.correct = self.loss = None
         self.seen = 0
 
     def reset_metrics(self, xp=np) -> None:
@@ -37,7 +38,7 @@ class TrainStep:
 
     def __call__(self, xb, yb):
         logits = self.model.forward(xb, train=True)
-        loss = self.loss_fn.forward(logits, yb)
+        loss = self.loss = self.loss_fn.forward(logits, yb)
         self.model.backward(self.loss_fn.backward())
         for hook in self.after_backward:
             hook(self)
