@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 from . import gradcheck
 from .backend import Device, DeviceError, resolve_device, to_device, to_numpy
-from .data import DataLoader, Dataset, load_dataset
+from .data import DataLoader, Dataset, RandomAugment, load_dataset
 from .gradcheck import check_layer, check_model
 from .init import he_normal, he_uniform, xavier_normal, xavier_uniform, zeros
 from . import layers
@@ -26,17 +26,18 @@ from .optim import (SGD, Adam, CosineAnnealingLR, ExponentialLR, LRScheduler, Op
 from .parameter import Parameter
 from .train import TrainConfig, Trainer, TrainStep, evaluate, fit
 from .zoo import build_model
+from .runs import load_model
 
 __all__ = [
     "__version__",
     # layers and models
-    *layers.__all__, "Sequential", "Parameter", "build_model",
+    *layers.__all__, "Sequential", "Parameter", "build_model", "load_model",
     # losses
     "Loss", "CrossEntropyLoss", "MSELoss", "SoftmaxCrossEntropy", "l2_penalty",
     # optimizers and schedules
     "Optimizer", "SGD", "Adam", "LRScheduler", "StepLR", "ExponentialLR", "CosineAnnealingLR",
     # data and training
-    "Dataset", "load_dataset", "DataLoader", "fit", "evaluate", "TrainConfig", "Trainer",
+    "Dataset", "load_dataset", "DataLoader", "RandomAugment", "fit", "evaluate", "TrainConfig", "Trainer",
     "TrainStep",
     # checks, devices, initialisers
     "gradcheck", "check_layer", "check_model", "Device", "DeviceError", "resolve_device",

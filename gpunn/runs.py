@@ -11,7 +11,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -46,6 +46,13 @@ class RunConfig:
     patience: int | None = None
     max_steps: int | None = None
     progress: bool = True
+    augment_crop: int = 0            # images: random crop after zero padding by this many pixels
+    augment_flip: bool = False       # images: random horizontal flip
+    # Recorded by the run, never set (no train option): where a file-defined model came from
+    # (gpunn/specs.py) and the data's input shape, classes and scaling, so eval, predict,
+    # export and load_model rebuild the model without the data set.
+    model_source: dict | None = field(default=None, metadata={"recorded": True})
+    data_info: dict | None = field(default=None, metadata={"recorded": True})
     tensorboard: bool = False        # also write TensorBoard event files (tensorboardX extra)
 
     def __post_init__(self):
@@ -93,15 +100,25 @@ def _write_json(path, obj) -> None:
 
 
 def data_and_model(cfg: RunConfig):
-    """The data set and the (host) zoo model a config names; the model is checked against the
-    data's input shape before anything trains."""
+    """The data set and the (host) model a config names (a zoo name, a .py or a .toml file:
+    gpunn/specs.py); the model is checked against the data's input shape before anything
+    trains. A new config records here the model's source and the data's shape, classes and
+    scaling (``model_source``, ``data_info``); a saved one is rebuilt from those records."""
     from .data import load_dataset
-    from .zoo import build_model
+    from .data.registry import absolute_dataset
+    from .specs import build_from_source, model_source
 
+    cfg.dataset = absolute_dataset(cfg.dataset)     # own data: config.json works from anywhere
+    if cfg.model_source is None:
+        cfg.model_source = model_source(cfg.model, cfg.dropout)  # None: zoo
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, seed=cfg.seed,
                         dtype=np.dtype(cfg.dtype), standardize=cfg.standardize)
-    model = build_model(cfg.model, data.input_shape, data.num_classes, seed=cfg.seed,
-                        dtype=np.dtype(cfg.dtype), dropout=cfg.dropout)
+    model = build_from_source(cfg.model, cfg.model_source, data.input_shape, data.num_classes,
+                              seed=cfg.seed, dtype=np.dtype(cfg.dtype), dropout=cfg.dropout)
+    if cfg.data_info is None:
+        cfg.data_info = {"input_shape": list(data.input_shape),
+                         "class_names": list(data.class_names), "mean": data.mean,
+                         "std": data.std, "pixel_scale": data.pixel_scale}
     return data, model
 
 
@@ -135,7 +152,7 @@ def run_training(cfg: RunConfig, out: str, *, resume: bool = False, log=None) ->
         cfg.save(os.path.join(out, "config.json"))
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, eval_every=cfg.eval_every,
                        seed=cfg.seed, patience=cfg.patience, progress=cfg.progress,
-                       max_steps=cfg.max_steps)
+                       max_steps=cfg.max_steps, augment=_augment(cfg))
     result = fit(model, loss, opt, data, tcfg, out_dir=out, device=dev, scheduler=sched,
                  resume=resume, log=log, extensions=logs)
     model.save(os.path.join(out, "weights.npz"))
@@ -157,6 +174,41 @@ def evaluate_run(run_dir, *, device="auto", data_dir=None, plots=True) -> dict:
     if plots:
         _test_plots(run_dir, model, data, ev)
     return {"json": ev["json"], "text": ev["text"]}
+
+
+def _augment(cfg):
+    from .data.augment import RandomAugment
+    return RandomAugment(cfg.augment_crop, cfg.augment_flip) or None
+
+
+def load_model(run_dir, *, device="cpu", weights: str = "weights.npz"):
+    """A run's trained model with its weights loaded, in evaluation mode on ``device``: a zoo
+    model, or one defined by a .py file (re-imported after checking its recorded SHA-256) or a
+    TOML spec (rebuilt from the text in config.json). Ready for ``model(x)`` /
+    ``forward(x, train=False)`` on inputs prepared as the run's were (see gpunn.predict).
+
+    The model also carries ``class_names`` and ``input_shape`` (per sample, C, H, W). Runs
+    older than these records load their data set once to learn them.
+    """
+    from .specs import build_from_source
+
+    cfg_path = os.path.join(run_dir, "config.json")
+    cfg = RunConfig.load(cfg_path)
+    wpath = os.path.join(run_dir, weights)
+    if not os.path.exists(wpath):
+        raise FileNotFoundError(f"{wpath} not found: the run has not finished (resume it with "
+                                f"gpunn train --resume {run_dir})")
+    if cfg.data_info is None:
+        data, model = data_and_model(cfg)
+    else:
+        info = cfg.data_info
+        model = build_from_source(cfg.model, cfg.model_source, info["input_shape"],
+                                  len(info["class_names"]), seed=cfg.seed,
+                                  dtype=np.dtype(cfg.dtype), dropout=cfg.dropout, where=cfg_path)
+    model.load(wpath)
+    model.class_names = tuple(cfg.data_info["class_names"])
+    model.input_shape = tuple(cfg.data_info["input_shape"])
+    return model.to(resolve_device(device)).eval()
 
 
 def _test_metrics(model, data, loss, dev):

@@ -108,6 +108,11 @@ MODELS = {
 }
 
 
+# The input a model is meant for where it is not Fashion-MNIST's (1, 28, 28) (every model adapts
+# to the data it is trained on); ``gpunn models`` shows it and counts the parameters there.
+INPUT_SHAPES = {"vgg-cifar": (3, 32, 32), "resnet20": (3, 32, 32)}
+
+
 def build_model(name: str, input_shape=(1, 28, 28), num_classes: int = 10, *, seed: int = 0,
                 dtype=np.float32, dropout: float | None = None) -> Sequential:
     """Build a zoo model and check it fits ``input_shape`` before any training.

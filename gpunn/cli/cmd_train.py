@@ -14,9 +14,13 @@ from .app import DEFAULTS, OPTIMIZERS, echo_err, main
 def _train_options(f):
     opts = [
         click.option("--model", "model_name", default=DEFAULTS["model"], show_default=True,
-                     help="Zoo model: model1, model2, model3, model4, mlp1000, cnn-bn, lenet5x5, resnet-small."),
+                     help="A zoo model (gpunn models lists them), a Python file FILE.py[:FUNCTION] whose "
+                          "build(input_shape, num_classes, rng, dtype) returns a Sequential, or a TOML "
+                          "layer spec FILE.toml (see README: own models)."),
         click.option("--dataset", default=DEFAULTS["dataset"], show_default=True,
-                     help="fashion-mnist, mnist, kmnist, cifar10 or synthetic."),
+                     help="fashion-mnist, mnist, kmnist, cifar10, synthetic, or your own: npz:FILE.npz "
+                          "(x_train, y_train, x_test, y_test[, class_names]), idx:DIR (four IDX files), "
+                          "folder:DIR (DIR/train/<class>/*.png, DIR/test/<class>/*.png)."),
         click.option("--data-dir", type=click.Path(file_okay=False), default=DEFAULTS["data_dir"],
                      help="Folder holding the data set's files (else the usual places)."),
         click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS["epochs"], show_default=True),
@@ -39,6 +43,11 @@ def _train_options(f):
                      help="Validation samples taken from the training set (a fraction if < 1)."),
         click.option("--standardize/--no-standardize", default=DEFAULTS["standardize"], show_default=True,
                      help="Standardise images with the training split's mean and std (else [0, 1])."),
+        click.option("--augment-crop", type=click.IntRange(min=0), default=DEFAULTS["augment_crop"],
+                     show_default=True, metavar="PAD",
+                     help="Images: random crop after zero padding by PAD pixels (on the device; 0: off)."),
+        click.option("--augment-flip/--no-augment-flip", default=DEFAULTS["augment_flip"], show_default=True,
+                     help="Images: random horizontal flip (on the device)."),
         click.option("--patience", type=int, default=DEFAULTS["patience"], help="Early stopping: evaluations without improvement."),
         click.option("--max-steps", type=int, default=DEFAULTS["max_steps"], help="Stop after this many steps (smoke tests)."),
         click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -52,6 +61,20 @@ def _train_options(f):
     for o in reversed(opts):
         f = o(f)
     return f
+
+
+def _label(model, dataset) -> str:
+    """model-dataset for a run directory name, with file paths shortened to their stems."""
+    from ..data.registry import parse_own
+    from ..specs import ModelSpecError, model_label
+
+    try:
+        m = model_label(model)
+    except ModelSpecError:
+        m = "model"                  # the run fails with the real message when it starts
+    own = parse_own(dataset)
+    d = os.path.basename(os.path.normpath(own[1] if own else dataset))
+    return f"{m}-{os.path.splitext(d)[0] or 'data'}"
 
 
 @main.command()
@@ -76,8 +99,8 @@ def train(ctx, resume, **kw):
         out = resume
     else:
         cfg = RunConfig.from_cli(kw)
-        out = kw["out"] or os.path.join(
-            "runs", f"{cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        out = kw["out"] or os.path.join("runs", f"{_label(cfg.model, cfg.dataset)}-"
+                                                f"{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         summary = run_training(cfg, out, resume=bool(resume))
     except KeyboardInterrupt:

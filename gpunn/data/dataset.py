@@ -6,12 +6,13 @@ from the training set by a seeded permutation.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from .readers import DataFormatError, read_cifar10_batch, read_idx, read_npz
-from .registry import get_info, locate_dataset, verify_file
+from .registry import DatasetNotFound, get_info, locate_dataset, parse_own, verify_file
 from .synthetic import make_synthetic
 
 __all__ = ["Dataset", "load_dataset", "split_validation"]
@@ -30,6 +31,7 @@ class Dataset:
     source: str = ""
     mean: float | None = None      # standardisation statistics, when applied
     std: float | None = None
+    pixel_scale: float | None = 255.0   # uint8 pixels were divided by this; None: float as stored
 
     @property
     def input_shape(self) -> tuple:
@@ -46,7 +48,8 @@ def split_validation(x, y, val_size, seed: int = 0):
     n = len(x)
     k = int(round(val_size * n)) if 0 < val_size < 1 else int(val_size)
     if k < 0 or k >= n:
-        raise ValueError(f"val_size must leave training samples: got {val_size} of {n}")
+        raise ValueError(f"val_size must leave training samples: got {val_size} of {n} "
+                         f"(a fraction such as --val-size 0.1 takes a tenth)")
     if k == 0:
         return x, y, None, None
     perm = np.random.default_rng(seed).permutation(n)
@@ -74,17 +77,35 @@ def _read_cifar(paths):
             xte, yte)
 
 
+def _read_own(kind, path):
+    from .folder import read_image_folder
+    from .readers import read_idx_dir, read_npz_split
+
+    reader = {"npz": read_npz_split, "idx": read_idx_dir, "folder": read_image_folder}[kind]
+    if not os.path.exists(path):
+        raise DatasetNotFound(f"data set {kind}:{path}: {path} does not exist")
+    return reader(path)
+
+
 def load_dataset(name: str, *, data_dir=None, val_size: float = 5000, seed: int = 0,
                  standardize: bool = False, dtype=np.float32, verify: bool = True,
                  synthetic_sizes=(6000, 1000), synthetic_channels: int = 1) -> Dataset:
-    """Load a registered data set (see ``gpunn datasets``) or an ``.npz`` file path.
+    """Load a registered data set (see ``gpunn datasets``) or your own.
 
-    ``name`` may also be a path ending in .npz holding x/y or images/labels (a single set,
-    split into train/validation/test by ``val_size`` twice).
+    Your own data: ``"npz:FILE"`` (arrays x_train, y_train, x_test, y_test and optionally
+    class_names), ``"idx:DIR"`` (the four IDX files of an MNIST-format set, class names from
+    DIR/class_names.txt if present), ``"folder:DIR"`` (DIR/train/<class>/*.png and
+    DIR/test/<class>/*.png, gpunn/data/folder.py). A bare path ending in .npz holding x/y or
+    images/labels is a single set, split into train/validation/test by ``val_size`` twice.
+    uint8 pixels are scaled to [0, 1]; float images are used as stored.
     """
     dtype = np.dtype(dtype)
     source = ""
-    if str(name).endswith(".npz"):
+    own = parse_own(name)
+    if own:
+        xtr, ytr, xte, yte, classes = _read_own(*own)
+        source = own[1]
+    elif str(name).endswith(".npz"):
         x, y = read_npz(name)
         xtr, ytr, xte, yte = split_validation(x, y, max(1, len(x) // 6), seed=seed + 1)
         classes = tuple(str(k) for k in range(int(y.max()) + 1))
@@ -106,7 +127,6 @@ def load_dataset(name: str, *, data_dir=None, val_size: float = 5000, seed: int 
                 xtr, ytr, xte, yte = _read_idx_set(name, paths)
             else:
                 xtr, ytr, xte, yte = _read_cifar(paths)
-            import os
             source = os.path.dirname(next(iter(paths.values())))
         for y_, what in ((ytr, "training"), (yte, "test")):
             if len(y_) and (y_.min() < 0 or y_.max() >= len(classes)):
@@ -122,7 +142,7 @@ def load_dataset(name: str, *, data_dir=None, val_size: float = 5000, seed: int 
             out /= dtype.type(255)
         return out
     ds = Dataset(str(name), scale(xtr_), ytr_, scale(xva), yva, scale(xte), yte.astype(np.int64),
-                 tuple(classes), source)
+                 tuple(classes), source, pixel_scale=255.0 if xtr.dtype == np.uint8 else None)
     if standardize:
         ds.mean, ds.std = float(ds.x_train.mean()), float(ds.x_train.std()) or 1.0
         for attr in ("x_train", "x_val", "x_test"):

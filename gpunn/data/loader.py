@@ -2,7 +2,9 @@
 
 The arrays move to the device once; each epoch's order is a permutation drawn on the host
 from (seed, epoch) — a small int array, identical on every device — and moved over, so batches
-are device-side gathers with no host round trip per batch.
+are device-side gathers with no host round trip per batch. Augmentation (``augment=``, a
+:class:`~gpunn.data.augment.RandomAugment`) runs on the device too, drawn from (seed, epoch,
+position), so a resumed epoch sees the same augmented batches.
 """
 from __future__ import annotations
 
@@ -19,11 +21,11 @@ class DataLoader:
     loop over the loader sees a new order (set ``loader.epoch`` to replay one).
     ``batches(epoch, start)`` gives epoch ``epoch``'s batches from batch ``start`` on without
     touching ``loader.epoch`` (the trainer uses it to resume mid-epoch). ``drop_last`` skips a
-    final short batch.
+    final short batch. ``augment``: a RandomAugment applied to every training batch (images).
     """
 
     def __init__(self, x, y, batch_size: int, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False, device="cpu"):
+                 drop_last: bool = False, device="cpu", augment=None):
         if len(x) != len(y):
             raise ValueError(f"DataLoader: x has {len(x)} samples but y has {len(y)}")
         if int(batch_size) <= 0:
@@ -33,6 +35,9 @@ class DataLoader:
         self.y = to_device(y, self.device)
         self.batch_size, self.shuffle, self.seed = int(batch_size), bool(shuffle), int(seed)
         self.drop_last = bool(drop_last)
+        self.augment = augment if augment else None
+        if self.augment is not None:
+            self.augment.check(self.x)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -56,10 +61,14 @@ class DataLoader:
         n, bs = len(self.x), self.batch_size
         if self.shuffle:
             perm = to_device(self.order(epoch).astype(np.int64), self.device)
+        key = self.augment.key(self.seed, epoch) if self.augment is not None else None
         for b in range(start, len(self)):
             lo, hi = b * bs, min(n, (b + 1) * bs)
             if self.shuffle:
                 idx = perm[lo:hi]
-                yield self.x[idx], self.y[idx]
+                xb, yb = self.x[idx], self.y[idx]
             else:
-                yield self.x[lo:hi], self.y[lo:hi]
+                xb, yb = self.x[lo:hi], self.y[lo:hi]
+            if key is not None:
+                xb = self.augment(xb, key, lo)
+            yield xb, yb

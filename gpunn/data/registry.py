@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from .readers import DataFormatError, file_sha256
 
 __all__ = ["DatasetInfo", "DATASETS", "DatasetNotFound", "ChecksumError", "cache_dir",
-           "locate_dataset", "download_dataset", "dataset_status", "verify_file"]
+           "locate_dataset", "download_dataset", "dataset_status", "verify_file", "OWN_KINDS",
+           "parse_own", "absolute_dataset"]
 
 
 class DatasetNotFound(FileNotFoundError):
@@ -81,6 +82,32 @@ DATASETS = {
 }
 
 
+# Your own data: "npz:FILE" (x_train, y_train, x_test, y_test[, class_names]), "idx:DIR" (the
+# four IDX files of an MNIST-format set), "folder:DIR" (DIR/train/<class>/*.png, DIR/test/...).
+OWN_KINDS = ("npz", "idx", "folder")
+
+
+def parse_own(spec: str):
+    """(kind, path) for an own-data spec ("npz:...", "idx:...", "folder:..."), else None."""
+    kind, sep, path = str(spec).partition(":")
+    if sep and kind in OWN_KINDS:
+        if not path:
+            raise ValueError(f"data set {spec!r}: give a path after {kind}:")
+        return kind, path
+    return None
+
+
+def absolute_dataset(spec: str) -> str:
+    """The spec with its path made absolute (a run's config.json then works from anywhere);
+    registered names are returned unchanged."""
+    own = parse_own(spec)
+    if own:
+        return f"{own[0]}:{os.path.abspath(os.path.expanduser(own[1]))}"
+    if str(spec).endswith(".npz"):
+        return os.path.abspath(os.path.expanduser(spec))
+    return spec
+
+
 def cache_dir() -> str:
     """``$GPUNN_DATA``, else ``$XDG_CACHE_HOME/gpunn``, else ``~/.cache/gpunn``."""
     if os.environ.get("GPUNN_DATA"):
@@ -93,7 +120,8 @@ def get_info(name: str) -> DatasetInfo:
     try:
         return DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}") from None
+        raise ValueError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}, "
+                         "or your own: npz:FILE.npz, idx:DIR, folder:DIR") from None
 
 
 def _candidate_dirs(info: DatasetInfo, data_dir=None):

@@ -60,6 +60,7 @@ class TrainConfig:
     restore_best: bool = True        # with patience: end with the best weights seen
     progress: bool = True
     max_steps: int | None = None     # stop after this many optimizer steps (tests, smoke runs)
+    augment: object = None           # a gpunn.data.RandomAugment for the training batches
     save_best: bool = False          # with out_dir: keep the best weights in out_dir/best.npz
     check_finite: bool = True        # stop on a NaN/inf loss or gradient (NonFiniteGuard)
 
@@ -310,7 +311,7 @@ def fit(model, loss_fn, optimizer, data, config: TrainConfig, *, out_dir=None, d
     if len(data.x_train) == 0:
         raise ValueError("fit: the training set is empty")
     loader = DataLoader(data.x_train, data.y_train, batch_size=cfg.batch_size, shuffle=True,
-                        seed=cfg.seed, drop_last=False, device=dev)
+                        seed=cfg.seed, drop_last=False, device=dev, augment=cfg.augment)
     evaluation = ext.Evaluation(data, loss_fn, dev, every=cfg.eval_every,
                                 train_fraction=cfg.train_eval_fraction,
                                 batch_size=cfg.eval_batch_size, seed=cfg.seed)
