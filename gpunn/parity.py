@@ -85,7 +85,8 @@ class Side:
 def layer_cases():
     """(name, factory(dtype), per-sample input shape, uses custom kernels) for every layer type."""
     from .layers import (GELU, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten,
-                         LeakyReLU, Linear, MaxPool2d, ReLU, Residual, Sigmoid, Softmax, Tanh)
+                         LeakyReLU, Linear, MaxPool2d, ReLU, Residual, Sigmoid, Softmax,
+                         SyncBatchNorm, Tanh)
     return [
         ("Linear(20, 7)", lambda dt: Linear(20, 7, rng=0, dtype=dt), (20,), False),
         ("Conv2d(3, 5, 3, pad 1)", lambda dt: Conv2d(3, 5, 3, padding=1, rng=0, dtype=dt), (3, 9, 8), True),
@@ -103,6 +104,8 @@ def layer_cases():
         ("Dropout(0.3)", lambda dt: Dropout(0.3, seed=11), (4, 6, 6), True),
         ("BatchNorm1d(16)", lambda dt: BatchNorm1d(16, dtype=dt), (16,), False),
         ("BatchNorm2d(3)", lambda dt: BatchNorm2d(3, dtype=dt), (3, 5, 5), False),
+        # a world of one here; tests/test_distributed.py checks it over two MPI ranks
+        ("SyncBatchNorm(3)", lambda dt: SyncBatchNorm(3, dtype=dt), (3, 5, 5), False),
         ("Flatten", lambda dt: Flatten(), (2, 3, 4), False),
         ("Residual(Conv, ReLU)", lambda dt: Residual(Conv2d(3, 3, 3, padding="same", rng=1, dtype=dt), ReLU()),
          (3, 6, 6), True),

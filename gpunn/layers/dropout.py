@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..errors import ShapeError
 from ..init import make_rng
 from ..ops.dropout import dropout_forward
+from ..ops.random import rank_seed
 from .base import Layer
 
 
@@ -13,7 +14,10 @@ class Dropout(Layer):
 
     The mask is a pure function of (seed, step, element index); ``step`` counts training
     forwards and is saved in ``state_dict`` (as ``host_state``), so a resumed run draws the
-    same masks as an uninterrupted one, on the CPU or a GPU.
+    same masks as an uninterrupted one, on the CPU or a GPU. ``rank`` (0 by default; set per
+    process by gpunn.distributed) is folded into the seed, so data-parallel replicas drop
+    different units and rank 0 draws the single-process masks; it is not saved (a resumed
+    run may have another number of ranks).
     """
 
     def __init__(self, p: float = 0.5, *, seed: int | None = None, rng=None):
@@ -26,6 +30,7 @@ class Dropout(Layer):
             seed = int(make_rng(rng).integers(0, 2**63 - 1))
         self.host_state["seed"] = int(seed)
         self.host_state["step"] = 0
+        self.rank = 0
         self._mask = None
 
     def forward(self, x, *, train=None):
@@ -33,7 +38,7 @@ class Dropout(Layer):
         if not self._mode(train) or self.p == 0.0:
             self._mask = None
             return x
-        y, self._mask = dropout_forward(x, self.p, self.host_state["seed"],
+        y, self._mask = dropout_forward(x, self.p, rank_seed(self.host_state["seed"], self.rank),
                                         self.host_state["step"])
         self.host_state["step"] += 1
         return y

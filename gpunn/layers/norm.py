@@ -109,3 +109,108 @@ class BatchNorm2d(_BatchNorm):
             raise ShapeError(f"{self!r}: expects per-sample input ({self.num_features}, H, W), "
                              f"got {tuple(in_shape)}")
         return tuple(in_shape)
+
+
+class SyncBatchNorm(_BatchNorm):
+    """Batch norm whose training statistics are those of the *global* batch: all ranks of a
+    data-parallel job together (gpunn.distributed), as if one process saw every sample.
+
+    x: (N, F) or (N, C, H, W) -> same; per-feature (per-channel) statistics. Alone (a world
+    of one) it computes what BatchNorm1d/2d compute. ``comm``: the communicator (default: the
+    world of ``gpunn.distributed.init()``).
+
+    Forward (training): all-reduce [sum x, count] -> global mean; all-reduce
+    sum (x - mean)^2 -> global variance (two passes, as the single-process layer computes
+    it; sums in float64). Backward: each rank's dout is the gradient of its own loss L_r, and
+    the job minimises L = sum_r w_r L_r (w_r = n_r / N for a mean loss: the weight
+    DistributedTrainStep sets in ``grad_weight``; None: n_r / N from the counts). One
+    all-reduce of the two weighted sums S1 = sum_r w_r sum dout and
+    S2 = sum_r w_r sum dout * xhat gives dL/dx; the layer returns it divided by w_r (this
+    rank's units, which the step's gradient weighting expects):
+
+        dx = gamma * inv_std * (dout - S1 / (w_r M) - xhat * S2 / (w_r M))    M: global count
+
+    gamma and beta get this rank's own sums (the step weights and sums them).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *,
+                 dtype=np.float32, comm=None):
+        super().__init__(num_features, eps, momentum, dtype=dtype)
+        self.comm = comm
+        self.grad_weight = None
+
+    def _world(self):
+        if self.comm is not None:
+            return self.comm
+        from ..distributed import world
+        return world()
+
+    def _geometry(self, x):
+        ndim = getattr(x, "ndim", None)
+        self.check_input(x, ndim if ndim in (2, 4) else 4, feature_axis=1,
+                         features=self.num_features)
+        return ((0,), (1, -1)) if x.ndim == 2 else ((0, 2, 3), (1, -1, 1, 1))
+
+    def forward(self, x, *, train=None):
+        axes, bshape = self._geometry(x)
+        xp, T, C = get_array_module(x), x.dtype.type, self.num_features
+        gamma = self.params["gamma"].reshape(bshape)
+        beta = self.params["beta"].reshape(bshape)
+        if not self._mode(train):
+            inv_std = 1 / xp.sqrt(self.buffers["running_var"].reshape(bshape) + T(self.eps))
+            xhat = (x - self.buffers["running_mean"].reshape(bshape)) * inv_std
+            self._cache = (xhat, inv_std, False, None)
+            return gamma * xhat + beta
+        comm = self._world()
+        m_local = x.size // C
+        s = xp.empty(C + 1, dtype=np.float64)
+        s[:C] = x.sum(axis=axes, dtype=np.float64)
+        s[C] = m_local
+        comm.allreduce(s, "sum", name=f"{self!r}: the batch sums")
+        count = s[C]
+        if xp is np and count < 2:
+            raise ShapeError(f"{self!r}: training needs more than one value per feature over "
+                             f"all ranks, got {int(count)} (input shape {tuple(x.shape)} here)")
+        mean = (s[:C] / count).astype(x.dtype).reshape(bshape)
+        xc = x - mean
+        q = (xc * xc).sum(axis=axes, dtype=np.float64)
+        comm.allreduce(q, "sum", name=f"{self!r}: the batch variance")
+        var = (q / count).astype(x.dtype).reshape(bshape)
+        inv_std = 1 / xp.sqrt(var + T(self.eps))
+        xhat = xc * inv_std
+        mom = T(self.momentum)
+        rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+        rm *= 1 - mom
+        rm += mom * mean.reshape(-1)
+        rv *= 1 - mom
+        rv += mom * var.reshape(-1) * (count / (count - 1)).astype(x.dtype)
+        self._cache = (xhat, inv_std, True, (m_local, count))
+        return gamma * xhat + beta
+
+    def backward(self, dout):
+        xhat, inv_std, batch_stats, counts = self._need_cache("_cache")
+        if dout.shape != xhat.shape:
+            raise ShapeError(f"{self!r}: backward expected dout of shape {tuple(xhat.shape)}, "
+                             f"got {tuple(dout.shape)}")
+        axes = (0,) if dout.ndim == 2 else (0, 2, 3)
+        bshape = (1, -1) if dout.ndim == 2 else (1, -1, 1, 1)
+        C, xp = self.num_features, get_array_module(dout)
+        dbeta = dout.sum(axis=axes)
+        dgamma = (dout * xhat).sum(axis=axes)
+        self.store_grad("gamma", dgamma)
+        self.store_grad("beta", dbeta)
+        gamma = self.params["gamma"].reshape(bshape)
+        if not batch_stats:
+            return dout * gamma * inv_std
+        m_local, count = counts
+        w = self.grad_weight
+        if w is None:
+            w = m_local / count                # a device scalar on a GPU: no host sync
+        g = xp.empty(2 * C, dtype=np.float64)
+        g[:C] = dbeta * w
+        g[C:] = dgamma * w
+        self._world().allreduce(g, "sum", name=f"{self!r}: the backward sums")
+        scale = 1 / (w * count)
+        s1 = (g[:C] * scale).astype(dout.dtype).reshape(bshape)
+        s2 = (g[C:] * scale).astype(dout.dtype).reshape(bshape)
+        return (dout - s1 - xhat * s2) * (gamma * inv_std)

@@ -35,6 +35,14 @@ def stream_key(seed: int, step: int) -> int:
     return splitmix64_int((int(seed) & _MASK64) ^ splitmix64_int(int(step) & _MASK64))
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed rank ``rank`` of a data-parallel job draws with: ``seed`` itself on rank 0
+    (so one rank draws what a single process draws), a different stream on every other rank."""
+    if int(rank) == 0:
+        return int(seed)
+    return splitmix64_int((int(seed) & _MASK64) ^ splitmix64_int(0x72616E6B00000000 | int(rank)))
+
+
 def splitmix64(z, xp=np):
     """Vectorised splitmix64 over a uint64 array (wrapping arithmetic)."""
     z = z + xp.uint64(_GOLDEN)

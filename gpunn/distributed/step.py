@@ -1,0 +1,194 @@
+"""The data-parallel training step, and the broadcasts that make every replica start equal.
+
+:class:`DistributedTrainStep` is a :class:`~gpunn.train.step.TrainStep` whose first
+``after_backward`` hook averages the gradients over all ranks, one all-reduce per flat
+gradient buffer (one buffer per (device, dtype): usually exactly one call per step). Every
+rank then applies the same update to the same weights, so the replicas never drift.
+
+The average is the gradient of the *global* batch. With a mean-reduced loss each rank's
+gradient is the mean over its own n_r samples, and the mean over all N = sum(n_r) samples is
+
+    g = sum_r (n_r / N) * g_r
+
+so each rank scales its buffer by n_r / N and the all-reduce sums: a short last batch split
+unevenly (or a rank with no sample at all, which contributes zeros) is weighted exactly. With
+a sum-reduced loss the weight is 1. Batch-norm layers keep per-rank statistics
+(:class:`~gpunn.layers.BatchNorm2d`), as PyTorch DDP does, unless they are
+:class:`~gpunn.layers.SyncBatchNorm`, which the step tells the same weight.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..train.step import TrainStep
+
+__all__ = ["DistributedTrainStep", "broadcast_model", "broadcast_optimizer", "sync_buffers",
+           "set_rank"]
+
+
+def _world(comm):
+    from . import world
+    return world() if comm is None else comm
+
+
+def set_rank(model, rank: int) -> None:
+    """Fold ``rank`` into every Dropout layer's mask stream (rank 0 keeps the single-process
+    masks), so each replica drops different units, reproducibly."""
+    from ..layers.dropout import Dropout
+    for layer in model.walk():
+        if isinstance(layer, Dropout):
+            layer.rank = int(rank)
+
+
+def _sync_bn_layers(model):
+    from ..layers.norm import SyncBatchNorm
+    return [layer for layer in model.walk() if isinstance(layer, SyncBatchNorm)]
+
+
+class DistributedTrainStep(TrainStep):
+    """``step(xb, yb, total=None)``: one data-parallel step on this rank's part of a batch.
+
+    xb: (n_r, ...) this rank's inputs, yb: (n_r,) labels; ``total`` is the global batch
+    (sum of n_r over the ranks). Without ``total`` the step asks ``loader.last_total`` (a
+    :class:`~gpunn.distributed.ShardedLoader` knows it for free), and failing that all-reduces
+    the count (one small collective more). ``samples`` is the global count of the last step.
+    ``weight`` is n_r / total (mean loss) or 1 (sum loss).
+    """
+
+    def __init__(self, model, loss_fn, optimizer, *, comm=None, loader=None):
+        super().__init__(model, loss_fn, optimizer)
+        self.comm = _world(comm)
+        self.loader = loader
+        self.weight = 1.0
+        self.samples = 0
+        self._calls = 0                   # steps by this object (names the collectives)
+        self.after_backward.append(self.average_gradients)
+        set_rank(model, self.comm.rank)
+        self._sync_bn = _sync_bn_layers(model)
+        if self._sync_bn and loader is not None and hasattr(loader, "smallest_shard") \
+                and self.comm.size > 1 and loader.smallest_shard() == 0:
+            raise ValueError(
+                f"DistributedTrainStep: a batch of {loader!r} leaves some rank without a "
+                f"sample, and SyncBatchNorm needs every rank in every forward pass; use "
+                f"drop_last=True or a training set size that leaves a last batch of at least "
+                f"{self.comm.size} samples")
+
+    def grad_buffers(self) -> list:
+        """The arrays the optimizer updates from: its flat gradient buffers."""
+        return [slot.grads for slot in self.optimizer.slots]
+
+    def average_gradients(self, step=None) -> None:
+        """The after_backward hook: scale by ``weight`` and sum over all ranks, per buffer."""
+        if self.comm.size == 1:
+            return
+        name = f"the gradient all-reduce (step {self._calls} of this process)"
+        for g in self.grad_buffers():
+            if self.weight != 1.0:
+                g *= g.dtype.type(self.weight)
+            self.comm.allreduce(g, "sum", name=name)
+
+    def _total(self, n: int) -> int:
+        if self.comm.size == 1:
+            return n
+        last = getattr(self.loader, "last_total", None) if self.loader is not None else None
+        if last is not None:
+            return int(last)
+        return int(self.comm.allreduce(np.array([n], dtype=np.int64), "sum")[0])
+
+    def __call__(self, xb, yb, total: int | None = None):
+        n = len(xb)
+        self._calls += 1
+        total = self._total(n) if total is None else int(total)
+        if total <= 0 or n > total:
+            raise ValueError(f"DistributedTrainStep: this rank has {n} samples of a global "
+                             f"batch of {total}")
+        mean = getattr(self.loss_fn, "reduction", "mean") == "mean"
+        self.weight = n / total if mean else 1.0
+        for bn in self._sync_bn:
+            bn.grad_weight = self.weight
+        if n == 0:
+            loss = self._sit_out()
+        else:
+            loss = super().__call__(xb, yb)
+        self.samples = total
+        return loss
+
+    def _sit_out(self):
+        """A rank without samples this step (a last batch smaller than the world): it adds
+        zeros to the all-reduce and applies the same update as everyone."""
+        from ..backend import get_array_module
+        self.optimizer.zero_grad()
+        g = self.grad_buffers()[0]
+        self.loss = get_array_module(g).zeros((), dtype=g.dtype)   # what hooks may read
+        for hook in self.after_backward:
+            hook(self)
+        self.optimizer.step()
+        return None
+
+    def metrics(self) -> tuple:
+        """(mean loss, accuracy) of *this rank's* samples since ``reset_metrics``."""
+        self.comm.synchronize()
+        return super().metrics()
+
+
+# -- broadcasts from rank 0 -------------------------------------------------------------------
+def _flats_and_loose(model):
+    params = model.parameters()
+    flats = list({id(p.flat): p.flat for p in params if p.flat is not None}.values())
+    return flats, [p for p in params if p.flat is None]
+
+
+def sync_buffers(model, comm=None, root: int = 0) -> None:
+    """Every layer buffer (batch-norm running statistics) from ``root``: the per-rank
+    statistics of plain batch-norm differ between ranks, and rank 0's are the model's (they
+    are what it saves), as PyTorch DDP's broadcast_buffers makes them."""
+    comm = _world(comm)
+    if comm.size == 1:
+        return
+    for layer in model.walk():
+        for k in sorted(layer.buffers):
+            comm.broadcast(layer.buffers[k], root)
+
+
+def broadcast_model(model, comm=None, root: int = 0) -> None:
+    """Parameters (one broadcast per flat buffer), buffers and host state (dropout seeds and
+    counters) from ``root`` to every rank, in place."""
+    comm = _world(comm)
+    if comm.size == 1:
+        return
+    flats, loose = _flats_and_loose(model)
+    shapes = comm.allgather_object([(f.size, str(f.dtype)) for f in flats] +
+                                   [(p.size, str(p.dtype)) for p in loose])
+    if any(s != shapes[0] for s in shapes):
+        bad = next(r for r, s in enumerate(shapes) if s != shapes[0])
+        raise ValueError(f"broadcast_model: rank {bad}'s model has parameters {shapes[bad]}, "
+                         f"rank 0's {shapes[0]} (every rank must build the same model)")
+    for f in flats:
+        comm.broadcast(f.values, root)
+    for p in loose:
+        comm.broadcast(p.data, root)
+    sync_buffers(model, comm, root)
+    layers = list(model.walk())
+    host = comm.broadcast_object([dict(layer.host_state) for layer in layers], root)
+    for layer, state in zip(layers, host):
+        layer.host_state.update(state)
+
+
+def broadcast_optimizer(optimizer, comm=None, root: int = 0) -> None:
+    """Step count, hyper-parameters and state buffers (momentum, Adam's m and v) from
+    ``root``, in place."""
+    comm = _world(comm)
+    if comm.size == 1:
+        return
+    meta = comm.allgather_object((type(optimizer).__name__, sorted(optimizer.state),
+                                  len(optimizer.slots)))
+    if any(m != meta[root] for m in meta):
+        bad = next(r for r, m in enumerate(meta) if m != meta[root])
+        raise ValueError(f"broadcast_optimizer: rank {bad} has {meta[bad]}, rank {root} "
+                         f"{meta[root]} (every rank must build the same optimizer)")
+    t, hyper = comm.broadcast_object((optimizer.t, dict(optimizer.hyper)), root)
+    optimizer.t, optimizer.hyper = int(t), hyper
+    for j in range(len(optimizer.slots)):
+        state = optimizer._state_of(j)        # on the parameters' device, as step() wants
+        for b in sorted(state):
+            comm.broadcast(state[b], root)

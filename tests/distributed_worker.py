@@ -1,0 +1,217 @@
+"""Scenarios for tests/test_distributed.py, run as ``mpiexec -n N python distributed_worker.py
+SCENARIO OUT [ARGS]`` (or as one plain process: the single-process reference).
+
+Each writes what the test compares into the folder OUT, one file per rank. Not collected by
+pytest (no test_ prefix): it is a program the tests launch.
+"""
+import json
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+import gpunn
+import gpunn.distributed as dist
+from gpunn.data import DataLoader
+from gpunn.train import TrainStep
+
+
+def data(n=1025, features=20, classes=5, seed=0, image=False):
+    rng = np.random.default_rng(seed)
+    if image:
+        x = rng.standard_normal((n, 2, 6, 6))
+    else:
+        x = rng.standard_normal((n, features))
+    y = rng.integers(0, classes, n)
+    return x, y
+
+
+def mlp():
+    return gpunn.Sequential(gpunn.Linear(20, 16, rng=1, dtype=np.float64), gpunn.ReLU(),
+                            gpunn.Linear(16, 5, rng=2, dtype=np.float64))
+
+
+def bn_net(sync):
+    bn2, bn1 = (gpunn.SyncBatchNorm, gpunn.SyncBatchNorm) if sync else \
+        (gpunn.BatchNorm2d, gpunn.BatchNorm1d)
+    # no bias before a batch-norm: its gradient is zero, the bias only rounding noise
+    return gpunn.Sequential(
+        gpunn.Conv2d(2, 4, 3, padding=1, bias=False, rng=1, dtype=np.float64),
+        bn2(4, dtype=np.float64), gpunn.ReLU(), gpunn.Flatten(),
+        gpunn.Linear(144, 16, bias=False, rng=2, dtype=np.float64),
+        bn1(16, dtype=np.float64), gpunn.ReLU(), gpunn.Linear(16, 5, rng=3, dtype=np.float64))
+
+
+def optimizer(name, model):
+    if name == "sgd":
+        return gpunn.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    return gpunn.Adam(model.parameters(), lr=1e-2)
+
+
+def train(model, opt, x, y, per_rank_batch, steps, comm, hook=None):
+    """``steps`` steps at per-rank batch ``per_rank_batch``: data-parallel when comm has
+    several ranks, the plain single-process loader and step otherwise."""
+    loss = gpunn.CrossEntropyLoss()
+    if comm.size > 1:
+        dist.broadcast_model(model, comm)
+        dist.broadcast_optimizer(opt, comm)
+        loader = dist.ShardedLoader(x, y, per_rank_batch, comm=comm, seed=3)
+        step = dist.DistributedTrainStep(model, loss, opt, comm=comm, loader=loader)
+    else:
+        loader = DataLoader(x, y, per_rank_batch, seed=3)
+        step = TrainStep(model, loss, opt)
+    done = 0
+    while done < steps:
+        for xb, yb in loader:
+            step(xb, yb)
+            done += 1
+            if hook is not None:
+                hook(done, comm)
+            if done == steps:
+                break
+    return model
+
+
+def save(out, name, comm, arrays):
+    np.savez(os.path.join(out, f"{name}-rank{comm.rank}-of{comm.size}.npz"), **arrays)
+
+
+def equiv(out, per_rank_batch, steps="50"):
+    comm = dist.init()
+    x, y = data()
+    for opt_name in ("sgd", "adam"):
+        model = mlp()
+        train(model, optimizer(opt_name, model), x, y, int(per_rank_batch), int(steps), comm)
+        save(out, f"equiv-{opt_name}", comm, model.state_dict())
+
+
+def syncbn(out, per_rank_batch, steps="50"):
+    comm = dist.init()
+    x, y = data(image=True)
+    model = bn_net(sync=comm.size > 1)
+    train(model, optimizer("sgd", model), x, y, int(per_rank_batch), int(steps), comm)
+    sd = model.state_dict()
+    # the same keys whichever batch-norm class built it
+    save(out, "syncbn", comm, sd)
+
+
+def gradcheck(out):
+    """Finite differences of the *global* objective L = sum_r w_r L_r through SyncBatchNorm,
+    with uneven local batches (3 and 4 samples), against the layer's backward."""
+    comm = dist.init()
+    results = {}
+    for shape in ((3, 4, 5), (3,)):
+        n_local = 3 + comm.rank
+        rng = np.random.default_rng(100 + comm.rank)
+        x = rng.standard_normal((n_local, *shape)) * 2 + 0.5
+        c = rng.standard_normal((n_local, *shape))           # L_r = mean_i sum(y_i * c_i)
+        layer = gpunn.SyncBatchNorm(3, dtype=np.float64, comm=comm)
+        layer.params["gamma"] = np.array([1.5, -0.7, 0.9])
+        layer.params["beta"] = np.array([0.1, 0.2, -0.3])
+        total = int(comm.allreduce(np.array([n_local]), "sum")[0])
+        w = n_local / total
+
+        def global_loss():
+            saved = {k: v.copy() for k, v in layer.buffers.items()}
+            yv = layer.forward(x, train=True)
+            for k, v in saved.items():
+                layer.buffers[k][...] = v
+            local = float((yv * c).sum()) / n_local
+            return float(comm.allreduce(np.array([w * local]), "sum")[0])
+
+        yv = layer.forward(x, train=True)
+        layer.grad_weight = w
+        dx = layer.backward(c / n_local)
+        dx_global = w * dx                     # dL/dx of this rank's x
+        dgamma = comm.allreduce(w * layer.grads["gamma"].copy(), "sum")
+        dbeta = comm.allreduce(w * layer.grads["beta"].copy(), "sum")
+        eps, worst = 1e-5, 0.0
+        # every rank perturbs in turn; all ranks take part in every forward
+        for owner in range(comm.size):
+            count = int(comm.broadcast_object(x.size if comm.rank == owner else None, owner))
+            for i in range(count):
+                diff = []
+                for sign in (1, -1):
+                    if comm.rank == owner:
+                        x.flat[i] += sign * eps
+                    diff.append(global_loss())
+                    if comm.rank == owner:
+                        x.flat[i] -= sign * eps
+                num = (diff[0] - diff[1]) / (2 * eps)
+                if comm.rank == owner:
+                    ana = dx_global.flat[i]
+                    worst = max(worst, abs(num - ana) / max(abs(num) + abs(ana), 1e-8))
+        for name, grad in (("gamma", dgamma), ("beta", dbeta)):
+            p = layer.params[name]
+            for k in range(3):
+                diff = []
+                for sign in (1, -1):
+                    p[k] += sign * eps
+                    diff.append(global_loss())
+                    p[k] -= sign * eps
+                num = (diff[0] - diff[1]) / (2 * eps)
+                worst = max(worst, abs(num - grad[k]) / max(abs(num) + abs(grad[k]), 1e-8))
+        worst = float(comm.allreduce(np.array([worst]), "max")[0])
+        results[str(shape)] = worst
+    if comm.rank == 0:
+        with open(os.path.join(out, "gradcheck.json"), "w") as f:
+            json.dump(results, f)
+
+
+def dropout(out, tag):
+    comm = dist.init()
+    model = gpunn.Sequential(gpunn.Linear(20, 30, rng=1, dtype=np.float64),
+                             gpunn.Dropout(0.5, seed=42), gpunn.Linear(30, 5, rng=2,
+                                                                        dtype=np.float64))
+    x, y = data()
+    masks = {}
+
+    def keep(done, comm):
+        masks[f"step{done}"] = model[1]._mask.copy()
+    train(model, optimizer("sgd", model), x, y, 50, 3, comm, hook=keep)
+    save(out, f"dropout-{tag}", comm, masks)
+
+
+def die(out, how):
+    """Rank 1 is killed (how=kill) or stops answering (how=stall) at step 5 of 1000."""
+    comm = dist.init()
+    x, y = data()
+    model = mlp()
+
+    def fault(done, comm):
+        if done == 5 and comm.rank == 1:
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(120)
+    train(model, optimizer("sgd", model), x, y, 10, 1000, comm, hook=fault)
+    print(f"rank {comm.rank}: finished, which it must not", flush=True)
+
+
+def fake_nccl(out):
+    """The NCCL bootstrap and calls over real MPI ranks, with CuPy and NCCL replaced by the
+    stand-ins of tests/fake_cuda.py (their all-reduce goes through MPI on host arrays)."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from fake_cuda import FakeArray, FakeCupy, FakeNccl
+    from gpunn.distributed.nccl import make_nccl
+    comm = dist.init()
+    nccl = FakeNccl(mpi=comm)
+    gpu = make_nccl(comm, 0, nccl=nccl, cupy=FakeCupy())
+    x = FakeArray(np.arange(6, dtype=np.float32) + 10 * comm.rank)
+    gpu.allreduce(x, "sum")
+    m = FakeArray(np.full(3, float(comm.rank + 1)))
+    gpu.allreduce(m, "mean")
+    b = FakeArray(np.full(4, comm.rank, dtype=np.int64))
+    gpu.broadcast(b, root=1)
+    gpu.synchronize()
+    with open(os.path.join(out, f"fake_nccl-rank{comm.rank}.json"), "w") as f:
+        json.dump({"uid": list(nccl.made[0][1]), "made": [nccl.made[0][0], nccl.made[0][2]],
+                   "sum": x.host.tolist(), "mean": m.host.tolist(), "bcast": b.host.tolist(),
+                   "calls": nccl.calls}, f)
+
+
+if __name__ == "__main__":
+    scenario, out, *args = sys.argv[1:]
+    {"equiv": equiv, "syncbn": syncbn, "gradcheck": gradcheck, "dropout": dropout,
+     "die": die, "fake_nccl": fake_nccl}[scenario](out, *args)

@@ -1,0 +1,395 @@
+"""Data-parallel training (gpunn.distributed).
+
+The first part needs no MPI: sharding, the world of one, SyncBatchNorm alone, launch
+detection, the missing-mpi4py message, and the NCCL wrapper's logic against stand-ins for
+CuPy and NCCL (tests/fake_cuda.py). The second part launches real ranks with the mpiexec
+installed beside this interpreter (``pip install 'gpunn[mpi]'``: mpi4py and MPICH), running
+the scenarios of tests/distributed_worker.py; it is skipped, with the reason, where mpi4py
+or mpiexec is missing.
+"""
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gpunn
+import gpunn.distributed as dist
+from gpunn.data import DataLoader
+from gpunn.distributed import LocalComm, ShardedLoader, shard
+from gpunn.distributed.env import launched_by_mpi
+from gpunn.errors import ShapeError
+from gpunn.ops.random import rank_seed
+from gpunn.train import TrainStep
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from distributed_worker import mlp  # noqa: E402
+from fake_cuda import FakeArray, FakeCupy, FakeEvent, FakeNccl  # noqa: E402
+
+
+class Rank(LocalComm):
+    """A communicator that only says which rank it is (sharding needs nothing more)."""
+
+    def __init__(self, rank, size):
+        self.rank, self.size = rank, size
+
+
+# -- sharding ---------------------------------------------------------------------------------
+def test_shard_splits_as_evenly_as_possible():
+    assert [shard(10, 3, r) for r in range(3)] == [(0, 4), (4, 7), (7, 10)]
+    assert [shard(1, 2, r) for r in range(2)] == [(0, 1), (1, 1)]
+    assert [shard(4, 2, r) for r in range(2)] == [(0, 2), (2, 4)]
+    with pytest.raises(ValueError, match="rank 2 is not in a world of 2"):
+        shard(5, 2, 2)
+
+
+@pytest.mark.parametrize("n,batch,world,global_batch", [(103, 10, 3, None), (100, 25, 2, None),
+                                                         (61, 7, 3, 20), (5, 1, 4, None)])
+def test_the_ranks_pieces_make_the_single_process_batch(n, batch, world, global_batch):
+    x = np.arange(n * 2, dtype=np.float64).reshape(n, 2)
+    y = np.arange(n)
+    loaders = [ShardedLoader(x, y, batch, comm=Rank(r, world), global_batch=global_batch,
+                             seed=7) for r in range(world)]
+    g = loaders[0].global_batch
+    assert g == (global_batch or batch * world)
+    ref = DataLoader(x, y, g, seed=7)
+    assert all(len(lo) == len(ref) for lo in loaders)
+    for epoch in (0, 1):
+        per_rank = [list(lo.batches(epoch)) for lo in loaders]
+        for k, (xb, yb) in enumerate(ref.batches(epoch)):
+            pieces = [per_rank[r][k] for r in range(world)]
+            np.testing.assert_array_equal(np.concatenate([p[1] for p in pieces]), yb)
+            np.testing.assert_array_equal(np.concatenate([p[0] for p in pieces]), xb)
+            sizes = [len(p[1]) for p in pieces]
+            assert max(sizes) - min(sizes) <= 1      # as even as possible
+        assert loaders[0].last_total == len(yb)      # the global size of the last batch
+    # resuming mid-epoch gives the same pieces
+    rest = list(loaders[-1].batches(1, start=1))
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(rest, per_rank[-1][1:]))
+
+
+def test_smallest_shard_and_epochs():
+    x, y = np.zeros((21, 1)), np.arange(21)
+    lo = ShardedLoader(x, y, 5, comm=Rank(1, 2))         # global 10: 10, 10, 1
+    assert lo.smallest_shard() == 0 and lo.total_of(2) == 1
+    assert ShardedLoader(x, y, 4, comm=Rank(0, 2)).smallest_shard() == 2   # 8, 8, 5
+    a, b = [yb.copy() for _, yb in lo], [yb.copy() for _, yb in lo]   # epochs 0 and 1
+    assert lo.epoch == 2 and not all(np.array_equal(p, q) for p, q in zip(a, b))
+    with pytest.raises(ValueError, match="give batch_size"):
+        ShardedLoader(x, y, comm=Rank(0, 2))
+    assert ShardedLoader(x, y, global_batch=10, comm=Rank(0, 3)).batch_size == 4
+
+
+# -- a world of one: no MPI -------------------------------------------------------------------
+def test_world_of_one_collectives_are_identities():
+    comm = dist.world()
+    assert (comm.rank, comm.size, dist.rank(), dist.world_size(), dist.is_main()) == \
+        (0, 1, 0, 1, True)
+    a = np.arange(4.0)
+    assert comm.allreduce(a, "mean") is a and np.array_equal(a, np.arange(4.0))
+    assert comm.broadcast(a) is a and comm.broadcast_object({"k": 1}) == {"k": 1}
+    assert comm.allgather_object(3) == [3]
+    with pytest.raises(ValueError, match="op must be one of"):
+        comm.allreduce(a, "prod")
+    with pytest.raises(TypeError, match="floating-point"):
+        comm.allreduce(np.arange(3), "mean")
+    with pytest.raises(ValueError, match="C-contiguous"):
+        comm.allreduce(np.zeros((4, 4))[:, 1])
+    assert dist.device_for_rank("cpu").kind == "cpu"
+
+
+def _model_with_dropout():
+    return gpunn.Sequential(gpunn.Linear(6, 12, rng=1, dtype=np.float64), gpunn.ReLU(),
+                            gpunn.Dropout(0.3, seed=5),
+                            gpunn.Linear(12, 3, rng=2, dtype=np.float64))
+
+
+def test_distributed_step_alone_is_the_plain_step_bit_for_bit():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((70, 6)), rng.integers(0, 3, 70)
+    finals = []
+    for distributed in (False, True):
+        model = _model_with_dropout()
+        opt = gpunn.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        loss = gpunn.CrossEntropyLoss()
+        if distributed:
+            loader = ShardedLoader(x, y, 16, seed=1)
+            step = dist.DistributedTrainStep(model, loss, opt, loader=loader)
+        else:
+            loader = DataLoader(x, y, 16, seed=1)
+            step = TrainStep(model, loss, opt)
+        for _ in range(3):
+            for xb, yb in loader:
+                step(xb, yb)
+        finals.append(model.state_dict())
+        assert step.metrics()[0] > 0
+    for k in finals[0]:
+        np.testing.assert_array_equal(finals[0][k], finals[1][k], err_msg=k)
+
+
+def test_dropout_rank_is_folded_into_the_stream():
+    assert rank_seed(123, 0) == 123
+    seeds = {rank_seed(123, r) for r in range(8)}
+    assert len(seeds) == 8
+    layer = gpunn.Dropout(0.5, seed=9)
+    x = np.ones((4, 50))
+    m0 = layer.forward(x, train=True)
+    layer.host_state["step"] = 0
+    layer.rank = 1
+    m1 = layer.forward(x, train=True)
+    assert not np.array_equal(m0, m1)
+    assert "rank" not in layer.host_state                # not saved: ranks may change on resume
+    dist.set_rank(gpunn.Sequential(layer), 0)
+    layer.host_state["step"] = 0
+    np.testing.assert_array_equal(layer.forward(x, train=True), m0)
+
+
+@pytest.mark.parametrize("shape,ref", [((9, 3, 4, 5), gpunn.BatchNorm2d),
+                                       ((9, 3), gpunn.BatchNorm1d)])
+def test_sync_batchnorm_alone_is_batchnorm(shape, ref):
+    rng = np.random.default_rng(3)
+    a, b = gpunn.SyncBatchNorm(3, dtype=np.float64), ref(3, dtype=np.float64)
+    for layer in (a, b):
+        layer.params["gamma"] = np.array([1.5, -0.5, 2.0])
+    for _ in range(2):
+        x, d = rng.standard_normal(shape) * 3 + 1, rng.standard_normal(shape)
+        np.testing.assert_allclose(a.forward(x, train=True), b.forward(x, train=True),
+                                   rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(a.backward(d), b.backward(d), rtol=1e-12, atol=1e-13)
+        for k in ("gamma", "beta"):
+            np.testing.assert_allclose(a.grads[k], b.grads[k], rtol=1e-13, atol=1e-13)
+    for k in ("running_mean", "running_var"):
+        np.testing.assert_allclose(a.buffers[k], b.buffers[k], rtol=1e-13)
+    np.testing.assert_allclose(a.forward(x, train=False), b.forward(x, train=False), rtol=1e-13)
+    with pytest.raises(ShapeError, match="with 3 channels"):
+        a.forward(rng.standard_normal((2, 4, 5, 5)), train=True)
+
+
+# -- launching ------------------------------------------------------------------------------
+@pytest.mark.parametrize("env,launched", [
+    ({}, False), ({"PMI_RANK": "0", "PMI_SIZE": "1"}, False), ({"PMI_SIZE": "4"}, True),
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, True), ({"MV2_COMM_WORLD_SIZE": "3"}, True),
+    ({"PMIX_RANK": "0"}, True), ({"SLURM_NTASKS": "4", "SLURM_PROCID": "0"}, False)])
+def test_launch_detection(env, launched):
+    assert launched_by_mpi(env) is launched
+
+
+def test_asking_for_mpi_without_mpi4py_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)      # makes `import mpi4py` fail
+    monkeypatch.setenv("PMI_SIZE", "2")
+    dist._reset_for_tests()
+    try:
+        with pytest.raises(dist.MPINotAvailable, match=r"pip install 'gpunn\[mpi\]'.*"):
+            dist.init()
+        with pytest.raises(dist.MPINotAvailable, match="PMI_SIZE=2"):
+            dist.init("mpi")
+        monkeypatch.delenv("PMI_SIZE")
+        assert isinstance(dist.init(), LocalComm)          # no launch: a world of one, no MPI
+    finally:
+        dist._reset_for_tests()
+
+
+# -- the NCCL wrapper's logic, without a GPU ------------------------------------------------------
+def _nccl(mpi=None, **kw):
+    from gpunn.distributed.nccl import NCCLComm
+    nccl, cupy = FakeNccl(), FakeCupy()
+    return NCCLComm(mpi or LocalComm(), 0, nccl=nccl, cupy=cupy, **kw), nccl, cupy
+
+
+def test_nccl_bootstrap_and_calls():
+    comm, nccl, cupy = _nccl()
+    assert nccl.made == [(1, nccl.get_unique_id(), 0)] and cupy.cuda.devices == [0]
+    x = FakeArray(np.ones(5, dtype=np.float32))
+    assert comm.allreduce(x, "mean") is x
+    assert nccl.calls == [["allReduce", 5, nccl.NCCL_FLOAT32, nccl.NCCL_SUM, True, 0x5EA]]
+    comm.broadcast(FakeArray(np.zeros(3, np.float64)), root=0)
+    assert nccl.calls[-1] == ["bcast", 3, nccl.NCCL_FLOAT64, 0, 0x5EA]
+    comm.allreduce(FakeArray(np.zeros(2, np.int64)), "max")
+    assert nccl.calls[-1][2:4] == [nccl.NCCL_INT64, nccl.NCCL_MAX]
+    with pytest.raises(TypeError, match="NCCL collectives take"):
+        comm.allreduce(FakeArray(np.zeros(2, np.complex64)))
+    with pytest.raises(ValueError, match="cuda:1 but this rank's NCCL communicator is for cuda:0"):
+        comm.allreduce(FakeArray(np.zeros(2, np.float32), device=1))
+    comm.synchronize()
+    assert not comm._pending
+
+
+def test_nccl_collective_past_its_deadline_aborts_with_a_message(capsys, monkeypatch):
+    mpi = LocalComm()
+    mpi.timeout = 0.05
+    comm, nccl, _ = _nccl(mpi, max_pending=2)
+    monkeypatch.setattr(FakeEvent, "never", True)         # the peer never answers
+    comm.allreduce(FakeArray(np.ones(4, np.float32)), name="the gradient all-reduce")
+    with pytest.raises(SystemExit):
+        comm.synchronize()
+    err = capsys.readouterr().err
+    assert "the gradient all-reduce (NCCL allreduce of 4 float32 values) did not complete " \
+           "within 0.05 s" in err and "another rank has died" in err
+    assert nccl.aborted                                    # the NCCL communicator was aborted
+
+
+def test_nccl_bounds_the_collectives_in_flight(monkeypatch):
+    comm, _, _ = _nccl(max_pending=2)
+    monkeypatch.setattr(FakeEvent, "never", True)
+    comm.allreduce(FakeArray(np.ones(1, np.float32)))
+    comm.allreduce(FakeArray(np.ones(1, np.float32)))      # two in flight: not waited for
+    assert len(comm._pending) == 2
+    monkeypatch.setattr(FakeEvent, "never", False)
+    comm.allreduce(FakeArray(np.ones(1, np.float32)))      # the third waits for the oldest
+    assert len(comm._pending) == 1
+
+
+def test_nccl_async_error_aborts(capsys):
+    comm, nccl, _ = _nccl()
+    nccl.async_error = "NCCL error: remote process exited"
+    with pytest.raises(SystemExit):
+        comm.allreduce(FakeArray(np.ones(1, np.float32)))
+    assert "NCCL reported an error" in capsys.readouterr().err and nccl.aborted
+
+
+def test_without_nccl_every_rank_stages_through_the_host(monkeypatch):
+    from gpunn.distributed.nccl import make_nccl, nccl_status
+    mpi = LocalComm()
+    off = FakeNccl()
+    off.available = False
+    assert make_nccl(mpi, 0, nccl=off, cupy=FakeCupy()) is None
+    assert "libnccl" in mpi.nccl_off_reason and "nvidia-nccl" in mpi.nccl_off_reason
+    monkeypatch.setenv("GPUNN_NCCL", "0")
+    assert nccl_status(FakeNccl()) == (False, "GPUNN_NCCL=0")
+
+
+# -- real ranks ---------------------------------------------------------------------------------
+def _mpiexec():
+    """The mpiexec installed beside this interpreter (the mpich wheel puts it in the venv's
+    bin), else one on PATH; None without mpi4py, whatever is on PATH."""
+    if importlib.util.find_spec("mpi4py") is None:
+        return None
+    for name in ("mpiexec", "mpirun"):
+        p = Path(sys.executable).parent / name         # not resolved: a venv's bin, not the base's
+        if p.exists():
+            return str(p)
+    return shutil.which("mpiexec")
+
+
+MPIEXEC = _mpiexec()
+needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason=(
+    "mpi4py and an mpiexec beside this Python are needed: pip install 'gpunn[mpi]'"))
+ENV = {**os.environ, "GPUNN_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+       "MKL_NUM_THREADS": "1", "GPUNN_THREADS": "1",
+       "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+
+
+def launch(ranks, *args, timeout=120, env=None, check=True):
+    """Run ``distributed_worker.py args`` on ``ranks`` MPI ranks (0: one plain process)."""
+    cmd = [sys.executable, str(HERE / "distributed_worker.py"), *map(str, args)]
+    if ranks:
+        cmd = [MPIEXEC, "-n", str(ranks), *cmd]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                       env={**ENV, **(env or {})})
+    if check:
+        assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+def load(out, name, rank, size):
+    return dict(np.load(out / f"{name}-rank{rank}-of{size}.npz"))
+
+
+def rel(a, b):
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+
+
+@needs_mpi
+def test_two_ranks_take_the_steps_of_one_process_at_twice_the_batch(tmp_path):
+    """float64, no batch-norm: 2 ranks x 50 == 1 process x 100 after 50 steps (1025 samples:
+    every epoch ends on a batch of 25, split 13 + 12 and weighted exactly), for SGD with
+    momentum and weight decay and for Adam; and the two replicas are equal bit for bit."""
+    launch(2, "equiv", tmp_path, 50, 50)
+    launch(0, "equiv", tmp_path, 100, 50)
+    start = mlp().state_dict()
+    for opt in ("sgd", "adam"):
+        r0, r1 = load(tmp_path, f"equiv-{opt}", 0, 2), load(tmp_path, f"equiv-{opt}", 1, 2)
+        one = load(tmp_path, f"equiv-{opt}", 0, 1)
+        assert set(r0) == set(one)
+        for k in one:
+            assert np.array_equal(r0[k], r1[k]), f"{opt} {k}: the replicas drifted apart"
+            assert rel(r0[k], one[k]) <= 1e-12, f"{opt} {k}: {rel(r0[k], one[k])}"
+            assert rel(one[k], start[k]) > 1e-3, f"{k} did not train"
+
+
+@needs_mpi
+def test_sync_batchnorm_on_two_ranks_is_batchnorm_on_the_joined_batch(tmp_path):
+    """Conv + SyncBatchNorm (4-d) + Linear + SyncBatchNorm (2-d), 2 ranks x 50, against the
+    same network with BatchNorm2d/1d in one process at batch 100: weights and running
+    statistics after 50 steps."""
+    launch(2, "syncbn", tmp_path, 50, 50)
+    launch(0, "syncbn", tmp_path, 100, 50)
+    r0, r1, one = (load(tmp_path, "syncbn", 0, 2), load(tmp_path, "syncbn", 1, 2),
+                   load(tmp_path, "syncbn", 0, 1))
+    assert {"1.running_mean", "5.running_var"} <= set(one)
+    for k in one:
+        assert np.array_equal(r0[k], r1[k]), k
+        assert rel(r0[k], one[k]) <= 1e-12, f"{k}: {rel(r0[k], one[k])}"
+
+
+@needs_mpi
+def test_sync_batchnorm_gradient_of_the_global_objective(tmp_path):
+    """Central differences of the all-ranks loss (every rank runs every perturbed forward)
+    against the hand-written backward, local batches of 3 and 4."""
+    launch(2, "gradcheck", tmp_path)
+    worst = json.loads((tmp_path / "gradcheck.json").read_text())
+    assert set(worst) == {"(3, 4, 5)", "(3,)"}
+    assert max(worst.values()) < 1e-6, worst
+
+
+@needs_mpi
+def test_dropout_masks_differ_per_rank_and_repeat(tmp_path):
+    launch(2, "dropout", tmp_path, "a")
+    launch(2, "dropout", tmp_path, "b")
+    launch(0, "dropout", tmp_path, "a")
+    a0, a1 = load(tmp_path, "dropout-a", 0, 2), load(tmp_path, "dropout-a", 1, 2)
+    b0, b1 = load(tmp_path, "dropout-b", 0, 2), load(tmp_path, "dropout-b", 1, 2)
+    alone = load(tmp_path, "dropout-a", 0, 1)
+    assert set(a0) == {"step1", "step2", "step3"}
+    for k in a0:
+        assert not np.array_equal(a0[k], a1[k])            # different units per rank
+        assert np.array_equal(a0[k], b0[k]) and np.array_equal(a1[k], b1[k])   # reproducible
+        assert np.array_equal(a0[k], alone[k])             # rank 0 = one process
+
+
+@needs_mpi
+def test_a_killed_rank_ends_the_job(tmp_path):
+    r = launch(2, "die", tmp_path, "kill", check=False, timeout=60)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "finished" not in out
+    assert "signal 9" in out or "KILLED" in out.upper(), out
+
+
+@needs_mpi
+def test_a_rank_that_stops_answering_times_out_with_a_message(tmp_path):
+    r = launch(2, "die", tmp_path, "stall", check=False, timeout=60,
+               env={"GPUNN_DIST_TIMEOUT": "2"})
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "finished" not in out
+    assert "rank 0 of 2: the gradient all-reduce (step 6 of this process) (allreduce of 421 " \
+           "float64 values) did not complete within 2 s" in out, out
+    assert "another rank has died or stopped responding. Aborting all ranks" in out
+
+
+@needs_mpi
+def test_nccl_bootstrap_over_mpi_with_stand_ins(tmp_path):
+    """Rank 0's unique id reaches every rank, each builds its communicator (size, uid, rank),
+    and the results of the collectives (done through MPI by the stand-in) are in place."""
+    launch(2, "fake_nccl", tmp_path)
+    got = [json.loads((tmp_path / f"fake_nccl-rank{r}.json").read_text()) for r in (0, 1)]
+    assert got[0]["uid"] == got[1]["uid"]
+    assert [g["made"] for g in got] == [[2, 0], [2, 1]]
+    for g in got:
+        assert g["sum"] == [10.0, 12.0, 14.0, 16.0, 18.0, 20.0]
+        assert g["mean"] == [1.5, 1.5, 1.5] and g["bcast"] == [1, 1, 1, 1]
