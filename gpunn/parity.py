@@ -85,8 +85,8 @@ class Side:
 def layer_cases():
     """(name, factory(dtype), per-sample input shape, uses custom kernels) for every layer type."""
     from .layers import (GELU, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten,
-                         LeakyReLU, Linear, MaxPool2d, ReLU, Residual, Sigmoid, Softmax,
-                         SyncBatchNorm, Tanh)
+                         GlobalAvgPool2d, LeakyReLU, Linear, MaxPool2d, ReLU, Residual, Sigmoid,
+                         Softmax, SyncBatchNorm, Tanh)
     return [
         ("Linear(20, 7)", lambda dt: Linear(20, 7, rng=0, dtype=dt), (20,), False),
         ("Conv2d(3, 5, 3, pad 1)", lambda dt: Conv2d(3, 5, 3, padding=1, rng=0, dtype=dt), (3, 9, 8), True),
@@ -95,6 +95,7 @@ def layer_cases():
         ("MaxPool2d(3, 2, same)", lambda dt: MaxPool2d(3, 2, "same"), (3, 9, 7), True),
         ("AvgPool2d(3, 2, same)", lambda dt: AvgPool2d(3, 2, "same"), (3, 9, 7), True),
         ("AvgPool2d(2, pad 1, incl)", lambda dt: AvgPool2d(2, 1, 1, count_include_pad=True), (2, 5, 6), True),
+        ("GlobalAvgPool2d", lambda dt: GlobalAvgPool2d(), (3, 5, 4), False),
         ("ReLU", lambda dt: ReLU(), (4, 6, 6), True),
         ("LeakyReLU(0.1)", lambda dt: LeakyReLU(0.1), (30,), True),
         ("Sigmoid", lambda dt: Sigmoid(), (30,), True),
@@ -109,6 +110,10 @@ def layer_cases():
         ("Flatten", lambda dt: Flatten(), (2, 3, 4), False),
         ("Residual(Conv, ReLU)", lambda dt: Residual(Conv2d(3, 3, 3, padding="same", rng=1, dtype=dt), ReLU()),
          (3, 6, 6), True),
+        ("Residual(Conv s2, BN; 1x1 s2 shortcut)", lambda dt: Residual(
+            Conv2d(2, 4, 3, stride=2, padding=1, bias=False, rng=2, dtype=dt), BatchNorm2d(4, dtype=dt),
+            shortcut=[Conv2d(2, 4, 1, stride=2, bias=False, rng=3, dtype=dt), BatchNorm2d(4, dtype=dt)]),
+         (2, 6, 7), True),
     ]
 
 
@@ -138,7 +143,8 @@ def layer_parity(side: Side, dtype=np.float64, batch: int = 6, seed: int = 0) ->
 
 
 def training_parity(side: Side, model: str, dtype=np.float64, steps: int = 40,
-                    batch: int = 32, seed: int = 0, optimizer: str = "sgd") -> ParityRow:
+                    batch: int = 32, seed: int = 0, optimizer: str = "sgd",
+                    size: int = 28) -> ParityRow:
     """Train a zoo model ``steps`` steps from the same seed on both sides; compare the loss
     curves (forward column) and the final weights (backward column).
 
@@ -150,7 +156,7 @@ def training_parity(side: Side, model: str, dtype=np.float64, steps: int = 40,
     from .optim import SGD, Adam
     from .zoo import build_model
 
-    x8, y = make_synthetic(batch * 8, seed=seed, size=28)
+    x8, y = make_synthetic(batch * 8, seed=seed, size=size)
     curves, finals, launches = [], [], 0
     runs = [(False, dtype), (True, dtype)]
     if np.dtype(dtype) == np.float32:
@@ -158,7 +164,7 @@ def training_parity(side: Side, model: str, dtype=np.float64, steps: int = 40,
     for on_side, dt in runs:
         dt = np.dtype(dt).type
         x = x8.astype(dt) / dt(255)
-        m = build_model(model, (1, 28, 28), 10, seed=seed, dtype=dt,
+        m = build_model(model, (1, size, size), 10, seed=seed, dtype=dt,
                         dropout=0.3 if model not in ("model1", "cnn-bn") else None)
         if on_side:
             side.move(m)

@@ -10,7 +10,8 @@ import numpy as np
 
 from .errors import ShapeError
 from .init import make_rng
-from .layers import (BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Residual)
+from .layers import (BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Linear, MaxPool2d,
+                     ReLU, Residual)
 from .model import Sequential
 
 __all__ = ["MODELS", "build_model"]
@@ -98,6 +99,53 @@ def resnet_small(input_shape, num_classes, *, rng, dtype, dropout=None):
             Linear(16 * (h // 4) * (w // 4), num_classes, rng=rng, dtype=dtype)]
 
 
+def vgg_cifar(input_shape, num_classes, *, rng, dtype, dropout=None):
+    """VGG-style CIFAR network: [conv 3x3 + BN + ReLU] x2 at 64, 128 and 256 channels, each pair
+    followed by max-pool 2x2 -> flatten -> linear 512 + ReLU -> linear K (32x32 -> 4x4x256).
+    The convs have no bias: the batch-norm after each one would cancel it."""
+    c, h, w = input_shape
+    layers, cin = [], c
+    for cout in (64, 128, 256):
+        for _ in range(2):
+            layers += [Conv2d(cin, cout, 3, padding=1, bias=False, rng=rng, dtype=dtype),
+                       BatchNorm2d(cout, dtype=dtype), ReLU()]
+            cin = cout
+        layers.append(MaxPool2d(2))
+    return [*layers, Flatten(),
+            Linear(256 * (h // 8) * (w // 8), 512, rng=rng, dtype=dtype), ReLU(),
+            *_maybe_dropout(dropout, rng),
+            Linear(512, num_classes, rng=rng, dtype=dtype)]
+
+
+def resnet20(input_shape, num_classes, *, rng, dtype, dropout=None):
+    """ResNet-20 for CIFAR (He et al., 2016, section 4.2): conv 3x3x16 + BN + ReLU, three
+    stages of three basic blocks [conv 3x3 + BN + ReLU + conv 3x3 + BN] + ReLU at 16, 32 and 64
+    channels, global average pool, linear K. The first block of stages 2 and 3 has stride 2 and
+    a projection shortcut (conv 1x1 stride 2 + BN; the paper's option B); the others add x.
+    32x32 -> 32x32x16 -> 16x16x32 -> 8x8x64 -> 64."""
+    c = input_shape[0]
+
+    def conv(cin, cout, k, stride):
+        return Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False, rng=rng,
+                      dtype=dtype)
+
+    def block(cin, cout, stride):
+        body = [conv(cin, cout, 3, stride), BatchNorm2d(cout, dtype=dtype), ReLU(),
+                conv(cout, cout, 3, 1), BatchNorm2d(cout, dtype=dtype)]
+        shortcut = None
+        if stride != 1 or cin != cout:
+            shortcut = [conv(cin, cout, 1, stride), BatchNorm2d(cout, dtype=dtype)]
+        return [Residual(*body, shortcut=shortcut), ReLU()]
+
+    layers, cin = [conv(c, 16, 3, 1), BatchNorm2d(16, dtype=dtype), ReLU()], 16
+    for cout, stride in ((16, 1), (32, 2), (64, 2)):
+        for i in range(3):
+            layers += block(cin, cout, stride if i == 0 else 1)
+            cin = cout
+    return [*layers, GlobalAvgPool2d(), *_maybe_dropout(dropout, rng),
+            Linear(64, num_classes, rng=rng, dtype=dtype)]
+
+
 def _maybe_dropout(p, rng):
     return [Dropout(p, rng=rng)] if p else []
 
@@ -105,6 +153,7 @@ def _maybe_dropout(p, rng):
 MODELS = {
     "model1": model1, "model2": model2, "model3": model3, "model4": model4,
     "mlp1000": mlp1000, "cnn-bn": cnn_bn, "lenet5x5": lenet5x5, "resnet-small": resnet_small,
+    "vgg-cifar": vgg_cifar, "resnet20": resnet20,
 }
 
 

@@ -11,9 +11,9 @@ from .conv import Conv2d
 from .dropout import Dropout
 from .linear import Linear
 from .norm import BatchNorm1d, BatchNorm2d, SyncBatchNorm
-from .pool import AvgPool2d, MaxPool2d
+from .pool import AvgPool2d, GlobalAvgPool2d, MaxPool2d
 from .reshape import Flatten
 from .residual import Residual
 
-__all__ = ["Layer", "Linear", "Conv2d", "MaxPool2d", "AvgPool2d", *activation.__all__,
+__all__ = ["Layer", "Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", *activation.__all__,
            "Dropout", "BatchNorm1d", "BatchNorm2d", "SyncBatchNorm", "Flatten", "Residual"]

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from ..errors import ShapeError
 from ..ops.geometry import normalize_padding, pair, window_geometry
-from ..ops.pool import (avgpool2d_backward, avgpool2d_forward, maxpool2d_backward,
-                        maxpool2d_forward)
+from ..ops.pool import (avgpool2d_backward, avgpool2d_forward, global_avgpool2d_backward,
+                        global_avgpool2d_forward, maxpool2d_backward, maxpool2d_forward)
 from .base import Layer
+
+__all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d"]
 
 
 class _Pool2d(Layer):
@@ -88,3 +90,25 @@ class AvgPool2d(_Pool2d):
         self._check_dout(dout, x_shape, oh, ow)
         kh, kw = self.kernel_size
         return avgpool2d_backward(dout, x_shape, kh, kw, self.stride, pad, self.count_include_pad)
+
+
+class GlobalAvgPool2d(Layer):
+    """x: (N, C, H, W) -> (N, C): the mean over each channel's whole plane (ResNet's head;
+    PyTorch's ``AdaptiveAvgPool2d(1)`` followed by ``Flatten``)."""
+
+    def forward(self, x, *, train=None):
+        self.check_input(x, 4)
+        self._shape = x.shape
+        return global_avgpool2d_forward(x)
+
+    def backward(self, dout):
+        shape = self._need_cache("_shape")
+        if dout.shape != tuple(shape[:2]):
+            raise ShapeError(f"{self!r}: backward expected dout of shape {tuple(shape[:2])}, "
+                             f"got {tuple(dout.shape)}")
+        return global_avgpool2d_backward(dout, shape)
+
+    def output_shape(self, in_shape):
+        if len(in_shape) != 3:
+            raise ShapeError(f"{self!r}: expects per-sample input (C, H, W), got {tuple(in_shape)}")
+        return (in_shape[0],)

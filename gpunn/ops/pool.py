@@ -22,7 +22,8 @@ from ..backend import get_array_module
 from .dispatch import op
 from .geometry import conv_output_size, crop_padding, pad_input
 
-__all__ = ["maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward"]
+__all__ = ["maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
+           "global_avgpool2d_forward", "global_avgpool2d_backward"]
 
 
 def _geometry(x_shape, kh, kw, stride, pad):
@@ -213,3 +214,21 @@ def _avgpool2d_backward_cuda(b, dout, x_shape, kh, kw, stride, pad, count_includ
                                                       bool(count_include_pad))
     return dx
 
+
+# -- global average pooling ---------------------------------------------------------------------
+# No kernel: a mean over each contiguous (H*W) plane and a broadcast back are what CuPy's own
+# reductions and copies do well, so the NumPy bodies serve both devices.
+@op
+def global_avgpool2d_forward(x):
+    """x: (N, C, H, W) -> (N, C): the mean of each channel's plane."""
+    n, c = x.shape[:2]
+    return get_array_module(x).ascontiguousarray(x).reshape(n, c, -1).mean(axis=2)
+
+
+@op
+def global_avgpool2d_backward(dout, x_shape: tuple):
+    """dout: (N, C) -> dx: (N, C, H, W), each pixel dout / (H*W)."""
+    xp = get_array_module(dout)
+    dx = xp.empty(tuple(x_shape), dtype=dout.dtype)
+    dx[...] = (dout / dout.dtype.type(x_shape[2] * x_shape[3]))[:, :, None, None]
+    return dx
