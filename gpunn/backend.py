@@ -219,6 +219,12 @@ class CudaBackend(Backend):
             k = self._cache[(base, dtype)] = get_kernel(base, dtype, self.index)
         return k
 
+    @property
+    def blas(self):
+        """This thread's cuBLAS GEMMs for this GPU (gpunn/cublas.py; capturable in a graph)."""
+        from .cublas import blas_for
+        return blas_for(self.index)
+
 
 NUMPY = Backend("numpy", np)
 _cuda_backends: dict = {}

@@ -7,6 +7,7 @@ from ..backend import get_array_module
 from ..errors import ShapeError
 from ..init import get_initialiser, make_rng
 from ..ops.conv import col2im, im2col
+from ..ops.gemm import gemm
 from ..ops.geometry import normalize_padding, pair, window_geometry
 from ..backend import check_dtype
 from .base import Layer
@@ -54,7 +55,7 @@ class Conv2d(Layer):
         kh, kw = self.kernel_size
         col = im2col(x, kh, kw, self.stride, pad)                    # (C*kh*kw, N*oh*ow)
         Wm = self.params["W"].reshape(self.out_channels, -1)         # (O, C*kh*kw)
-        y = Wm @ col                                                 # (O, N*oh*ow)
+        y = gemm(Wm, col)                                            # (O, N*oh*ow)
         if "b" in self.params:
             y += self.params["b"][:, None]
         self._cache = (x.shape, col, pad, oh, ow)
@@ -69,10 +70,10 @@ class Conv2d(Layer):
         d = dout.transpose(1, 0, 2, 3).reshape(self.out_channels, -1)   # (O, N*oh*ow)
         # (col @ d.T).T: the long N*oh*ow axis is contiguous in both operands, which BLAS
         # handles about twice as fast as d @ col.T at coursework sizes.
-        self.store_grad("W", (col @ d.T).T.reshape(self.params["W"].shape))
+        self.store_grad("W", gemm(col, d, transb=True).T.reshape(self.params["W"].shape))
         if "b" in self.params:
             self.store_grad("b", d.sum(axis=1))
-        dcol = self.params["W"].reshape(self.out_channels, -1).T @ d     # (C*kh*kw, N*oh*ow)
+        dcol = gemm(self.params["W"].reshape(self.out_channels, -1), d, transa=True)  # Wm.T @ d
         kh, kw = self.kernel_size
         return col2im(dcol, x_shape, kh, kw, self.stride, pad)
 

@@ -6,6 +6,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..init import get_initialiser, make_rng
 from ..backend import check_dtype
+from ..ops.gemm import gemm
 from .base import Layer
 
 
@@ -33,7 +34,7 @@ class Linear(Layer):
     def forward(self, x, *, train=None):
         self.check_input(x, 2, feature_axis=1, features=self.in_features)
         self._x = x
-        y = x @ self.params["W"]
+        y = gemm(x, self.params["W"])
         if "b" in self.params:
             y += self.params["b"]
         return y
@@ -43,10 +44,10 @@ class Linear(Layer):
         if dout.shape != (x.shape[0], self.out_features):
             raise ShapeError(f"{self!r}: backward expected dout of shape "
                              f"{(x.shape[0], self.out_features)}, got {tuple(dout.shape)}")
-        self.store_grad("W", x.T @ dout)
+        self.store_grad("W", gemm(x, dout, transa=True))          # x.T @ dout
         if "b" in self.params:
             self.store_grad("b", dout.sum(axis=0))
-        return dout @ self.params["W"].T
+        return gemm(dout, self.params["W"], transb=True)          # dout @ W.T
 
     def output_shape(self, in_shape):
         if tuple(in_shape) != (self.in_features,):

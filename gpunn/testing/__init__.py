@@ -49,9 +49,11 @@ class EmulatedCudaBackend(Backend):
     kernels = True
 
     def __init__(self, order: str = "forward", sanitize: bool | None = None):
+        from .cublas_emu import EmulatedCublas
         super().__init__(f"emulated-cuda ({_order(order)})", np)
         self.order, self.sanitize = _order(order), sanitize
         self._cache: dict = {}
+        self.blas = EmulatedCublas()          # cuBLAS's column-major GEMM, interpreted
 
     def kernel(self, base: str, dtype):
         key = (base, np.dtype(dtype))
