@@ -181,6 +181,15 @@ def _augment(cfg):
     return RandomAugment(cfg.augment_crop, cfg.augment_flip) or None
 
 
+def run_config(run_dir) -> RunConfig:
+    """A run's config with its ``data_info`` record (input shape, class names, scaling); for
+    runs older than that record it is learned by loading the run's data set once."""
+    cfg = RunConfig.load(os.path.join(run_dir, "config.json"))
+    if cfg.data_info is None:
+        data_and_model(cfg)
+    return cfg
+
+
 def load_model(run_dir, *, device="cpu", weights: str = "weights.npz"):
     """A run's trained model with its weights loaded, in evaluation mode on ``device``: a zoo
     model, or one defined by a .py file (re-imported after checking its recorded SHA-256) or a
@@ -192,19 +201,15 @@ def load_model(run_dir, *, device="cpu", weights: str = "weights.npz"):
     """
     from .specs import build_from_source
 
-    cfg_path = os.path.join(run_dir, "config.json")
-    cfg = RunConfig.load(cfg_path)
     wpath = os.path.join(run_dir, weights)
     if not os.path.exists(wpath):
         raise FileNotFoundError(f"{wpath} not found: the run has not finished (resume it with "
                                 f"gpunn train --resume {run_dir})")
-    if cfg.data_info is None:
-        data, model = data_and_model(cfg)
-    else:
-        info = cfg.data_info
-        model = build_from_source(cfg.model, cfg.model_source, info["input_shape"],
-                                  len(info["class_names"]), seed=cfg.seed,
-                                  dtype=np.dtype(cfg.dtype), dropout=cfg.dropout, where=cfg_path)
+    cfg = run_config(run_dir)
+    info = cfg.data_info
+    model = build_from_source(cfg.model, cfg.model_source, info["input_shape"],
+                              len(info["class_names"]), seed=cfg.seed, dtype=np.dtype(cfg.dtype),
+                              dropout=cfg.dropout, where=os.path.join(run_dir, "config.json"))
     model.load(wpath)
     model.class_names = tuple(cfg.data_info["class_names"])
     model.input_shape = tuple(cfg.data_info["input_shape"])

@@ -6,6 +6,7 @@ with ``@main.command()`` (``from .app import main``) and a line below.
 """
 from . import cmd_eval, cmd_info, cmd_parity, cmd_sweep, cmd_train  # noqa: F401  (registers)
 from . import cmd_models  # noqa: F401
+from . import cmd_predict  # noqa: F401
 from . import cmd_compare  # noqa: F401
 from .app import main
 

@@ -11,7 +11,8 @@ import pickle
 import numpy as np
 
 __all__ = ["DataFormatError", "read_idx", "write_idx", "read_cifar10_batch", "read_npz",
-           "read_npz_split", "read_idx_dir", "open_maybe_gzip"]
+           "read_npz_split", "read_idx_dir", "open_maybe_gzip", "to_nchw", "check_images",
+           "check_labels"]
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -114,7 +115,7 @@ def read_npz(path):
         else:
             raise DataFormatError(f"{path}: expected arrays x/y or images/labels, found "
                                   f"{', '.join(sorted(keys)) or 'none'}")
-    x = _nchw(x, f"{path}: images")
+    x = to_nchw(x, f"{path}: images")
     y = np.asarray(y)
     if y.ndim != 1 or len(y) != len(x):
         raise DataFormatError(f"{path}: labels must be (N,) with N = {len(x)}, got {y.shape}")
@@ -123,7 +124,7 @@ def read_npz(path):
     return np.ascontiguousarray(x), y.astype(np.int64)
 
 
-def _nchw(x, where: str) -> np.ndarray:
+def to_nchw(x, where: str) -> np.ndarray:
     """(N, H, W) -> (N, 1, H, W); (N, H, W, C) with C in {1, 3, 4} (when axis 1 is not such a
     size) -> (N, C, H, W); (N, C, H, W) as is."""
     if x.ndim == 3:
@@ -218,7 +219,7 @@ def read_npz_split(path):
                                       "save strings as np.array(names, dtype=str)") from None
     out = {}
     for split in ("train", "test"):
-        x = check_images(_nchw(arrays[f"x_{split}"], f"{path}: x_{split}"), f"{path}: x_{split}")
+        x = check_images(to_nchw(arrays[f"x_{split}"], f"{path}: x_{split}"), f"{path}: x_{split}")
         y = check_labels(arrays[f"y_{split}"], len(x), f"{path}: y_{split}")
         out[split] = (x, y)
     (xtr, ytr), (xte, yte) = out["train"], out["test"]
