@@ -27,6 +27,7 @@ from .parameter import Parameter
 from .train import TrainConfig, Trainer, TrainStep, evaluate, fit
 from .zoo import build_model
 from .runs import load_model
+from . import interop  # imports torch only when called
 
 __all__ = [
     "__version__",
@@ -40,7 +41,7 @@ __all__ = [
     "Dataset", "load_dataset", "DataLoader", "RandomAugment", "fit", "evaluate", "TrainConfig", "Trainer",
     "TrainStep",
     # checks, devices, initialisers
-    "gradcheck", "check_layer", "check_model", "Device", "DeviceError", "resolve_device",
+    "gradcheck", "interop", "check_layer", "check_model", "Device", "DeviceError", "resolve_device",
     "to_device", "to_numpy", "xavier_uniform", "xavier_normal", "he_uniform", "he_normal",
     "zeros",
 ]
