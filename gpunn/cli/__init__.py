@@ -9,6 +9,7 @@ from . import cmd_models  # noqa: F401
 from . import cmd_predict  # noqa: F401
 from . import cmd_compare  # noqa: F401
 from . import cmd_export  # noqa: F401
+from . import cmd_bench  # noqa: F401
 from .app import main
 
 __all__ = ["main"]

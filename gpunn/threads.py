@@ -1,0 +1,129 @@
+"""CPU threads: how many the NumPy bodies use, and the pool they run batch chunks on.
+
+NumPy runs one op on one core, but it releases the GIL inside ufunc loops, copies and BLAS
+calls, so the CPU bodies of the heavy ops (convolution, pooling, batch-norm, element-wise
+work) split the batch into chunks and run the chunks on a small thread pool. This module owns
+that pool and the thread count.
+
+The count is, in order: :func:`set_num_threads`, the ``GPUNN_THREADS`` environment variable,
+or the cores this process may run on (``os.sched_getaffinity``: a container's or taskset's
+limit, not the machine's core count). ``gpunn train --threads`` / ``gpunn bench --threads``
+set it.
+
+Results never depend on the count: an op cuts the batch into chunks by shape alone (a fixed
+number of samples per chunk) and combines the chunks' partial sums in chunk order, so one
+thread and sixteen compute the same bits; threads only decide who computes which chunk.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+__all__ = ["default_threads", "get_num_threads", "set_num_threads", "parallel_chunks",
+           "chunk_bounds"]
+
+_lock = threading.Lock()
+_count: int | None = None
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_local = threading.local()          # set inside pool workers: never nest parallel regions
+
+
+def _parse(value, where: str) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must be a positive integer, got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"{where} must be a positive integer, got {value!r}")
+    return n
+
+
+def default_threads() -> int:
+    """``GPUNN_THREADS`` if set, else the number of cores this process may use."""
+    env = os.environ.get("GPUNN_THREADS")
+    if env not in (None, ""):
+        return _parse(env, "GPUNN_THREADS")
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):      # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def get_num_threads() -> int:
+    """The thread count the CPU bodies use now."""
+    global _count
+    if _count is None:
+        _count = default_threads()
+    return _count
+
+
+def set_num_threads(n: int | None) -> int:
+    """Use ``n`` threads from now on (None: back to the default); returns the count."""
+    global _count
+    with _lock:
+        _count = default_threads() if n is None else _parse(n, "threads")
+    return _count
+
+
+def _get_pool(n: int) -> ThreadPoolExecutor:
+    """The pool of ``n`` workers (the calling thread is the n+1-th)."""
+    global _pool, _pool_size
+    with _lock:
+        if _pool is None or _pool_size != n:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="gpunn",
+                                       initializer=_mark_worker)
+            _pool_size = n
+        return _pool
+
+
+def _mark_worker():
+    _local.worker = True
+
+
+def chunk_bounds(n: int, chunk: int) -> list:
+    """[(lo, hi), ...] covering range(n) in pieces of ``chunk`` (the last may be shorter)."""
+    chunk = max(1, int(chunk))
+    return [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
+
+
+def parallel_chunks(fn, n: int, chunk: int) -> list:
+    """Call ``fn(lo, hi)`` for every chunk of range(n); return the results in chunk order.
+
+    With more than one thread and more than one chunk, the calling thread and up to
+    ``threads - 1`` pool workers take chunks from a shared queue until it is empty (so a
+    thread that lost its core to another process simply takes fewer chunks); inline
+    otherwise, and always inline inside a pool worker (no nested parallel regions). An
+    exception in any chunk is raised here after every chunk has finished.
+    """
+    bounds = chunk_bounds(n, chunk)
+    threads = min(get_num_threads(), len(bounds))
+    if threads <= 1 or getattr(_local, "worker", False):
+        return [fn(lo, hi) for lo, hi in bounds]
+    results = [None] * len(bounds)
+    errors = []
+    next_index = iter(range(len(bounds)))
+    take = threading.Lock()
+
+    def runner():
+        while True:
+            with take:
+                i = next(next_index, None)
+            if i is None:
+                return
+            try:
+                results[i] = fn(*bounds[i])
+            except BaseException as e:       # finish the other chunks: they write into
+                errors.append(e)             # arrays the caller owns
+
+    pool = _get_pool(get_num_threads() - 1)
+    futures = [pool.submit(runner) for _ in range(threads - 1)]
+    runner()
+    for f in futures:
+        f.result()
+    if errors:
+        raise errors[0]
+    return results
