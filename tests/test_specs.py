@@ -343,3 +343,15 @@ def test_models_lists_every_zoo_model():
         assert row["description"]
         shape = tuple(row["input_shape"])
         assert row["parameters"] == build_model(row["name"], shape, 10).num_parameters()
+
+
+def test_readme_toml_specs_build():
+    import re
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", readme, flags=re.S)
+    assert blocks
+    for text in blocks:
+        m = build_from_toml(text, (1, 28, 28), 10, where="README.md")
+        assert m.output_shape((1, 28, 28)) == (10,)
+        assert build_from_toml(text, (3, 32, 32), 5, where="README.md").output_shape((3, 32, 32)) == (5,)
