@@ -336,3 +336,27 @@ def test_augmentation_is_the_same_on_the_gpu(rng):
     x = rng.random((40, 3, 8, 8)).astype(np.float32)
     got = augment_batch(cupy.asarray(x), 987654321, 7, 3, True)
     np.testing.assert_array_equal(cupy.asnumpy(got), augment_batch(x, 987654321, 7, 3, True))
+
+
+def test_cli_resume_uses_the_recorded_augmentation(tmp_path, rng):
+    xtr, ytr = _split(rng, 120, (10, 10))
+    xte, yte = _split(rng, 20, (10, 10))
+    data = tmp_path / "d.npz"
+    np.savez(data, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+
+    def train(out, *extra):
+        r = CliRunner().invoke(main, ["train", "--model", "model4", "--dataset", f"npz:{data}",
+                                      "--val-size", "0.1", "--eval-every", "50",
+                                      "--batch-size", "16", "--no-progress", "--device", "cpu",
+                                      "--augment-crop", "2", "--augment-flip", "--out", str(out),
+                                      *extra])
+        assert r.exit_code == 0, r.output
+    train(tmp_path / "whole", "--epochs", "2")
+    train(tmp_path / "split", "--epochs", "1")
+    r = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "split"), "--epochs", "2",
+                                  "--no-progress"])
+    assert r.exit_code == 0, r.output
+    a, b = np.load(tmp_path / "whole" / "weights.npz"), np.load(tmp_path / "split" / "weights.npz")
+    assert set(a.files) == set(b.files)
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
