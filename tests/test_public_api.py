@@ -59,6 +59,9 @@ def test_readme_has_python_examples():
 @pytest.mark.parametrize("i", range(len(_python_blocks())))
 def test_readme_python_example_runs(i, tmp_path):
     code = _python_blocks()[i]
+    needs = re.match(r"# needs: (.*)\n", code)      # an example for an optional package
+    for module in (needs.group(1).split(",") if needs else []):
+        pytest.importorskip(module.strip(), reason=f"the README example needs {module.strip()}")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                        text=True, timeout=600, env={"GPUNN_DEVICE": "cpu",
                                                      **__import__("os").environ})
