@@ -87,6 +87,8 @@ def _probe_cuda() -> tuple[bool, str, int]:
     try:
         import cupy
     except ImportError:
+        if nvidia_driver_version() is None:
+            return False, "no NVIDIA driver found", 0
         return (False, "cupy is not installed (pip install 'gpunn[cuda12]' or 'gpunn[cuda13]', "
                        "matching your CUDA driver)", 0)
     except Exception as e:  # a broken install raises all sorts of things at import
@@ -95,8 +97,14 @@ def _probe_cuda() -> tuple[bool, str, int]:
         count = int(cupy.cuda.runtime.getDeviceCount())
     except Exception as e:
         msg = str(e) or type(e).__name__
+        driver = nvidia_driver_version()
+        if driver is None:
+            # CUDA says "driver version is insufficient" also when there is no driver at all
+            return False, "no NVIDIA driver found", 0
         if "driver" in msg.lower() or "cudaErrorInsufficientDriver" in msg:
-            return False, f"no usable NVIDIA driver ({msg}); install the driver or use device='cpu'", 0
+            return False, (f"the NVIDIA driver ({driver}) is too old for this CuPy's CUDA "
+                           f"runtime; update the driver, or install the CuPy wheel for an older "
+                           f"CUDA (cupy-cuda12x)"), 0
         return False, f"the CUDA runtime reports no device ({msg})", 0
     if count == 0:
         return False, "the CUDA driver reports zero devices", 0
@@ -106,6 +114,27 @@ def _probe_cuda() -> tuple[bool, str, int]:
     except Exception as e:
         return False, f"CUDA device 0 is not usable: {type(e).__name__}: {e}", count
     return True, f"{count} CUDA device(s)", count
+
+
+def nvidia_driver_version():
+    """The NVIDIA kernel driver's version, "present" when only its library is found, or None
+    when this machine has no NVIDIA driver. Never raises."""
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            for word in f.read().split():
+                if word[:1].isdigit() and "." in word:
+                    return word
+        return "present"
+    except OSError:
+        pass
+    import ctypes
+    for lib in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            ctypes.CDLL(lib)
+            return "present"
+        except OSError:
+            continue
+    return None
 
 
 def cuda_available() -> bool:
@@ -136,7 +165,7 @@ def resolve_device(device: "str | Device | None" = "auto", *, quiet: bool = Fals
         if ok:
             return Device("cuda", 0)
         if not quiet and not _auto_note_printed:
-            print(f"gpunn: no usable CUDA device ({reason}); using the CPU", file=sys.stderr)
+            print(f"gpunn: no GPU ({reason.split(';')[0]}); using the CPU", file=sys.stderr)
             _auto_note_printed = True
         return CPU
     if spec == "cpu":

@@ -117,8 +117,10 @@ def layer_cases():
     ]
 
 
-def layer_parity(side: Side, dtype=np.float64, batch: int = 6, seed: int = 0) -> list:
-    """Forward (train mode) and backward of every layer on both sides."""
+def layer_parity(side: Side, dtype=np.float64, batch: int = 6, seed: int = 0,
+                 on_row=None) -> list:
+    """Forward (train mode) and backward of every layer on both sides; ``on_row(row)`` is
+    called as each row is done."""
     rows = []
     for name, make, shape, needs in layer_cases():
         rng = np.random.default_rng(seed)
@@ -139,6 +141,8 @@ def layer_parity(side: Side, dtype=np.float64, batch: int = 6, seed: int = 0) ->
             bwd = max(bwd, rel_diff(p_ref.grad, p.grad))
         rows.append(ParityRow(name, np.dtype(dtype).name, rel_diff(y_ref, y), bwd, launches,
                               TOL[np.dtype(dtype).type], needs))
+        if on_row is not None:
+            on_row(rows[-1])
     return rows
 
 
@@ -200,27 +204,40 @@ def training_parity(side: Side, model: str, dtype=np.float64, steps: int = 40,
                      tol, tol_backward=tol_w)
 
 
-def format_rows(rows) -> str:
+def format_header() -> str:
+    """The table's heading (two lines)."""
     head = (f"{'check':40s} {'dtype':8s} {'forward/loss':>13s} {'backward/weights':>17s} "
             f"{'launches':>9s} {'tol':>8s} {'tol bwd':>8s}  ok")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        tb = r.tol if r.tol_backward is None else r.tol_backward
-        lines.append(f"{r.what:40s} {r.dtype:8s} {r.forward:13.2e} {r.backward:17.2e} "
-                     f"{r.launches:9d} {r.tol:8.1e} {tb:8.1e}  {'yes' if r.ok else 'NO'}")
+    return head + "\n" + "-" * len(head)
+
+
+def format_row(r) -> str:
+    tb = r.tol if r.tol_backward is None else r.tol_backward
+    return (f"{r.what:40s} {r.dtype:8s} {r.forward:13.2e} {r.backward:17.2e} "
+            f"{r.launches:9d} {r.tol:8.1e} {tb:8.1e}  {'yes' if r.ok else 'NO'}")
+
+
+def format_footer(rows) -> str:
     bad = sum(not r.ok for r in rows)
-    lines.append(f"{len(rows) - bad} passed, {bad} failed")
-    return "\n".join(lines)
+    return f"{len(rows) - bad} passed, {bad} failed"
+
+
+def format_rows(rows) -> str:
+    """The whole table: heading, one line per row, the count."""
+    return "\n".join([format_header(), *map(format_row, rows), format_footer(rows)])
 
 
 def run_parity(side_kind: str = "cuda", models=("model4", "cnn-bn"), steps: int = 200,
-               dtypes=(np.float64, np.float32)) -> tuple:
-    """Every layer and the given zoo models on both sides; returns (rows, all_ok)."""
+               dtypes=(np.float64, np.float32), on_row=None) -> tuple:
+    """Every layer and the given zoo models on both sides; returns (rows, all_ok).
+    ``on_row(row)`` is called as each row is done (``gpunn parity`` prints it then)."""
     side = Side(side_kind)
     rows = []
     for dt in dtypes:
-        rows += layer_parity(side, dt)
+        rows += layer_parity(side, dt, on_row=on_row)
     for dt in dtypes:
         for model in models:
             rows.append(training_parity(side, model, dt, steps=steps))
+            if on_row is not None:
+                on_row(rows[-1])
     return rows, all(r.ok for r in rows)

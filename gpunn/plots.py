@@ -144,13 +144,20 @@ def plot_sweep_curves(histories: dict, models, settings, path) -> str:
     return _save(fig, path)
 
 
-def sweep_table_markdown(results: dict, models, settings) -> str:
-    """Markdown table of final test accuracy, models x settings (best of each row in bold)."""
+def sweep_table_markdown(results: dict, models, settings, choose_by: dict | None = None) -> str:
+    """Markdown table of ``results`` (model, setting) -> value, models x settings, with each
+    row's best in bold: the cell with the highest ``choose_by`` value when given (a sweep
+    passes validation accuracy, so the test accuracy shown never chooses), else the highest
+    value shown."""
+    judge = results if choose_by is None else choose_by
     lines = ["| model | " + " | ".join(settings) + " |", "|---|" + "---:|" * len(settings)]
     for m in models:
         vals = [results.get((m, s)) for s in settings]
-        best = max((v for v in vals if v is not None), default=None)
-        cells = ["-" if v is None else (f"**{v:.4f}**" if v == best else f"{v:.4f}") for v in vals]
+        marks = [judge.get((m, s)) for s in settings]
+        top = max((v for v in marks if v is not None), default=None)
+        win = marks.index(top) if top is not None else -1
+        cells = ["-" if v is None else (f"**{v:.4f}**" if i == win else f"{v:.4f}")
+                 for i, v in enumerate(vals)]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

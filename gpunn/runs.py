@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 
@@ -44,6 +45,7 @@ class RunConfig:
     val_size: float = 5000
     standardize: bool = False
     patience: int | None = None
+    save_best: bool = False          # also keep the best weights (by validation) in best.npz
     max_steps: int | None = None
     progress: bool = True
     augment_crop: int = 0            # images: random crop after zero padding by this many pixels
@@ -85,6 +87,7 @@ class RunConfig:
         with open(path) as f:
             d = json.load(f)
         d.pop("gpunn_version", None)
+        d.pop("resumes", None)                      # the resume history (gpunn/rundir.py)
         return cls.from_dict(d, where=str(path))
 
     def save(self, path) -> None:
@@ -93,10 +96,17 @@ class RunConfig:
 
 def _write_json(path, obj) -> None:
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if e.errno is not None:
+            e.filename = path                       # name the file meant, not the temporary
+        raise
 
 
 def data_and_model(cfg: RunConfig):
@@ -122,12 +132,13 @@ def data_and_model(cfg: RunConfig):
     return data, model
 
 
-def build_all(cfg: RunConfig, device):
-    """(dataset, model on device, optimizer, scheduler, loss) for a config."""
+def build_all(cfg: RunConfig, device=None):
+    """(dataset, model on device, optimizer, scheduler, loss) for a config (``device``: the
+    config's, resolved once the model is built)."""
     from .optim import SGD, Adam, CosineAnnealingLR, ExponentialLR, StepLR
 
     data, model = data_and_model(cfg)
-    model.to(device)
+    model.to(resolve_device(cfg.device) if device is None else device)
     if cfg.optimizer == "sgd":
         opt = SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                   weight_decay=cfg.weight_decay)
@@ -140,25 +151,84 @@ def build_all(cfg: RunConfig, device):
     return data, model, opt, (sched() if sched else None), SoftmaxCrossEntropy()
 
 
-def run_training(cfg: RunConfig, out: str, *, resume: bool = False, log=None) -> dict:
-    """Train per ``cfg`` into run directory ``out``; returns a summary dict."""
+def run_training(cfg: RunConfig, out: str, *, resume: bool = False, overwrite: bool = False,
+                 log=None) -> dict:
+    """Train per ``cfg`` into run directory ``out``; returns a summary dict.
+
+    A new run refuses a directory that holds files unless ``overwrite`` (which removes the old
+    run's files once the new run's settings have been checked). A resumed run (``cfg`` from
+    :func:`gpunn.rundir.resume_config`) raises :class:`gpunn.rundir.RunFinished` when it has
+    nothing left to do, refuses fewer epochs than it has done, records the resume in
+    config.json and re-plans the LR schedule for a new total. The directory is locked while
+    the run writes it; a run that fails before its first checkpoint leaves no folder. Faults
+    raise :class:`gpunn.errors.RunError` subclasses saying what on disk is intact.
+    """
+    from .rundir import (RunFinished, check_new_run_dir, clear_run, remove_if_unstarted,
+                         resume_position, save_config, writes)
+    from .train import RunLock
     from .train.logs import run_logs
 
+    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     logs = run_logs(out, tensorboard=cfg.tensorboard)     # a missing extra fails here, first
+    if resume:
+        old = RunConfig.load(os.path.join(out, "config.json"))
+        try:
+            pos = resume_position(out, cfg)
+        except RunFinished:
+            if os.path.exists(os.path.join(out, "metrics.json")):
+                raise
+            pos = None                      # trained, but killed before its report: write it
+            say(f"{out} finished training but not its report; writing the report")
+    else:
+        check_new_run_dir(out, overwrite)
+    built = build_all(cfg)                  # bad settings and data fail here, before any write
     dev = resolve_device(cfg.device)
-    os.makedirs(out, exist_ok=True)
-    data, model, opt, sched, loss = build_all(cfg, dev)
-    if not resume:
-        cfg.save(os.path.join(out, "config.json"))
+    created, lock = not os.path.isdir(out), RunLock(out)
+    try:
+        with writes(lambda: _intact(out)), lock:
+            if lock.stale:
+                say(f"note: took over a stale lock on {out} left by "
+                    f"{lock._describe(lock.stale)}, which is no longer running")
+            if not resume:
+                if overwrite and clear_run(out):
+                    say(f"--overwrite: removed the earlier run's files from {out}")
+                save_config(cfg, os.path.join(out, "config.json"))
+            else:
+                save_config(cfg, os.path.join(out, "config.json"), resumed_from=pos, old=old)
+                if cfg.epochs != old.epochs:
+                    say(f"resume: the run's total goes from {old.epochs} to {cfg.epochs} epochs "
+                        f"(recorded in config.json)")
+            return _train(cfg, out, built, dev, resume, log, lock, logs)
+    except BaseException:
+        remove_if_unstarted(out, created)
+        raise
+
+
+def _intact(out) -> str:
+    """What a failed write leaves: the last checkpoint (intact: written atomically), or none."""
+    from .serialization import load_checkpoint
+
+    path = os.path.join(out, "checkpoint.npz")
+    try:
+        step = load_checkpoint(path)["state"]["step"]
+    except (OSError, ValueError, KeyError):
+        return "no checkpoint had been written yet"
+    return f"the last checkpoint, {path} (step {step}), is intact and loadable"
+
+
+def _train(cfg, out, built, dev, resume, log, lock, logs) -> dict:
+    data, model, opt, sched, loss = built
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, eval_every=cfg.eval_every,
                        seed=cfg.seed, patience=cfg.patience, progress=cfg.progress,
+                       save_best=cfg.save_best,
                        max_steps=cfg.max_steps, augment=_augment(cfg))
     result = fit(model, loss, opt, data, tcfg, out_dir=out, device=dev, scheduler=sched,
-                 resume=resume, log=log, extensions=logs)
+                 resume=resume, log=log, extensions=[lock, *logs])
     model.save(os.path.join(out, "weights.npz"))
     _write_json(os.path.join(out, "history.json"), result.history)
     ev = _evaluate_and_report(out, cfg, model, data, loss, dev, result)
-    return {"test_acc": ev["accuracy"], "test_loss": ev["loss"], "seconds": result.seconds,
+    return {"test_acc": ev["accuracy"], "test_loss": ev["loss"], "val_acc": ev["val_acc"],
+            "val_loss": ev["val_loss"], "best": result.best, "seconds": result.seconds,
             "device": str(dev), "steps": result.steps, "history": result.history}
 
 
@@ -265,12 +335,20 @@ def _test_plots(out, model, data, ev) -> dict:
 def _evaluate_and_report(out, cfg, model, data, loss, dev, result) -> dict:
     from . import plots
 
+    from .backend import to_device
+    from .rundir import plain
+
     ev = _test_metrics(model, data, loss, dev)
+    ev["val_loss"] = ev["val_acc"] = None
+    if data.x_val is not None and len(data.x_val):
+        ev["val_loss"], ev["val_acc"], _ = evaluate(model, loss, to_device(data.x_val, dev),
+                                                    to_device(data.y_val, dev))
+    ev["json"].update(val_accuracy=ev["val_acc"], val_loss=ev["val_loss"])
     files = {"curves": plots.plot_learning_curves(result.history, os.path.join(out, "curves.png"),
                                                   title=f"{cfg.model} on {cfg.dataset}")}
     files.update(_test_plots(out, model, data, ev))
     _write_json(os.path.join(out, "metrics.json"), ev["json"])
-    settings = "\n".join(f"| {k} | {v} |" for k, v in asdict(cfg).items())
+    settings = "\n".join(f"| {k} | {plain(v)} |" for k, v in asdict(cfg).items())
     h = result.history
     rows = [f"| {s} | {e} | {_f(tl)} | {_f(ta)} | {_f(vl)} | {_f(va)} | {_f(sl)} | {_f(sa)} |"
             for s, e, tl, ta, vl, va, sl, sa in zip(h["samples"], h["epoch"], h["train_loss"],
@@ -284,7 +362,11 @@ def _evaluate_and_report(out, cfg, model, data, loss, dev, result) -> dict:
 - data: {data.name} from {getattr(data, 'source', '?')}; train {len(data.y_train)}, validation {len(data.y_val) if data.y_val is not None else 0}, test {len(data.y_test)}
 - parameters: {model.num_parameters():,}
 - time taken: {result.seconds:.1f} s for {result.steps} steps ({result.steps * cfg.batch_size / max(result.seconds, 1e-9):,.0f} samples/s including evaluation)
-- stopped early: {result.stopped_early}; best {result.best.get('metric')}: {_f(result.best.get('value'))}
+- stopped early: {plain(result.stopped_early)}; best {result.best.get('metric')}: {_f(result.best.get('value'))}{_at_epoch(result.best, len(data.y_train))}
+
+## Weights
+
+{_weights_note(cfg, result, len(data.y_train), ev)}
 
 ## Final test metrics
 
@@ -321,6 +403,28 @@ def _f(v):
     return "-" if v is None else f"{v:.4f}"
 
 
+def _at_epoch(best, n_train) -> str:
+    return f" at epoch {best['samples'] / n_train:.2f}" if best.get("samples") is not None else ""
+
+
+def _weights_note(cfg, result, n_train, ev) -> str:
+    """Which file holds which weights; the test metrics below are weights.npz's."""
+    best = result.best
+    judged = f"best {best.get('metric')} ({_f(best.get('value'))}{_at_epoch(best, n_train)})"
+    restored = cfg.patience is not None and best.get("samples") is not None
+    last = (f"the weights with the {judged}, restored by early stopping" if restored else
+            f"the weights at the end of training (step {result.steps})")
+    lines = [f"- weights.npz: {last}; validation accuracy {_f(ev['val_acc'])}. The test metrics "
+             f"below are these weights'."]
+    if cfg.save_best:
+        lines.append(f"- best.npz: the weights with the {judged}.")
+    lines.append("- checkpoint.npz: the whole training state at the last evaluation (for "
+                 "--resume).")
+    lines.append("- The validation split picks the best weights; the test split is never used "
+                 "to choose.")
+    return "\n".join(lines)
+
+
 # -- sweeps -------------------------------------------------------------------------------------
 def load_sweep(path) -> dict:
     """Parse a sweep TOML: top-level run settings, ``models = [...]`` and ``[[settings]]``
@@ -353,36 +457,87 @@ def load_sweep(path) -> dict:
     return {"name": name, "base": doc, "models": models, "settings": settings}
 
 
-def run_sweep(path, *, out=None, device=None, epochs=None, max_steps=None, progress=True) -> dict:
-    from . import plots
+def run_sweep(path, *, out=None, device=None, epochs=None, max_steps=None, progress=True,
+              resume=False, overwrite=False, log=None) -> dict:
+    """Train every model x setting of a sweep file into ``out/MODEL__SETTING``, one after the
+    other, saying "run k/n" before each and its result as it ends (through ``log``).
 
+    Each row's winner and the sweep's best cell are chosen on validation accuracy (of the
+    weights each run kept); test accuracy is reported, never used to choose. With ``resume``,
+    runs that finished are skipped, a run that stopped part way is resumed, the rest are
+    trained; without it a sweep directory that holds runs is refused unless ``overwrite``.
+    """
+    from . import plots
+    from .rundir import RunExistsError, resume_config
+
+    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     sw = load_sweep(path)
     out = out or os.path.join("runs", f"sweep-{sw['name']}")
-    os.makedirs(out, exist_ok=True)
-    results = {}
-    histories = {}
+    cells = []
     for model_name in sw["models"]:
         for i, s in enumerate(sw["settings"]):
             sname = s.get("name", f"setting{i + 1}")
             d = {**sw["base"], **{k: v for k, v in s.items() if k != "name"}, "model": model_name,
                  "progress": progress}
-            if device:
-                d["device"] = device
-            if epochs:
-                d["epochs"] = epochs
-            if max_steps:
-                d["max_steps"] = max_steps
-            cfg = RunConfig.from_dict(d)
-            run_dir = os.path.join(out, f"{model_name}__{sname}")
-            summary = run_training(cfg, run_dir)
-            results[(model_name, sname)] = summary["test_acc"]
-            histories[(model_name, sname)] = summary["history"]
+            d.update({k: v for k, v in (("device", device), ("epochs", epochs),
+                                        ("max_steps", max_steps)) if v})
+            cells.append((model_name, sname, d, os.path.join(out, f"{model_name}__{sname}")))
+    held = [c[3] for c in cells if os.path.isdir(c[3]) and os.listdir(c[3])]
+    if held and not (resume or overwrite):
+        raise RunExistsError(f"{out} holds an earlier sweep ({len(held)} of {len(cells)} runs); "
+                             f"finish it with --resume, start again with --overwrite, or "
+                             f"choose another --out")
+    os.makedirs(out, exist_ok=True)
+    test, val, histories, n = {}, {}, {}, len(cells)
+    for k, (model_name, sname, d, run_dir) in enumerate(cells, 1):
+        tag, key = f"run {k}/{n}: {model_name} / {sname}", (model_name, sname)
+        done = _finished(run_dir) if resume else None
+        if done is not None:
+            say(f"{tag}: already done (val acc {_f(done['val_acc'])}, test acc "
+                f"{_f(done['test_acc'])}); skipped")
+            summary = done
+        elif resume and os.path.exists(os.path.join(run_dir, "checkpoint.npz")):
+            say(f"{tag}: resuming {run_dir}")
+            summary = run_training(resume_config(run_dir, d), run_dir, resume=True, log=log)
+        else:
+            say(f"{tag} -> {run_dir}")
+            summary = run_training(RunConfig.from_dict(d), run_dir, overwrite=overwrite or resume,
+                                   log=log)
+        if done is None:
+            say(f"{tag} done: val acc {_f(summary['val_acc'])}, test acc "
+                f"{_f(summary['test_acc'])} ({summary['seconds']:.1f} s)")
+        test[key], val[key], histories[key] = (summary["test_acc"], summary["val_acc"],
+                                               summary["history"])
     snames = [s.get("name", f"setting{i + 1}") for i, s in enumerate(sw["settings"])]
-    table = plots.sweep_table_markdown(results, sw["models"], snames)
+    table = plots.sweep_table_markdown(test, sw["models"], snames, choose_by=val)
+    val_table = plots.sweep_table_markdown(val, sw["models"], snames)
+    chosen = [c for c in val if val[c] is not None]
+    best = max(chosen, key=lambda c: val[c]) if chosen else None
+    verdict = (f"Best cell, chosen on validation accuracy: {best[0]} / {best[1]} (validation "
+               f"{val[best]:.4f}, test {test[best]:.4f})." if best else
+               "No run has a validation split, so no cell is chosen (the test split never "
+               "chooses).")
     plots.plot_sweep_curves(histories, sw["models"], snames, os.path.join(out, "sweep_curves.png"))
-    plots.plot_sweep_table(results, sw["models"], snames, os.path.join(out, "sweep_table.png"))
+    plots.plot_sweep_table(test, sw["models"], snames, os.path.join(out, "sweep_table.png"))
     report = os.path.join(out, "report.md")
     with open(report, "w") as f:
-        f.write(f"# gpunn sweep: {sw['name']}\n\nFinal test accuracy (model x setting):\n\n{table}\n\n"
+        f.write(f"# gpunn sweep: {sw['name']}\n\nFinal test accuracy (model x setting). In "
+                f"bold: each model's setting with the best validation accuracy; the test split "
+                f"is reported, never used to choose.\n\n{table}\n\n{verdict}\n\n"
+                f"Validation accuracy of the same weights:\n\n{val_table}\n\n"
                 "![learning curves](sweep_curves.png)\n\n![table](sweep_table.png)\n")
-    return {"table": table, "report": report, "results": results}
+    return {"table": table, "report": report, "results": test, "val": val, "best": best,
+            "verdict": verdict}
+
+
+def _finished(run_dir):
+    """A finished run's summary (from metrics.json and history.json), or None."""
+    try:
+        with open(os.path.join(run_dir, "metrics.json")) as f:
+            m = json.load(f)
+        with open(os.path.join(run_dir, "history.json")) as f:
+            history = json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+    return {"test_acc": m["accuracy"], "test_loss": m["loss"], "val_acc": m.get("val_accuracy"),
+            "val_loss": m.get("val_loss"), "history": history}

@@ -39,8 +39,8 @@ def atomic_savez(path, arrays: dict, meta: dict | None = None) -> None:
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(e, OSError):             # name the file meant, not the temporary one
-            e.filename = path
+        if isinstance(e, OSError) and e.errno is not None:   # name the file meant, not the
+            e.filename = path                                 # temporary one
         raise
 
 

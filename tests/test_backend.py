@@ -43,6 +43,7 @@ def _fake_cupy(monkeypatch, count=None, error=None):
 
 def test_cpu_and_auto_without_cupy(monkeypatch, capsys):
     _block_cupy(monkeypatch)
+    monkeypatch.setattr(backend, "nvidia_driver_version", lambda: "550.54")   # a driver, no CuPy
     monkeypatch.delenv("GPUNN_DEVICE", raising=False)
     ok, reason, n = backend.cuda_status()
     assert not ok and "cupy is not installed" in reason and n == 0
@@ -54,12 +55,24 @@ def test_cpu_and_auto_without_cupy(monkeypatch, capsys):
         resolve_device("cuda")
 
 
-def test_no_driver(monkeypatch):
+def test_no_driver(monkeypatch, capsys):
+    """CUDA says "driver version is insufficient" also when there is no driver at all."""
     _fake_cupy(monkeypatch, error="cudaErrorInsufficientDriver: CUDA driver version is insufficient")
-    ok, reason, _ = backend.cuda_status()
-    assert not ok and "driver" in reason
-    with pytest.raises(DeviceError, match="driver"):
+    monkeypatch.setattr(backend, "nvidia_driver_version", lambda: None)
+    assert backend.cuda_status() == (False, "no NVIDIA driver found", 0)
+    with pytest.raises(DeviceError, match="no NVIDIA driver found"):
         resolve_device("cuda:0")
+    monkeypatch.delenv("GPUNN_DEVICE", raising=False)
+    resolve_device("auto")
+    assert capsys.readouterr().err == "gpunn: no GPU (no NVIDIA driver found); using the CPU\n"
+
+
+def test_a_driver_too_old(monkeypatch):
+    _fake_cupy(monkeypatch, error="cudaErrorInsufficientDriver: CUDA driver version is insufficient")
+    monkeypatch.setattr(backend, "nvidia_driver_version", lambda: "470.10")
+    ok, reason, _ = backend.cuda_status()
+    assert not ok and reason.startswith("the NVIDIA driver (470.10) is too old")
+    assert "insufficient" not in reason
 
 
 def test_zero_devices(monkeypatch):

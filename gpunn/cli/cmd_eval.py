@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
-from .app import echo_err, main
+from .app import debug_option, main, one_line_errors
 
 
 @main.command("eval")
@@ -15,18 +14,16 @@ from .app import echo_err, main
 @click.option("--device", default="auto", show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None)
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Redraw the test plots.")
-def eval_(run_dir, as_json, device, data_dir, plots):
+@debug_option
+def eval_(run_dir, as_json, device, data_dir, plots, debug):
     """Evaluate a run's saved weights on the test set: metrics, per-class table, plots.
 
     With --json prints {"accuracy", "loss", "per_class": [...], "confusion": [[...]]}.
     """
     from ..runs import evaluate_run
 
-    try:
+    with one_line_errors(debug):
         res = evaluate_run(run_dir, device=device, data_dir=data_dir, plots=plots)
-    except (FileNotFoundError, ValueError) as e:
-        echo_err(f"error: {e}")
-        sys.exit(2)
     if as_json:
         click.echo(json.dumps(res["json"]))
     else:

@@ -44,7 +44,7 @@ def info():
 @main.command()
 @click.option("--check", "check", metavar="NAME", help="Exit 0 if NAME is available, else print how to get it and exit 1.")
 @click.option("--download", "download", metavar="NAME", help="Download NAME into the cache (checksums verified).")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Also look in this folder.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Look only in this folder.")
 def datasets(check, download, data_dir):
     """List the known data sets and where each was found; check or download one."""
     from ..data import DatasetNotFound, dataset_status, download_dataset, locate_dataset

@@ -21,7 +21,7 @@ def parity(emulate, models, steps, dtypes):
     """Compare the NumPy path with the CUDA path: every layer's forward and backward, and
     whole training runs, in float64 (to ~1e-10) and float32. Exits 1 on any failure."""
     from ..backend import cuda_status
-    from ..parity import format_rows, run_parity
+    from ..parity import format_footer, format_header, format_row, run_parity
 
     if not emulate:
         ok, reason, _ = cuda_status()
@@ -31,7 +31,10 @@ def parity(emulate, models, steps, dtypes):
             sys.exit(2)
     dts = {"float64": (np.float64,), "float32": (np.float32,), "both": (np.float64, np.float32)}[dtypes]
     names = [m for m in models.split(",") if m]
-    rows, ok = run_parity("emulated" if emulate else "cuda", models=names, steps=steps, dtypes=dts)
-    click.echo(f"parity: NumPy vs {'emulated CUDA (CPU-compiled kernels)' if emulate else 'CUDA'}")
-    click.echo(format_rows(rows))
+    click.echo(f"parity: NumPy vs {'emulated CUDA (CPU-compiled kernels)' if emulate else 'CUDA'}"
+               f" (each row as it is done; training runs take longest)")
+    click.echo(format_header())
+    rows, ok = run_parity("emulated" if emulate else "cuda", models=names, steps=steps, dtypes=dts,
+                          on_row=lambda r: click.echo(format_row(r)))
+    click.echo(format_footer(rows))
     sys.exit(0 if ok else 1)

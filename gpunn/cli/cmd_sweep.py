@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from .app import DEFAULTS, echo_err, main
+from .app import DEFAULTS, debug_option, echo_err, main, one_line_errors
 
 
 @main.command()
@@ -15,16 +15,24 @@ from .app import DEFAULTS, echo_err, main
 @click.option("--epochs", type=int, default=None, help="Override the config's epochs.")
 @click.option("--max-steps", type=int, default=DEFAULTS["max_steps"], help="Cap every run's steps (smoke tests).")
 @click.option("--progress/--no-progress", default=True)
-def sweep(config, out, device, epochs, max_steps, progress):
-    """Train every model x setting in a TOML sweep file; write the grid of learning curves
-    and the summary table of test accuracies (see examples/coursework_sweep.toml)."""
+@click.option("--resume", is_flag=True, help="Finish a sweep in --out: skip the runs that are done, resume one that stopped.")
+@click.option("--overwrite", is_flag=True, help="Start again in --out, replacing its runs.")
+@debug_option
+def sweep(config, out, device, epochs, max_steps, progress, resume, overwrite, debug):
+    """Train every model x setting in a TOML sweep file, saying "run k/n" before each and its
+    result as it ends; write the grid of learning curves and the summary table (test accuracy;
+    each model's best setting chosen on validation accuracy). See
+    examples/coursework_sweep.toml."""
     from ..runs import run_sweep
 
-    try:
-        res = run_sweep(config, out=out, device=device, epochs=epochs, max_steps=max_steps,
-                        progress=progress)
-    except (ValueError, FileNotFoundError) as e:
-        echo_err(f"error: {e}")
+    if resume and overwrite:
+        echo_err("error: --resume and --overwrite contradict each other; give one")
         sys.exit(2)
+    with one_line_errors(debug, "stopped; finish the sweep with: gpunn sweep CONFIG --resume"
+                                + (f" --out {out}" if out else "")):
+        res = run_sweep(config, out=out, device=device, epochs=epochs, max_steps=max_steps,
+                        progress=progress, resume=resume, overwrite=overwrite,
+                        log=lambda msg: echo_err(msg))
     click.echo(res["table"])
+    click.echo(res["verdict"])
     click.echo(f"sweep report: {res['report']}")

@@ -8,7 +8,7 @@ import time
 import click
 
 from ..runs import DEFAULT_LR, RunConfig
-from .app import DEFAULTS, OPTIMIZERS, echo_err, main
+from .app import DEFAULTS, OPTIMIZERS, debug_option, echo_err, main, one_line_errors
 
 
 def _train_options(f):
@@ -22,7 +22,7 @@ def _train_options(f):
                           "(x_train, y_train, x_test, y_test[, class_names]), idx:DIR (four IDX files), "
                           "folder:DIR (DIR/train/<class>/*.png, DIR/test/<class>/*.png)."),
         click.option("--data-dir", type=click.Path(file_okay=False), default=DEFAULTS["data_dir"],
-                     help="Folder holding the data set's files (else the usual places)."),
+                     help="Folder holding the data set's files; the only place looked (else the usual places)."),
         click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS["epochs"], show_default=True),
         click.option("--lr", type=float, default=DEFAULTS["lr"],
                      help="Learning rate [" + ", ".join(f"{k}: {v}" for k, v in DEFAULT_LR.items()) + "]."),
@@ -49,11 +49,16 @@ def _train_options(f):
         click.option("--augment-flip/--no-augment-flip", default=DEFAULTS["augment_flip"], show_default=True,
                      help="Images: random horizontal flip (on the device)."),
         click.option("--patience", type=int, default=DEFAULTS["patience"], help="Early stopping: evaluations without improvement."),
+        click.option("--save-best/--no-save-best", default=DEFAULTS["save_best"], show_default=True,
+                     help="Also keep the weights with the best validation accuracy in best.npz (weights.npz: the last)."),
         click.option("--max-steps", type=int, default=DEFAULTS["max_steps"], help="Stop after this many steps (smoke tests)."),
         click.option("--out", type=click.Path(file_okay=False), default=None,
-                     help="Run directory [runs/MODEL-DATASET-TIME]."),
+                     help="Run directory [runs/MODEL-DATASET-TIME]; refused if it holds files, unless --overwrite."),
+        click.option("--overwrite", is_flag=True, help="Replace the run in --out (its files are removed once the new settings check out)."),
         click.option("--resume", "resume", type=click.Path(file_okay=False, exists=True), default=None,
-                     help="Continue the run in this directory from its checkpoint (settings from its config.json; --epochs may raise the total)."),
+                     help="Continue the run in this directory from its checkpoint, with its settings (config.json); "
+                          "--epochs may raise the total (the LR schedule is stretched to it), --max-steps, --device, "
+                          "--data-dir and --progress may change, other options must agree."),
         click.option("--progress/--no-progress", default=DEFAULTS["progress"], show_default=True),
         click.option("--tensorboard/--no-tensorboard", default=DEFAULTS["tensorboard"], show_default=True,
                      help="Also write TensorBoard event files to RUN/tensorboard (needs: pip install 'gpunn[tensorboard]')."),
@@ -79,43 +84,39 @@ def _label(model, dataset) -> str:
 
 @main.command()
 @_train_options
+@debug_option
 @click.pass_context
-def train(ctx, resume, **kw):
+def train(ctx, resume, overwrite, debug, **kw):
     """Train a zoo model on a data set and write a run directory with plots and a report."""
+    from ..rundir import RunFinished, resume_config
     from ..runs import run_training
 
     if resume:
-        cfg = RunConfig.load(os.path.join(resume, "config.json"))
-        src = ctx.get_parameter_source
-        if src("epochs") != click.core.ParameterSource.DEFAULT:
-            cfg.epochs = kw["epochs"]
-        if src("device") != click.core.ParameterSource.DEFAULT:
-            cfg.device = kw["device"]
-        if src("data_dir") != click.core.ParameterSource.DEFAULT:
-            cfg.data_dir = kw["data_dir"]
-        cfg.progress = kw["progress"]
-        if src("tensorboard") != click.core.ParameterSource.DEFAULT:
-            cfg.tensorboard = kw["tensorboard"]
+        given = {("model" if k == "model_name" else k): v for k, v in kw.items()
+                 if ctx.get_parameter_source(k) not in (click.core.ParameterSource.DEFAULT,
+                                                        click.core.ParameterSource.DEFAULT_MAP)}
+        out = given.pop("out", None)
+        given["progress"] = kw["progress"]          # display only: always as given now
+        if out is not None and os.path.abspath(out) != os.path.abspath(resume):
+            echo_err(f"error: --out {out} and --resume {resume} name different runs; give one")
+            sys.exit(2)
+        if overwrite:
+            echo_err("error: --overwrite and --resume contradict each other; give one")
+            sys.exit(2)
         out = resume
+        with one_line_errors(debug):
+            cfg = resume_config(resume, given)
     else:
         cfg = RunConfig.from_cli(kw)
         out = kw["out"] or os.path.join("runs", f"{_label(cfg.model, cfg.dataset)}-"
                                                 f"{time.strftime('%Y%m%d-%H%M%S')}")
     try:
-        summary = run_training(cfg, out, resume=bool(resume))
-    except KeyboardInterrupt:
-        echo_err(f"stopped; resume with: gpunn train --resume {out}")
-        sys.exit(130)
-    except Exception as e:
-        from ..errors import ShapeError, DTypeError
-        from ..backend import DeviceError
-        from ..data import DatasetNotFound
-        from ..extras import MissingExtra
-        if isinstance(e, (ShapeError, DTypeError, DeviceError, DatasetNotFound, ValueError,
-                          FileNotFoundError, MissingExtra)):
-            echo_err(f"error: {e}")
-            sys.exit(2)
-        raise
+        with one_line_errors(debug, f"stopped; resume with: gpunn train --resume {out}",
+                             passthrough=(RunFinished,)):
+            summary = run_training(cfg, out, resume=bool(resume), overwrite=overwrite)
+    except RunFinished as e:
+        echo_err(str(e))
+        return
     click.echo(f"test accuracy {summary['test_acc']:.4f}  loss {summary['test_loss']:.4f}  "
                f"({summary['seconds']:.1f} s on {summary['device']})")
     click.echo(f"report: {os.path.join(out, 'report.md')}")

@@ -125,11 +125,15 @@ def get_info(name: str) -> DatasetInfo:
 
 
 def _candidate_dirs(info: DatasetInfo, data_dir=None):
+    """The folders looked in, in order: only ``data_dir`` (and its <name> subfolder) when one
+    is given, so an explicit folder is never silently replaced by another copy; else the
+    cache and the system folders."""
     dirs = []
     if data_dir:
         dirs += [data_dir, os.path.join(data_dir, info.name)]
         if info.kind == "cifar10":
             dirs.append(os.path.join(data_dir, "cifar-10-batches-py"))
+        return dirs
     cache = os.path.join(cache_dir(), info.name)
     dirs.append(cache)
     if info.kind == "cifar10":
@@ -153,6 +157,9 @@ def locate_dataset(name: str, data_dir=None) -> dict:
     info = get_info(name)
     if info.kind == "synthetic":
         return {}
+    if data_dir and not os.path.isdir(data_dir):
+        raise DatasetNotFound(f"--data-dir {data_dir} does not exist (with --data-dir it is the "
+                              f"only place {info.name} is looked for)")
     for d in _candidate_dirs(info, data_dir):
         found = {role: _find_file(d, f, info.kind) for role, f in info.files.items()}
         if all(found.values()):
@@ -170,7 +177,9 @@ def how_to_get(info: DatasetInfo, data_dir=None) -> str:
         ways.append(f"download it (needs network access): gpunn datasets --download {info.name}")
     ways.append(f"point at a folder holding {files}: --data-dir DIR")
     ways.append(f"put those files in $GPUNN_DATA/{info.name} (now {os.path.join(cache_dir(), info.name)})")
-    return (f"data set {info.name!r} not found (looked in: {looked}). Ways to get it:\n  - " +
+    only = (f"; --data-dir makes {data_dir} the only place looked, leave it out for the usual "
+            f"places" if data_dir else "")
+    return (f"data set {info.name!r} not found (looked in: {looked}{only}). Ways to get it:\n  - " +
             "\n  - ".join(ways))
 
 

@@ -31,6 +31,7 @@ the loop), a failed write (:class:`RunWriteError`, from the checkpoint).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -336,7 +337,12 @@ def fit(model, loss_fn, optimizer, data, config: TrainConfig, *, out_dir=None, d
     if monitor != cfg.monitor:
         trainer.log(f"no validation split: the best weights are judged on {monitor} "
                     f"(the test split is never used to choose)")
-    trainer.run()
+    # the guard reports a NaN/inf with its step and layer: NumPy's overflow warnings would
+    # only print the same news earlier and less clearly
+    quiet = np.errstate(over="ignore", invalid="ignore", divide="ignore") if cfg.check_finite \
+        else contextlib.nullcontext()
+    with quiet:
+        trainer.run()
     return TrainResult(history=evaluation.history, best=stopping.best(),
                        stopped_early=trainer.stopped_early, seconds=trainer.elapsed(),
                        steps=trainer.state.step)
