@@ -48,14 +48,21 @@ class Sequential(Layer):
     # -- forward / backward ---------------------------------------------------------------
     def forward(self, x, *, train: bool | None = None):
         train = self._mode(train)
-        for layer in self.layers:
+        for layer in self._steps():
             x = layer.forward(x, train=train)
         return x
 
     def backward(self, dout):
-        for layer in reversed(self.layers):
+        for layer in reversed(self._steps()):
             dout = layer.backward(dout)
         return dout
+
+    def _steps(self):
+        """The layers, or the fused plan gpunn.fuse made for them while they are unchanged."""
+        plan = self.__dict__.get("_fused")
+        if plan is not None and plan[0] == tuple(map(id, self.layers)):
+            return plan[1]
+        return self.layers
 
     # -- shapes ---------------------------------------------------------------------------
     def output_shape(self, in_shape):

@@ -37,3 +37,17 @@ extern "C" __global__ void dropout_forward_f64(const double* x, double* y, doubl
                                                unsigned int threshold, double scale) {
     dropout_forward<double>(x, y, mask, n, key, threshold, scale);
 }
+
+// dropout_forward_dyn: the same, with the key read from device memory. A step captured in a
+// CUDA graph uses it: the graphed step writes each replay's key (stream_key(seed, step) of
+// that step, computed on the host exactly as for the eager kernel) before launching the graph.
+extern "C" __global__ void dropout_forward_dyn_f32(const float* x, float* y, float* mask,
+                                                   long long n, const unsigned long long* key,
+                                                   unsigned int threshold, float scale) {
+    dropout_forward<float>(x, y, mask, n, *key, threshold, scale);
+}
+extern "C" __global__ void dropout_forward_dyn_f64(const double* x, double* y, double* mask,
+                                                   long long n, const unsigned long long* key,
+                                                   unsigned int threshold, double scale) {
+    dropout_forward<double>(x, y, mask, n, *key, threshold, scale);
+}

@@ -86,3 +86,38 @@ extern "C" __global__ void adam_update_f64(double* p, const double* g, double* m
                                            double eps, double wd, double bc1, double bc2) {
     adam_update<double>(p, g, m, v, n, lr, b1, b2, eps, wd, bc1, bc2);
 }
+
+// *_dyn: the same updates with the values that change between steps (lr; Adam's bias
+// corrections) read from device memory, one element each. A step captured in a CUDA graph
+// uses these: the graphed step writes each replay's values (computed on the host exactly as
+// for the kernels above) before launching the graph, so both compute the same bits.
+extern "C" __global__ void sgd_update_dyn_f32(float* p, const float* g, long long n,
+                                              const float* lr, float wd) {
+    sgd_update<float>(p, g, n, *lr, wd);
+}
+extern "C" __global__ void sgd_update_dyn_f64(double* p, const double* g, long long n,
+                                              const double* lr, double wd) {
+    sgd_update<double>(p, g, n, *lr, wd);
+}
+extern "C" __global__ void sgd_momentum_update_dyn_f32(float* p, const float* g, float* v,
+                                                       long long n, const float* lr, float mu,
+                                                       float wd, int nesterov, int ema) {
+    sgd_momentum_update<float>(p, g, v, n, *lr, mu, wd, nesterov, ema);
+}
+extern "C" __global__ void sgd_momentum_update_dyn_f64(double* p, const double* g, double* v,
+                                                       long long n, const double* lr, double mu,
+                                                       double wd, int nesterov, int ema) {
+    sgd_momentum_update<double>(p, g, v, n, *lr, mu, wd, nesterov, ema);
+}
+extern "C" __global__ void adam_update_dyn_f32(float* p, const float* g, float* m, float* v,
+                                               long long n, const float* lr, float b1, float b2,
+                                               float eps, float wd, const float* bc1,
+                                               const float* bc2) {
+    adam_update<float>(p, g, m, v, n, *lr, b1, b2, eps, wd, *bc1, *bc2);
+}
+extern "C" __global__ void adam_update_dyn_f64(double* p, const double* g, double* m, double* v,
+                                               long long n, const double* lr, double b1,
+                                               double b2, double eps, double wd,
+                                               const double* bc1, const double* bc2) {
+    adam_update<double>(p, g, m, v, n, *lr, b1, b2, eps, wd, *bc1, *bc2);
+}

@@ -16,7 +16,10 @@ __device__ __forceinline__ double pl_neg_inf(double) {
 
 // -- max pooling ------------------------------------------------------------------------------
 
-template <typename T, bool WITH_ARGMAX>
+// RELU: the fused ReLU + max-pool (gpunn.fuse): every in-bounds pixel is read as
+// relu(x) = x > 0 || x != x ? x : 0 (padding stays -inf), so output and argmax (ties included:
+// the negatives all become 0) are those of max-pooling relu_forward's output.
+template <typename T, bool WITH_ARGMAX, bool RELU = false>
 __device__ __forceinline__ void maxpool2d_forward(const T* x, T* out, int* argmax, int N, int C,
                                                   int H, int W, int kh, int kw, int sy, int sx,
                                                   int pt, int pl, int oh, int ow) {
@@ -36,8 +39,11 @@ __device__ __forceinline__ void maxpool2d_forward(const T* x, T* out, int* argma
             const int h = h0 + i;
             for (int j = 0; j < kw; ++j) {
                 const int w = w0 + j;
-                const T v = (h >= 0 && h < H && w >= 0 && w < W) ? xs[(long long)h * W + w]
-                                                                 : pl_neg_inf(T(0));
+                T v = (h >= 0 && h < H && w >= 0 && w < W) ? xs[(long long)h * W + w]
+                                                           : pl_neg_inf(T(0));
+                if (RELU && h >= 0 && h < H && w >= 0 && w < W) {
+                    v = (v > T(0) || v != v) ? v : T(0);
+                }
                 if (i == 0 && j == 0) {
                     best = v;
                 } else if (v > best) {
@@ -55,11 +61,14 @@ __device__ __forceinline__ void maxpool2d_forward(const T* x, T* out, int* argma
     }
 }
 
-// dout, argmax: (N, C, oh, ow) -> dx: (N, C, H, W)
-template <typename T>
-__device__ __forceinline__ void maxpool2d_backward(const T* dout, const int* argmax, T* dx, int N,
-                                                   int C, int H, int W, int kh, int kw, int sy,
-                                                   int sx, int pt, int pl, int oh, int ow) {
+// dout, argmax: (N, C, oh, ow) -> dx: (N, C, H, W). RELU (the fused ReLU + max-pool): the
+// gathered sum is then multiplied as relu_backward does, by (x > 0 ? 1 : 0) with x the
+// pre-activation input, so dx is bit for bit relu_backward(maxpool2d_backward(...), x).
+template <typename T, bool RELU = false>
+__device__ __forceinline__ void maxpool2d_backward(const T* dout, const int* argmax, const T* x,
+                                                   T* dx, int N, int C, int H, int W, int kh,
+                                                   int kw, int sy, int sx, int pt, int pl,
+                                                   int oh, int ow) {
     const long long total = (long long)N * C * H * W;
     const long long stride = (long long)blockDim.x * gridDim.x;
     for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
@@ -84,6 +93,7 @@ __device__ __forceinline__ void maxpool2d_backward(const T* dout, const int* arg
                 if (argmax[o] == me) acc += dout[o];
             }
         }
+        if (RELU) acc = acc * (x[idx] > T(0) ? T(1) : T(0));
         dx[idx] = acc;
     }
 }
@@ -116,13 +126,59 @@ extern "C" __global__ void maxpool2d_backward_f32(const float* dout, const int* 
                                                   int N, int C, int H, int W, int kh, int kw,
                                                   int sy, int sx, int pt, int pl, int oh,
                                                   int ow) {
-    maxpool2d_backward<float>(dout, argmax, dx, N, C, H, W, kh, kw, sy, sx, pt, pl, oh, ow);
+    maxpool2d_backward<float>(dout, argmax, nullptr, dx, N, C, H, W, kh, kw, sy, sx, pt, pl, oh,
+                              ow);
 }
 extern "C" __global__ void maxpool2d_backward_f64(const double* dout, const int* argmax,
                                                   double* dx, int N, int C, int H, int W, int kh,
                                                   int kw, int sy, int sx, int pt, int pl, int oh,
                                                   int ow) {
-    maxpool2d_backward<double>(dout, argmax, dx, N, C, H, W, kh, kw, sy, sx, pt, pl, oh, ow);
+    maxpool2d_backward<double>(dout, argmax, nullptr, dx, N, C, H, W, kh, kw, sy, sx, pt, pl,
+                               oh, ow);
+}
+
+// -- fused ReLU + max pooling (gpunn.fuse: a ReLU followed by a MaxPool2d) --------------------
+extern "C" __global__ void relu_maxpool2d_forward_f32(const float* x, float* out, int* argmax,
+                                                      int N, int C, int H, int W, int kh, int kw,
+                                                      int sy, int sx, int pt, int pl, int oh,
+                                                      int ow) {
+    maxpool2d_forward<float, true, true>(x, out, argmax, N, C, H, W, kh, kw, sy, sx, pt, pl, oh,
+                                         ow);
+}
+extern "C" __global__ void relu_maxpool2d_forward_f64(const double* x, double* out, int* argmax,
+                                                      int N, int C, int H, int W, int kh, int kw,
+                                                      int sy, int sx, int pt, int pl, int oh,
+                                                      int ow) {
+    maxpool2d_forward<double, true, true>(x, out, argmax, N, C, H, W, kh, kw, sy, sx, pt, pl, oh,
+                                          ow);
+}
+extern "C" __global__ void relu_maxpool2d_forward_noargmax_f32(const float* x, float* out, int N,
+                                                               int C, int H, int W, int kh,
+                                                               int kw, int sy, int sx, int pt,
+                                                               int pl, int oh, int ow) {
+    maxpool2d_forward<float, false, true>(x, out, nullptr, N, C, H, W, kh, kw, sy, sx, pt, pl,
+                                          oh, ow);
+}
+extern "C" __global__ void relu_maxpool2d_forward_noargmax_f64(const double* x, double* out,
+                                                               int N, int C, int H, int W, int kh,
+                                                               int kw, int sy, int sx, int pt,
+                                                               int pl, int oh, int ow) {
+    maxpool2d_forward<double, false, true>(x, out, nullptr, N, C, H, W, kh, kw, sy, sx, pt, pl,
+                                           oh, ow);
+}
+extern "C" __global__ void relu_maxpool2d_backward_f32(const float* dout, const int* argmax,
+                                                       const float* x, float* dx, int N, int C,
+                                                       int H, int W, int kh, int kw, int sy,
+                                                       int sx, int pt, int pl, int oh, int ow) {
+    maxpool2d_backward<float, true>(dout, argmax, x, dx, N, C, H, W, kh, kw, sy, sx, pt, pl, oh,
+                                    ow);
+}
+extern "C" __global__ void relu_maxpool2d_backward_f64(const double* dout, const int* argmax,
+                                                       const double* x, double* dx, int N, int C,
+                                                       int H, int W, int kh, int kw, int sy,
+                                                       int sx, int pt, int pl, int oh, int ow) {
+    maxpool2d_backward<double, true>(dout, argmax, x, dx, N, C, H, W, kh, kw, sy, sx, pt, pl, oh,
+                                     ow);
 }
 
 // -- average pooling --------------------------------------------------------------------------

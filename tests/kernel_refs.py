@@ -287,3 +287,30 @@ def adam(p, g, m, v, lr, b1, b2, eps, wd, bc1, bc2):
     v = v * b2 + gp * (t(1) - b2) * gp
     denom = np.sqrt(v) / np.sqrt(bc2) + eps
     return p - (m / denom) * (lr / bc1), m, v
+
+
+# -- convolution epilogue and fused ReLU + max-pool ---------------------------------------------
+def conv_output(ycol, b, n, relu):
+    """(O, N*P) GEMM output -> (N, O, P): + b[o] (one rounding), then ReLU if asked."""
+    o = ycol.shape[0]
+    p = ycol.shape[1] // n
+    y = ycol.reshape(o, n, p).transpose(1, 0, 2).copy()
+    if b is not None:
+        y = y + b[None, :, None]
+    return globals()["relu"](y) if relu else y
+
+
+def conv_output_backward(dout, y, relu):
+    """(N, O, P) -> (O, N*P), dout masked by y > 0 when the ReLU was fused."""
+    n, o, p = dout.shape
+    d = relu_backward(dout, y) if relu else dout
+    return d.transpose(1, 0, 2).reshape(o, n * p).copy()
+
+
+def relu_maxpool(x, kh, kw, stride, pad):
+    """Max-pooling of ReLU(x): the same output and argmax (ties among the zeros included)."""
+    return maxpool(relu(x), kh, kw, stride, pad)
+
+
+def relu_maxpool_backward(dout, argmax, x, kh, kw, stride, pad):
+    return relu_backward(maxpool_backward(dout, argmax, x.shape, kh, kw, stride, pad), x)

@@ -38,12 +38,15 @@ SANITIZE = cuda_emu.sanitize_default()
 # every entry point in kernels/ (names are <base>_f32 / <base>_f64).
 TESTED = {
     "elementwise.cu": [],              # filled from the ACTIVATIONS table below
-    "dropout.cu": ["dropout_forward"],
+    "dropout.cu": ["dropout_forward", "dropout_forward_dyn"],
     "im2col.cu": ["im2col", "col2im"],
+    "conv_epilogue.cu": ["conv_output_forward", "conv_output_backward"],
     "pool.cu": ["maxpool2d_forward", "maxpool2d_forward_noargmax", "maxpool2d_backward",
-                "avgpool2d_forward", "avgpool2d_backward"],
+                "avgpool2d_forward", "avgpool2d_backward", "relu_maxpool2d_forward",
+                "relu_maxpool2d_forward_noargmax", "relu_maxpool2d_backward"],
     "softmax_xent.cu": ["softmax_xent"],
-    "optim.cu": ["sgd_update", "sgd_momentum_update", "adam_update"],
+    "optim.cu": ["sgd_update", "sgd_momentum_update", "adam_update", "sgd_update_dyn",
+                 "sgd_momentum_update_dyn", "adam_update_dyn"],
 }
 
 
@@ -186,6 +189,13 @@ def test_dropout_bit_exact(dtype, order, rng):
                 grid, block, (x, y, mask, np.int64(n), key, thr, scale))
             assert mask.tobytes() == mask_ref.tobytes()
             assert y.tobytes() == y_ref.tobytes()
+            # the graph-capturable twin reads the key from device memory
+            y.fill(np.nan)
+            mask.fill(np.nan)
+            K("dropout.cu", "dropout_forward_dyn", dtype, order)(
+                grid, block, (x, y, mask, np.int64(n), np.array([key]), thr, scale))
+            assert mask.tobytes() == mask_ref.tobytes()
+            assert y.tobytes() == y_ref.tobytes()
         if n > 100 and 0 < p:
             assert abs((mask == 0).mean() - p) < 0.06
 
@@ -300,6 +310,68 @@ def test_avgpool(include_pad, dtype, order, rng):
             np.testing.assert_array_equal(dx, dx_ref)
 
 
+@pytest.mark.parametrize("order", RUNS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_maxpool(dtype, order, rng):
+    """The fused ReLU + max-pool against max-pooling the ReLU's output: same values, same
+    argmax (the negatives all tie at 0), and relu_backward of the pooled gradient."""
+    for case in POOL_CASES:
+        shape, kh, kw, stride, pad = case
+        x = rng.integers(-2, 3, size=shape).astype(dtype)
+        x.reshape(-1)[::7] = dtype(np.nan) if dtype is np.float64 else x.reshape(-1)[::7]
+        out_ref, arg_ref = ref.relu_maxpool(x, kh, kw, stride, pad)
+        g = _geom(case)
+        for grid, block in configs(out_ref.size):
+            out = np.full_like(out_ref, -5)
+            arg = np.full(out_ref.shape, -7, dtype=np.int32)
+            K("pool.cu", "relu_maxpool2d_forward", dtype, order)(grid, block, (x, out, arg) + g)
+            np.testing.assert_array_equal(out, out_ref)
+            np.testing.assert_array_equal(arg[~np.isnan(out_ref)], arg_ref[~np.isnan(out_ref)])
+            out2 = np.full_like(out_ref, -5)
+            K("pool.cu", "relu_maxpool2d_forward_noargmax", dtype, order)(grid, block,
+                                                                          (x, out2) + g)
+            np.testing.assert_array_equal(out2, out_ref)
+        x = rng.integers(-2, 3, size=shape).astype(dtype)
+        out_ref, arg_ref = ref.relu_maxpool(x, kh, kw, stride, pad)
+        dout = randn(rng, out_ref.shape, dtype)
+        dx_ref = ref.relu_maxpool_backward(dout, arg_ref, x, kh, kw, stride, pad)
+        for grid, block in configs(x.size):
+            dx = np.full_like(x, np.nan)
+            K("pool.cu", "relu_maxpool2d_backward", dtype, order)(
+                grid, block, (dout, arg_ref, x, dx) + g)
+            np.testing.assert_array_equal(dx, dx_ref)
+            assert np.signbit(dx).tolist() == np.signbit(dx_ref).tolist()
+
+
+# -- convolution epilogue -------------------------------------------------------------------------
+@pytest.mark.parametrize("order", RUNS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_output(dtype, order, rng):
+    for n, o, p in [(1, 1, 1), (3, 5, 7), (2, 8, 97), (4, 3, 1)]:
+        ycol = randn(rng, (o, n * p), dtype)
+        ycol.reshape(-1)[::11] = dtype(0)
+        b = randn(rng, o, dtype)
+        for has_bias in (0, 1):
+            for relu in (0, 1):
+                y_ref = ref.conv_output(ycol, b if has_bias else None, n, relu)
+                for grid, block in configs(y_ref.size):
+                    y = np.full((n, o, p), np.nan, dtype=dtype)
+                    K("conv_epilogue.cu", "conv_output_forward", dtype, order)(
+                        grid, block, (ycol, b if has_bias else ycol, y, np.int32(n),
+                                      np.int32(o), np.int64(p), np.int32(has_bias),
+                                      np.int32(relu)))
+                    np.testing.assert_array_equal(y, y_ref)
+                dout = randn(rng, (n, o, p), dtype)
+                d_ref = ref.conv_output_backward(dout, y_ref, relu)
+                for grid, block in configs(d_ref.size):
+                    d = np.full((o, n * p), np.nan, dtype=dtype)
+                    K("conv_epilogue.cu", "conv_output_backward", dtype, order)(
+                        grid, block, (dout, y_ref, d, np.int32(n), np.int32(o), np.int64(p),
+                                      np.int32(relu)))
+                    np.testing.assert_array_equal(d, d_ref)
+                    assert np.signbit(d).tolist() == np.signbit(d_ref).tolist()
+
+
 # -- softmax cross-entropy ----------------------------------------------------------------------
 # The kernel sums exp(z - m) left to right, NumPy pairwise, and the exps differ by libm vs
 # NumPy: loss and gradient are held to rtol 4e-6 (float32) / 1e-13 (float64), plus a tiny atol
@@ -352,16 +424,19 @@ def test_sgd(dtype, order, rng):
             p_ref, v_ref = ref.sgd(p0, g, v0, 0.05, mu, nesterov, wd, ema)
             for grid, block in configs(n):
                 p = p0.copy()
-                if mu == 0:
-                    K("optim.cu", "sgd_update", dtype, order)(
-                        grid, block, (p, g, np.int64(n), dtype(0.05), dtype(wd)))
-                else:
-                    v = v0.copy()
-                    K("optim.cu", "sgd_momentum_update", dtype, order)(
-                        grid, block, (p, g, v, np.int64(n), dtype(0.05), dtype(mu), dtype(wd),
-                                      np.int32(nesterov), np.int32(ema)))
-                    np.testing.assert_array_equal(v, v_ref)
-                np.testing.assert_array_equal(p, p_ref)
+                for dyn in ("", "_dyn"):        # _dyn: lr read from device memory
+                    lr = np.array([0.05], dtype=dtype) if dyn else dtype(0.05)
+                    p = p0.copy()
+                    if mu == 0:
+                        K("optim.cu", "sgd_update" + dyn, dtype, order)(
+                            grid, block, (p, g, np.int64(n), lr, dtype(wd)))
+                    else:
+                        v = v0.copy()
+                        K("optim.cu", "sgd_momentum_update" + dyn, dtype, order)(
+                            grid, block, (p, g, v, np.int64(n), lr, dtype(mu), dtype(wd),
+                                          np.int32(nesterov), np.int32(ema)))
+                        np.testing.assert_array_equal(v, v_ref)
+                    np.testing.assert_array_equal(p, p_ref)
 
 
 @pytest.mark.parametrize("order", RUNS)
@@ -380,6 +455,15 @@ def test_adam(dtype, order, rng):
                 K("optim.cu", "adam_update", dtype, order)(
                     grid, block, (p, g, m, v, np.int64(n)) + tuple(
                         dtype(a) for a in (lr, b1, b2, eps, wd, bc1, bc2)))
+                np.testing.assert_array_equal(m, m_ref)
+                np.testing.assert_array_equal(v, v_ref)
+                np.testing.assert_array_equal(p, p_ref)
+                # the graph-capturable twin: lr, bc1, bc2 read from device memory
+                p, m, v = p0.copy(), m0.copy(), v0.copy()
+                dev = [np.array([a], dtype=dtype) for a in (lr, bc1, bc2)]
+                K("optim.cu", "adam_update_dyn", dtype, order)(
+                    grid, block, (p, g, m, v, np.int64(n), dev[0]) + tuple(
+                        dtype(a) for a in (b1, b2, eps, wd)) + (dev[1], dev[2]))
                 np.testing.assert_array_equal(m, m_ref)
                 np.testing.assert_array_equal(v, v_ref)
                 np.testing.assert_array_equal(p, p_ref)

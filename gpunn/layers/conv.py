@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module
 from ..errors import ShapeError
 from ..init import get_initialiser, make_rng
-from ..ops.conv import col2im, im2col
+from ..ops.conv import col2im, conv_output, conv_output_backward, im2col
 from ..ops.gemm import gemm
 from ..ops.geometry import normalize_padding, pair, window_geometry
 from ..backend import check_dtype
@@ -48,26 +47,32 @@ class Conv2d(Layer):
                                "kernel")
 
     def forward(self, x, *, train=None):
+        return self._forward(x, relu=False)
+
+    def backward(self, dout):
+        return self._backward(dout, None)
+
+    # The work, with the fused ReLU of gpunn.fuse (a Conv2d directly followed by a ReLU):
+    # relu=True applies it in the output pass; backward then gets the forward's output y.
+    def _forward(self, x, relu: bool):
         self.check_input(x, 4, feature_axis=1, features=self.in_channels)
-        xp = get_array_module(x)
         n, _, h, w = x.shape
         pad, oh, ow = self._geometry(h, w)
         kh, kw = self.kernel_size
         col = im2col(x, kh, kw, self.stride, pad)                    # (C*kh*kw, N*oh*ow)
         Wm = self.params["W"].reshape(self.out_channels, -1)         # (O, C*kh*kw)
         y = gemm(Wm, col)                                            # (O, N*oh*ow)
-        if "b" in self.params:
-            y += self.params["b"][:, None]
         self._cache = (x.shape, col, pad, oh, ow)
-        return xp.ascontiguousarray(y.reshape(self.out_channels, n, oh, ow).transpose(1, 0, 2, 3))
+        # + b, (ReLU), and the layout change to (N, O, oh, ow): one pass on a GPU
+        return conv_output(y, self.params.get("b"), n, oh, ow, relu)
 
-    def backward(self, dout):
+    def _backward(self, dout, y_relu):
         x_shape, col, pad, oh, ow = self._need_cache("_cache")
         n = x_shape[0]
         if dout.shape != (n, self.out_channels, oh, ow):
             raise ShapeError(f"{self!r}: backward expected dout of shape "
                              f"{(n, self.out_channels, oh, ow)}, got {tuple(dout.shape)}")
-        d = dout.transpose(1, 0, 2, 3).reshape(self.out_channels, -1)   # (O, N*oh*ow)
+        d = conv_output_backward(dout, y_relu)                       # (O, N*oh*ow)
         # (col @ d.T).T: the long N*oh*ow axis is contiguous in both operands, which BLAS
         # handles about twice as fast as d @ col.T at coursework sizes.
         self.store_grad("W", gemm(col, d, transb=True).T.reshape(self.params["W"].shape))

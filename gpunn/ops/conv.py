@@ -14,7 +14,7 @@ from ..backend import get_array_module
 from .dispatch import op
 from .geometry import conv_output_size, crop_padding, pad_input
 
-__all__ = ["im2col", "col2im"]
+__all__ = ["im2col", "col2im", "conv_output", "conv_output_backward"]
 
 
 # -- im2col -------------------------------------------------------------------------------------
@@ -86,3 +86,52 @@ def _col2im_cuda(b, col, x_shape, kh, kw, stride, pad):
     dx = b.xp.empty(tuple(x_shape), dtype=col.dtype)
     b.kernel("col2im", col.dtype).launch(dx.size, col, dx, *_geometry(x_shape, kh, kw, stride, pad))
     return dx
+
+
+# -- the convolution's output: bias, fused ReLU, NCHW layout ------------------------------------
+@op
+def conv_output(ycol, b, n: int, oh: int, ow: int, relu: bool = False):
+    """The GEMM's ycol: (O, N*oh*ow) -> y: (N, O, oh, ow), plus the bias b: (O,) (or None),
+    then ReLU when ``relu`` (a Conv2d fused with the ReLU after it, gpunn.fuse). ``ycol`` may
+    be overwritten."""
+    o = ycol.shape[0]
+    if b is not None:
+        ycol += b[:, None]
+    y = get_array_module(ycol).ascontiguousarray(ycol.reshape(o, n, oh, ow).transpose(1, 0, 2, 3))
+    if relu:
+        from .activation import relu_forward
+        y = relu_forward(y)
+    return y
+
+
+@conv_output.cuda
+def _conv_output_cuda(bk, ycol, b, n, oh, ow, relu=False):
+    """kernels/conv_epilogue.cu: one pass (bias, ReLU, layout) instead of three."""
+    ycol = bk.xp.ascontiguousarray(ycol)
+    o = ycol.shape[0]
+    y = bk.xp.empty((n, o, oh, ow), dtype=ycol.dtype)
+    bias = ycol if b is None else bk.xp.ascontiguousarray(b)   # unread without a bias
+    bk.kernel("conv_output_forward", ycol.dtype).launch(y.size, ycol, bias, y, n, o, oh * ow,
+                                                        b is not None, bool(relu))
+    return y
+
+
+@op
+def conv_output_backward(dout, y=None):
+    """dout: (N, O, oh, ow) -> d: (O, N*oh*ow), the GEMM-side gradient; with the forward's
+    output ``y`` (a fused ReLU) masked by y > 0 first."""
+    if y is not None:
+        from .activation import relu_backward
+        dout = relu_backward(dout, y)
+    return dout.transpose(1, 0, 2, 3).reshape(dout.shape[1], -1)
+
+
+@conv_output_backward.cuda
+def _conv_output_backward_cuda(bk, dout, y=None):
+    dout = bk.xp.ascontiguousarray(dout)
+    n, o, oh, ow = dout.shape
+    d = bk.xp.empty((o, n * oh * ow), dtype=dout.dtype)
+    mask = dout if y is None else bk.xp.ascontiguousarray(y)   # unread without a ReLU
+    bk.kernel("conv_output_backward", dout.dtype).launch(d.size, dout, mask, d, n, o, oh * ow,
+                                                         y is not None)
+    return d

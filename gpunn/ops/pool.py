@@ -23,7 +23,8 @@ from .dispatch import op
 from .geometry import conv_output_size, crop_padding, pad_input
 
 __all__ = ["maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
-           "global_avgpool2d_forward", "global_avgpool2d_backward"]
+           "global_avgpool2d_forward", "global_avgpool2d_backward",
+           "relu_maxpool2d_forward", "relu_maxpool2d_backward"]
 
 
 def _geometry(x_shape, kh, kw, stride, pad):
@@ -231,4 +232,47 @@ def global_avgpool2d_backward(dout, x_shape: tuple):
     xp = get_array_module(dout)
     dx = xp.empty(tuple(x_shape), dtype=dout.dtype)
     dx[...] = (dout / dout.dtype.type(x_shape[2] * x_shape[3]))[:, :, None, None]
+    return dx
+
+
+# -- fused ReLU + max pooling (gpunn.fuse: a ReLU directly followed by a MaxPool2d) --------------
+# The NumPy bodies are the two ops one after the other, so the CPU computes exactly what the
+# unfused layers do; the CUDA bodies save the ReLU's pass (and its launch) each way.
+@op
+def relu_maxpool2d_forward(x, kh: int, kw: int, stride: tuple, pad: tuple,
+                           with_argmax: bool = True):
+    """Max-pooling of relu(x): (out, argmax or None) as :func:`maxpool2d_forward` of
+    ``relu_forward(x)``. x: (N, C, H, W)."""
+    from .activation import relu_forward
+    return maxpool2d_forward(relu_forward(x), kh, kw, stride, pad, with_argmax)
+
+
+@relu_maxpool2d_forward.cuda
+def _relu_maxpool2d_forward_cuda(b, x, kh, kw, stride, pad, with_argmax=True):
+    x = b.xp.ascontiguousarray(x)
+    out_shape, geo = _geometry(x.shape, kh, kw, stride, pad)
+    y = b.xp.empty(out_shape, dtype=x.dtype)
+    if not with_argmax:
+        b.kernel("relu_maxpool2d_forward_noargmax", x.dtype).launch(y.size, x, y, *geo)
+        return y, None
+    argmax = b.xp.empty(out_shape, dtype=np.int32)
+    b.kernel("relu_maxpool2d_forward", x.dtype).launch(y.size, x, y, argmax, *geo)
+    return y, argmax
+
+
+@op
+def relu_maxpool2d_backward(dout, argmax, x, kh: int, kw: int, stride: tuple, pad: tuple):
+    """dx: (N, C, H, W) = relu_backward(maxpool2d_backward(dout, argmax, ...), x), x the
+    forward's input (before the ReLU)."""
+    from .activation import relu_backward
+    return relu_backward(maxpool2d_backward(dout, argmax, x.shape, kh, kw, stride, pad), x)
+
+
+@relu_maxpool2d_backward.cuda
+def _relu_maxpool2d_backward_cuda(b, dout, argmax, x, kh, kw, stride, pad):
+    dout, argmax = b.xp.ascontiguousarray(dout), b.xp.ascontiguousarray(argmax)
+    x = b.xp.ascontiguousarray(x)
+    _, geo = _geometry(x.shape, kh, kw, stride, pad)
+    dx = b.xp.empty(x.shape, dtype=dout.dtype)
+    b.kernel("relu_maxpool2d_backward", dout.dtype).launch(dx.size, dout, argmax, x, dx, *geo)
     return dx

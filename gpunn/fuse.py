@@ -1,0 +1,128 @@
+"""Fusion of neighbouring layers on the hot path: ``fuse(model)``.
+
+A layer only knows itself, and a fused kernel needs two neighbours, so fusion is a pass over
+the model rather than a property of a layer: :func:`fuse` walks every :class:`Sequential`
+and gives it a *plan* in which these pairs run as one step each:
+
+    Conv2d, ReLU        -> the convolution's output pass adds the bias, applies the ReLU and
+                           changes the layout in one kernel (kernels/conv_epilogue.cu); backward
+                           masks by the output in the same pass that changes the layout back
+    ReLU, MaxPool2d     -> one pooling kernel reads relu(x) (kernels/pool.cu, relu_maxpool2d_*);
+                           backward multiplies the gathered gradient by x > 0 in that pass
+
+Only layers of exactly these types pair (a subclass may do something else in forward), and a
+Conv2d pairs with the ReLU first, so ``Conv2d, ReLU, MaxPool2d`` becomes (Conv2d+ReLU),
+MaxPool2d. The layers themselves, their parameters, names, ``state_dict`` and every
+optimizer stay as they were: the plan only changes which calls ``forward`` / ``backward``
+make, and a Sequential whose layer list changes after fusing runs its layers unfused until
+:func:`fuse` is called again. Results are those of the unfused model bit for bit on the CPU
+(the NumPy bodies of the fused ops are the two ops in a row) and under the emulated CUDA
+(tests/test_fuse.py); on a GPU each pair saves one pass over its activation and one kernel
+launch each way.
+"""
+from __future__ import annotations
+
+from .layers import Conv2d, MaxPool2d, ReLU
+from .ops.pool import relu_maxpool2d_backward, relu_maxpool2d_forward
+
+__all__ = ["fuse", "unfuse", "fused_pairs", "FusedConvReLU", "FusedReLUMaxPool2d"]
+
+
+class FusedConvReLU:
+    """One step for a Conv2d and the ReLU after it (both layers kept, unchanged)."""
+
+    def __init__(self, conv: Conv2d, relu: ReLU):
+        self.conv, self.relu = conv, relu
+        self._y = None
+
+    def forward(self, x, *, train=None):
+        self._y = self.conv._forward(x, relu=True)
+        return self._y
+
+    def backward(self, dout):
+        if self._y is None:
+            raise RuntimeError(f"{self!r}: backward() called before forward()")
+        return self.conv._backward(dout, self._y)
+
+    def __repr__(self):
+        return f"Fused({self.conv!r}, {self.relu!r})"
+
+
+class FusedReLUMaxPool2d:
+    """One step for a ReLU and the MaxPool2d after it."""
+
+    def __init__(self, relu: ReLU, pool: MaxPool2d):
+        self.relu, self.pool = relu, pool
+        self._cache = None
+
+    def forward(self, x, *, train=None):
+        pool = self.pool
+        self.relu.check_input(x)
+        pool.check_input(x, 4)
+        pad, oh, ow = pool._geometry(*x.shape[2:])
+        kh, kw = pool.kernel_size
+        train = pool._mode(train)
+        y, argmax = relu_maxpool2d_forward(x, kh, kw, pool.stride, pad, with_argmax=train)
+        self._cache = (x, argmax, pad, oh, ow) if train else None
+        return y
+
+    def backward(self, dout):
+        if self._cache is None:
+            raise RuntimeError(f"{self!r}: backward() called before forward(train=True)")
+        x, argmax, pad, oh, ow = self._cache
+        self.pool._check_dout(dout, x.shape, oh, ow)
+        kh, kw = self.pool.kernel_size
+        return relu_maxpool2d_backward(dout, argmax, x, kh, kw, self.pool.stride, pad)
+
+    def __repr__(self):
+        return f"Fused({self.relu!r}, {self.pool!r})"
+
+
+def _plan(layers: list) -> list:
+    steps, i = [], 0
+    while i < len(layers):
+        a = layers[i]
+        b = layers[i + 1] if i + 1 < len(layers) else None
+        if type(a) is Conv2d and type(b) is ReLU:
+            steps.append(FusedConvReLU(a, b))
+            i += 2
+        elif type(a) is ReLU and type(b) is MaxPool2d:
+            steps.append(FusedReLUMaxPool2d(a, b))
+            i += 2
+        else:
+            steps.append(a)
+            i += 1
+    return steps
+
+
+def fuse(model):
+    """Give every Sequential in ``model`` (nested ones too) its fused plan; returns ``model``.
+    Calling it again rebuilds the plans (after the layer lists changed)."""
+    from .model import Sequential
+    for layer in model.walk():
+        if isinstance(layer, Sequential):
+            steps = _plan(layer.layers)
+            layer._fused = (tuple(map(id, layer.layers)), steps) \
+                if len(steps) < len(layer.layers) else None
+    return model
+
+
+def unfuse(model):
+    """Drop every plan :func:`fuse` made; returns ``model``."""
+    from .model import Sequential
+    for layer in model.walk():
+        if isinstance(layer, Sequential):
+            layer._fused = None
+    return model
+
+
+def fused_pairs(model) -> list:
+    """The fused steps in force, as ``repr`` strings, in model order (a Sequential whose layers
+    changed since :func:`fuse` has none)."""
+    from .model import Sequential
+    out = []
+    for layer in model.walk():
+        if isinstance(layer, Sequential):
+            out += [repr(s) for s in layer._steps() if isinstance(s, (FusedConvReLU,
+                                                                      FusedReLUMaxPool2d))]
+    return out

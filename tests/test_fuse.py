@@ -1,0 +1,90 @@
+"""gpunn.fuse: Conv2d+ReLU and ReLU+MaxPool2d run as one step each, and train exactly like the
+unfused model, on the CPU (NumPy bodies) and down the CUDA bodies (emulated CUDA)."""
+import contextlib
+
+import numpy as np
+import pytest
+
+from gpunn import kernels
+from gpunn.fuse import fuse, fused_pairs, unfuse
+from gpunn.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU
+from gpunn.losses import CrossEntropyLoss
+from gpunn.model import Sequential
+from gpunn.optim import SGD
+from gpunn.testing import emulated_cuda
+from gpunn.zoo import build_model
+
+SHAPE = (1, 16, 16)
+
+
+def _train(model, steps=3, seed=0):
+    rng = np.random.default_rng(seed)
+    opt = SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    loss = CrossEntropyLoss()
+    losses = []
+    for _ in range(steps):
+        x = rng.standard_normal((6, *SHAPE))
+        y = rng.integers(0, 5, size=6)
+        value = loss.forward(model.forward(x, train=True), y)
+        model.backward(loss.backward())
+        opt.step()
+        losses.append(float(value))
+    return losses, model.state_dict(), model.forward(x, train=False)
+
+
+@pytest.mark.parametrize("emulated", [False, True])
+@pytest.mark.parametrize("name", ["model4", "cnn-bn", "lenet5x5", "resnet-small"])
+def test_fused_model_trains_bit_for_bit_like_the_unfused(name, emulated):
+    ctx = emulated_cuda if emulated else contextlib.nullcontext
+    runs = []
+    for fused in (False, True):
+        m = build_model(name, SHAPE, 5, seed=2, dtype=np.float64,
+                        dropout=0.3 if name == "model4" else None)
+        if fused:
+            fuse(m)
+            assert fused_pairs(m)
+        with ctx():
+            kernels.reset_launch_counts()
+            runs.append((_train(m), kernels.count_launches()))
+    (l0, s0, e0), n0 = runs[0]
+    (l1, s1, e1), n1 = runs[1]
+    assert l0 == l1
+    assert sorted(s0) == sorted(s1)
+    for k in s0:
+        assert s0[k].tobytes() == s1[k].tobytes(), k
+    np.testing.assert_array_equal(e0, e1)
+    if emulated:       # the fused steps launch fewer kernels: no separate ReLU passes
+        assert sum(n1.values()) < sum(n0.values())
+        assert n1.get("relu_forward_f64", 0) < n0.get("relu_forward_f64", 0)
+
+
+def test_pairs_and_plan_follow_the_layer_list():
+    m = build_model("model4", SHAPE, 5, seed=0, dtype=np.float64)
+    fuse(m)
+    pairs = fused_pairs(m)
+    assert len(pairs) == 2 and all(p.startswith("Fused(Conv2d(") for p in pairs)
+    # ReLU + MaxPool2d pairs where no conv is before the ReLU
+    m2 = Sequential(Conv2d(1, 2, 3, padding=1, rng=0), MaxPool2d(2), ReLU(), MaxPool2d(2),
+                    Flatten(), Linear(2 * 3 * 3, 4, rng=0))
+    fuse(m2)
+    assert fused_pairs(m2) == ["Fused(ReLU(), MaxPool2d(kernel_size=(2, 2), stride=(2, 2)))"]
+    m2.layers.append(ReLU())             # the plan no longer matches: unfused until re-fused
+    assert fused_pairs(m2) == []
+    fuse(m2)
+    assert len(fused_pairs(m2)) == 1
+    unfuse(m2)
+    assert fused_pairs(m2) == []
+
+
+def test_subclasses_are_not_fused():
+    class MyReLU(ReLU):
+        pass
+    m = Sequential(Conv2d(1, 2, 3, rng=0), MyReLU(), Flatten())
+    fuse(m)
+    assert fused_pairs(m) == []
+
+
+def test_backward_before_forward_is_an_error():
+    m = fuse(Sequential(ReLU(), MaxPool2d(2)))
+    with pytest.raises(RuntimeError, match="before forward"):
+        m.backward(np.ones((1, 1, 2, 2)))
