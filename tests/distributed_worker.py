@@ -211,7 +211,37 @@ def fake_nccl(out):
                    "calls": nccl.calls}, f)
 
 
+class Data:
+    """What fit() reads: train / validation / test splits."""
+
+    def __init__(self):
+        x, y = data(n=1300)
+        self.x_train, self.y_train = x[:1025], y[:1025]
+        self.x_val, self.y_val = x[1025:1175], y[1025:1175]
+        self.x_test, self.y_test = x[1175:], y[1175:]
+
+
+def fit(out, name, *settings):
+    """gpunn.fit into OUT/NAME with settings ``key=value``: batch (per rank), epochs,
+    max_steps, resume (1: continue OUT/NAME), global_batch (keep a run's global batch on a
+    new number of ranks). Evaluations every 300 samples, a checkpoint at each."""
+    kw = dict(s.split("=") for s in settings)
+    comm = dist.init()
+    model = mlp()
+    opt = optimizer("sgd", model)
+    cfg = gpunn.TrainConfig(epochs=int(kw.get("epochs", 2)), batch_size=int(kw["batch"]),
+                            eval_every=300, progress=False, seed=3,
+                            max_steps=int(kw["max_steps"]) if "max_steps" in kw else None,
+                            global_batch=int(kw["global_batch"]) if "global_batch" in kw else None)
+    run = os.path.join(out, name)
+    result = gpunn.fit(model, gpunn.CrossEntropyLoss(), opt, Data(), cfg, out_dir=run,
+                       device="cpu", resume=kw.get("resume") == "1")
+    save(out, f"fit-{name}", comm, model.state_dict())
+    with open(os.path.join(out, f"fit-{name}-history-rank{comm.rank}.json"), "w") as f:
+        json.dump(result.history, f)
+
+
 if __name__ == "__main__":
     scenario, out, *args = sys.argv[1:]
     {"equiv": equiv, "syncbn": syncbn, "gradcheck": gradcheck, "dropout": dropout,
-     "die": die, "fake_nccl": fake_nccl}[scenario](out, *args)
+     "die": die, "fake_nccl": fake_nccl, "fit": fit}[scenario](out, *args)

@@ -393,3 +393,51 @@ def test_nccl_bootstrap_over_mpi_with_stand_ins(tmp_path):
     for g in got:
         assert g["sum"] == [10.0, 12.0, 14.0, 16.0, 18.0, 20.0]
         assert g["mean"] == [1.5, 1.5, 1.5] and g["bcast"] == [1, 1, 1, 1]
+
+
+def _history_equal(a, b):
+    assert a.keys() == b.keys() and a["samples"] == b["samples"] and a["step"] == b["step"]
+    for k in a:
+        if k in ("seconds",):
+            continue
+        for u, v in zip(a[k], b[k]):
+            assert (u is None and v is None) or abs(u - v) <= 1e-12 * max(1.0, abs(v)), (k, u, v)
+
+
+def _fit_result(out, name, size):
+    return (load(out, f"fit-{name}", 0, size),
+            json.loads((out / f"fit-{name}-history-rank0.json").read_text()))
+
+
+@needs_mpi
+def test_fit_on_two_ranks_is_fit_on_one_process_at_twice_the_batch(tmp_path):
+    """gpunn.fit under 2 ranks: sharded evaluation rows, checkpoints by rank 0, the same
+    history and weights as one process at the global batch; every rank gets the same rows."""
+    launch(2, "fit", tmp_path, "two", "batch=50", "epochs=2")
+    launch(0, "fit", tmp_path, "one", "batch=100", "epochs=2")
+    (w2, h2), (w1, h1) = _fit_result(tmp_path, "two", 2), _fit_result(tmp_path, "one", 1)
+    _history_equal(h2, h1)
+    assert h1["samples"] == [300, 600, 900, 1025, 1325, 1625, 1925, 2050]
+    _history_equal(json.loads((tmp_path / "fit-two-history-rank1.json").read_text()), h2)
+    for k in w1:
+        assert rel(w2[k], w1[k]) <= 1e-12, k
+    assert (tmp_path / "two" / "checkpoint.npz").exists()
+
+
+@needs_mpi
+@pytest.mark.parametrize("first,then", [(2, 0), (0, 2)], ids=["2 ranks then 1", "1 then 2 ranks"])
+def test_resume_on_another_number_of_ranks(tmp_path, first, then):
+    """A run stopped mid-epoch (step 7 of 11) resumes on the other number of ranks with the
+    run's global batch (100) and ends where an uninterrupted run ends."""
+    batch = {2: "batch=50", 0: "batch=100"}
+    launch(first, "fit", tmp_path, "run", batch[first], "max_steps=7")
+    # on 2 ranks, 50 each; on 1 rank the run's global batch of 2 x 50, as gpunn train does
+    again = ["batch=50"] if then else ["batch=50", "global_batch=100"]
+    launch(then, "fit", tmp_path, "run", *again, "epochs=2", "resume=1")
+    launch(0, "fit", tmp_path, "ref", "batch=100", "epochs=2")
+    (w, h), (w_ref, h_ref) = (_fit_result(tmp_path, "run", then or 1),
+                              _fit_result(tmp_path, "ref", 1))
+    assert h["step"][:4] == [3, 6, 7, 9]               # the evaluation at the stop is kept
+    _history_equal({k: v[:2] + v[3:] for k, v in h.items()}, h_ref)
+    for k in w_ref:
+        assert rel(w[k], w_ref[k]) <= 1e-12, k

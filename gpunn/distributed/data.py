@@ -37,13 +37,15 @@ class ShardedLoader:
     ``batch_size * world_size``) is what each step trains on across all ranks; pass it to
     keep a run's global batch when it resumes on a different number of ranks.
     ``last_total`` is the global size of the batch most recently yielded (the step weights
-    this rank by ``len(xb) / last_total``). Same iteration protocol as DataLoader:
+    this rank by ``len(xb) / last_total``). ``augment`` (a RandomAugment) draws each sample's
+    crop and flip from its position in the epoch, so the pieces are augmented exactly as the
+    single-process batch. Same iteration protocol as DataLoader:
     ``len()``, ``batches(epoch, start)``, ``for`` loops that move ``epoch`` on.
     """
 
     def __init__(self, x, y, batch_size: int | None = None, *, comm=None,
                  global_batch: int | None = None, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False, device="cpu"):
+                 drop_last: bool = False, device="cpu", augment=None):
         from . import world
         self.comm = world() if comm is None else comm
         self.rank, self.world_size = self.comm.rank, self.comm.size
@@ -57,7 +59,9 @@ class ShardedLoader:
         # the per-rank batch: as given, or the largest share of the global batch
         self.batch_size = int(batch_size) if global_batch is None else -(-g // self.world_size)
         self.loader = DataLoader(x, y, batch_size=g, shuffle=shuffle, seed=seed,
-                                 drop_last=drop_last, device=device)
+                                 drop_last=drop_last, device=device,
+                                 **({"augment": augment} if augment else {}))
+        self.augment = getattr(self.loader, "augment", None)
         self.x, self.y, self.device = self.loader.x, self.loader.y, self.loader.device
         self.shuffle, self.seed, self.drop_last = shuffle, int(seed), bool(drop_last)
         self.last_total = None
@@ -98,6 +102,7 @@ class ShardedLoader:
         g = self.global_batch
         if self.shuffle:
             perm = to_device(self.order(epoch).astype(np.int64), self.device)
+        key = self.augment.key(self.seed, epoch) if self.augment is not None else None
         for b in range(start, len(self)):
             total = self.total_of(b)
             lo, hi = shard(total, self.world_size, self.rank)
@@ -105,9 +110,12 @@ class ShardedLoader:
             self.last_total = total
             if self.shuffle:
                 idx = perm[lo:hi]
-                yield self.x[idx], self.y[idx]
+                xb, yb = self.x[idx], self.y[idx]
             else:
-                yield self.x[lo:hi], self.y[lo:hi]
+                xb, yb = self.x[lo:hi], self.y[lo:hi]
+            if key is not None:          # drawn by position in the epoch: as one process draws
+                xb = self.augment(xb, key, lo)
+            yield xb, yb
 
     def __repr__(self):
         return (f"ShardedLoader(rank {self.rank} of {self.world_size}, batch {self.batch_size}, "

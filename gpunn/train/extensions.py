@@ -119,13 +119,24 @@ class Evaluation(Extension):
         rng = np.random.default_rng(seed + 1)
         n_sub = max(1, int(round(train_fraction * self.n_train)))
         sub = np.sort(rng.choice(self.n_train, size=min(n_sub, self.n_train), replace=False))
-        self.sets = {"train": (to_device(x_train[sub], device), to_device(y_train[sub], device))}
+        self.sets = {"train": self.place(x_train[sub], y_train[sub], device)}
         for split in ("val", "test"):
             xs, ys = getattr(data, f"x_{split}", None), getattr(data, f"y_{split}", None)
             if xs is not None and len(xs):
-                self.sets[split] = (to_device(xs, device), to_device(ys, device))
+                self.sets[split] = self.place(xs, ys, device)
         self.device = device
         self.history = _new_history()
+
+    # the two places a data-parallel evaluation differs (gpunn/distributed/extensions.py):
+    # which samples this process keeps, and how their metrics become the set's
+    def place(self, x, y, device):
+        """The (x, y) of one evaluation split that this process evaluates, on ``device``."""
+        return to_device(x, device), to_device(y, device)
+
+    def measure(self, model, xs, ys):
+        """(loss, accuracy) of ``model`` on a placed split."""
+        loss, acc, _ = evaluate(model, self.loss_fn, xs, ys, self.batch_size)
+        return loss, acc
 
     def monitor_for(self, wanted: str) -> str:
         """``wanted`` if its split is evaluated, else the training split's metric of the same
@@ -157,8 +168,7 @@ class Evaluation(Extension):
         model = trainer.step.model
         for split in ("train", "val", "test"):
             if split in self.sets:
-                xs, ys = self.sets[split]
-                loss, acc, _ = evaluate(model, self.loss_fn, xs, ys, self.batch_size)
+                loss, acc = self.measure(model, *self.sets[split])
             else:
                 loss = acc = None
             row[f"{split}_loss"], row[f"{split}_acc"] = loss, acc
@@ -246,9 +256,7 @@ class Checkpoint(Extension):
     def on_start(self, trainer):
         if not self.resume:
             return
-        if not self.path or not os.path.exists(self.path):
-            raise FileNotFoundError(f"cannot resume: no checkpoint at {self.path}")
-        ck = load_checkpoint(self.path)
+        ck = self.read()
         trainer.step.model.load_state_dict(ck["model"])
         trainer.step.optimizer.load_state_dict(ck["optimizer"])
         trainer.state = TrainState.from_dict(ck["state"])
@@ -260,6 +268,12 @@ class Checkpoint(Extension):
         trainer.log(f"resuming from {self.path}: epoch {st.epoch + 1}, batch {st.batch}, "
                     f"{st.samples} samples seen")
         trainer.emit("resume")
+
+    def read(self) -> dict:
+        """The checkpoint to resume from (a data-parallel run reads it on rank 0 alone)."""
+        if not self.path or not os.path.exists(self.path):
+            raise FileNotFoundError(f"cannot resume: no checkpoint at {self.path}")
+        return load_checkpoint(self.path)
 
     def save(self, trainer):
         if not self.path:

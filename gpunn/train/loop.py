@@ -64,6 +64,8 @@ class TrainConfig:
     augment: object = None           # a gpunn.data.RandomAugment for the training batches
     save_best: bool = False          # with out_dir: keep the best weights in out_dir/best.npz
     check_finite: bool = True        # stop on a NaN/inf loss or gradient (NonFiniteGuard)
+    global_batch: int | None = None  # data-parallel: samples per step over all ranks
+    #                                  (default batch_size x ranks; gpunn/distributed)
 
 
 @dataclass
@@ -177,6 +179,7 @@ class Trainer:
     def _run(self) -> None:
         self.emit("start")                 # may restore self.state (resume)
         st = self.state
+        self._check_position()
         self.t_start = time.perf_counter() - st.seconds
         xp = get_array_module(self.loader.x)
         with _StopFlag() as flag:
@@ -184,10 +187,11 @@ class Trainer:
                 self.step.reset_metrics(xp)
                 for xb, yb in self.loader.batches(st.epoch, start=st.batch):
                     self.step(xb, yb)
+                    n = getattr(self.step, "samples", len(xb))   # all ranks' (distributed)
                     st.batch += 1
                     st.step += 1
-                    st.samples += len(xb)
-                    st.since_eval += len(xb)
+                    st.samples += n
+                    st.since_eval += n
                     self.emit("step_end")
                     if st.batch == self.steps_per_epoch or self.should_stop or flag.requested \
                             or self._out_of_steps():
@@ -210,6 +214,23 @@ class Trainer:
                     self.max_steps_reached = True
                     break
         self.emit("finish")
+
+    def _check_position(self) -> None:
+        """A resumed position must fit this loader: the same samples per step as the run had
+        (else batch k of the epoch would be other samples, or no batch at all)."""
+        st, n = self.state, len(self.loader.x)
+        per_step = getattr(self.loader, "global_batch", None) or \
+            getattr(self.loader, "batch_size", None)
+        if not per_step:
+            return
+        per_epoch = min(self.steps_per_epoch * per_step, n)        # drop_last drops the rest
+        if st.samples != st.epoch * per_epoch + min(st.batch * per_step, n) or \
+                st.batch > self.steps_per_epoch:
+            raise ValueError(
+                f"cannot resume: the checkpoint is at batch {st.batch} of epoch {st.epoch + 1} "
+                f"with {st.samples} samples seen, which does not fit {per_step} samples per "
+                f"step ({self.steps_per_epoch} steps per epoch of {n}): resume with the "
+                f"run's batch size (over all ranks)")
 
     def _out_of_steps(self) -> bool:
         return bool(self.max_steps) and self.state.step >= self.max_steps
@@ -285,6 +306,13 @@ def evaluate(model, loss_fn, x, y, batch_size: int = 1000):
 
 
 # -- the usual run ------------------------------------------------------------------------------
+def _several_ranks():
+    """The world communicator when gpunn.distributed was initialised with several ranks."""
+    from ..distributed import world
+    comm = world()
+    return comm if comm.size > 1 else None
+
+
 def fit(model, loss_fn, optimizer, data, config: TrainConfig, *, out_dir=None, device="auto",
         scheduler=None, resume: bool = False, log=None, extensions=()) -> TrainResult:
     """Train ``model`` on ``data`` (an object with x_train/y_train, optional x_val/y_val and
@@ -311,11 +339,24 @@ def fit(model, loss_fn, optimizer, data, config: TrainConfig, *, out_dir=None, d
         raise ValueError("fit: save_best needs an out_dir to write best.npz into")
     if len(data.x_train) == 0:
         raise ValueError("fit: the training set is empty")
-    loader = DataLoader(data.x_train, data.y_train, batch_size=cfg.batch_size, shuffle=True,
-                        seed=cfg.seed, drop_last=False, device=dev, augment=cfg.augment)
-    evaluation = ext.Evaluation(data, loss_fn, dev, every=cfg.eval_every,
-                                train_fraction=cfg.train_eval_fraction,
-                                batch_size=cfg.eval_batch_size, seed=cfg.seed)
+    comm = _several_ranks()       # gpunn.distributed.init() with more than one rank, or None
+    if comm is None:
+        loader = DataLoader(data.x_train, data.y_train, batch_size=cfg.global_batch or
+                            cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=False,
+                            device=dev, augment=cfg.augment)
+        evaluation = ext.Evaluation(data, loss_fn, dev, every=cfg.eval_every,
+                                    train_fraction=cfg.train_eval_fraction,
+                                    batch_size=cfg.eval_batch_size, seed=cfg.seed)
+    else:
+        from .. import distributed as dist
+        from ..distributed.extensions import ShardedEvaluation
+        loader = dist.ShardedLoader(data.x_train, data.y_train, cfg.batch_size, comm=comm,
+                                    global_batch=cfg.global_batch, seed=cfg.seed, device=dev,
+                                    augment=cfg.augment)
+        evaluation = ShardedEvaluation(data, loss_fn, dev, comm=comm, every=cfg.eval_every,
+                                       train_fraction=cfg.train_eval_fraction,
+                                       batch_size=cfg.eval_batch_size, seed=cfg.seed)
+        log = log if comm.rank == 0 else (lambda msg: None)
     monitor = evaluation.monitor_for(cfg.monitor)
     stopping = ext.EarlyStopping(monitor, patience=cfg.patience, restore_best=cfg.restore_best)
     # a run lock or progress bar given in ``extensions`` takes the standard one's place
@@ -331,8 +372,14 @@ def fit(model, loss_fn, optimizer, data, config: TrainConfig, *, out_dir=None, d
             ext.BestWeights(out_dir) if cfg.save_best else None,
             ext.Checkpoint(out_dir, resume=resume) if out_dir or resume else None,
             ext.EvalLog(), *[e for e in extensions if not any(e is g for g in given)]]
-    trainer = Trainer(TrainStep(model, loss_fn, optimizer), loader, cfg.epochs,
-                      extensions=[e for e in exts if e is not None], max_steps=cfg.max_steps,
+    exts = [e for e in exts if e is not None]
+    if comm is None:
+        step = TrainStep(model, loss_fn, optimizer)
+    else:                         # writers on rank 0, rank 0's state everywhere at the start
+        from ..distributed.extensions import distribute
+        step = dist.DistributedTrainStep(model, loss_fn, optimizer, comm=comm, loader=loader)
+        exts = distribute(exts, comm)
+    trainer = Trainer(step, loader, cfg.epochs, extensions=exts, max_steps=cfg.max_steps,
                       log=log)
     if monitor != cfg.monitor:
         trainer.log(f"no validation split: the best weights are judged on {monitor} "
