@@ -22,4 +22,4 @@ RUN pip install ".[cuda12]" \
  && (gpunn datasets --check fashion-mnist || gpunn datasets --download fashion-mnist)
 
 # The kernels compile on first use (NVRTC, cached under ~/.cupy); gpunn info shows the device.
-CMD ["sh", "-c", "gpunn info && gpunn train --model model4 --dataset fashion-mnist --epochs 5 --device cuda --out runs/docker-model4"]
+CMD ["sh", "-c", "gpunn info && gpunn train --model model4 --dataset fashion-mnist --epochs 5 --device cuda --out runs/docker-model4-$(date +%Y%m%d-%H%M%S)"]
