@@ -227,6 +227,10 @@ class Backend:
     def kernel(self, base: str, dtype):
         raise DeviceError(f"the {self.name} backend has no CUDA kernels (asked for {base!r})")
 
+    def graph_capture(self):
+        raise DeviceError(f"CUDA graphs need a CUDA device; the {self.name} backend runs "
+                          "every step eagerly")
+
     def __repr__(self):
         return f"<gpunn backend {self.name}>"
 
@@ -253,6 +257,12 @@ class CudaBackend(Backend):
         """This thread's cuBLAS GEMMs for this GPU (gpunn/cublas.py; capturable in a graph)."""
         from .cublas import blas_for
         return blas_for(self.index)
+
+    def graph_capture(self):
+        """A context that captures the work issued inside it into a CUDA graph
+        (gpunn/graphs.py, :class:`~gpunn.graphs.CudaCapture`)."""
+        from .graphs import CudaCapture
+        return CudaCapture(self)
 
 
 NUMPY = Backend("numpy", np)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..errors import ShapeError
+from ..graphs import HostValue
 from ..init import make_rng
 from ..ops.dropout import dropout_forward
 from ..ops.random import rank_seed
@@ -38,8 +39,11 @@ class Dropout(Layer):
         if not self._mode(train) or self.p == 0.0:
             self._mask = None
             return x
-        y, self._mask = dropout_forward(x, self.p, rank_seed(self.host_state["seed"], self.rank),
-                                        self.host_state["step"])
+        # the step count as a HostValue: its number now, and a later step's number when a
+        # CUDA graph replays this forward (gpunn/graphs.py)
+        hs = self.host_state
+        y, self._mask = dropout_forward(x, self.p, rank_seed(hs["seed"], self.rank),
+                                        HostValue(lambda: hs["step"]))
         self.host_state["step"] += 1
         return y
 

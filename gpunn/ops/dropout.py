@@ -5,7 +5,10 @@ so the same (seed, step) gives the same mask on the CPU and on a GPU.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..backend import get_array_module
+from ..graphs import HostValue, step_values
 from .dispatch import op
 from .random import keep_threshold, random_bits, stream_key
 
@@ -31,9 +34,20 @@ def dropout_forward(x, p: float, seed: int, step: int):
 
 @dropout_forward.cuda
 def _dropout_forward_cuda(b, x, p, seed, step):
-    """kernels/dropout.cu: one pass draws the bits, writes the mask and the output."""
+    """kernels/dropout.cu: one pass draws the bits, writes the mask and the output. In a
+    graph-style step (gpunn/graphs.py) the key is read from device memory, rewritten before
+    each replay from ``step`` (a HostValue of the layer's step count)."""
     x = b.xp.ascontiguousarray(x)
     y, mask = b.xp.empty_like(x), b.xp.empty_like(x)
-    b.kernel("dropout_forward", x.dtype).launch(
-        x.size, x, y, mask, x.size, stream_key(seed, step), keep_threshold(p), 1.0 / (1.0 - p))
+    sv = step_values()
+    if sv is None:
+        b.kernel("dropout_forward", x.dtype).launch(
+            x.size, x, y, mask, x.size, stream_key(seed, step), keep_threshold(p),
+            1.0 / (1.0 - p))
+    else:
+        key = step.derive(lambda s: stream_key(seed, s)) if isinstance(step, HostValue) \
+            else stream_key(seed, step)
+        b.kernel("dropout_forward_dyn", x.dtype).launch(
+            x.size, x, y, mask, x.size, sv.device(b, key, np.uint64), keep_threshold(p),
+            1.0 / (1.0 - p))
     return y, mask

@@ -20,22 +20,43 @@ them), so float32 parameters are updated in float32 arithmetic throughout.
 dtype and device; the optimizers pass whole flat parameter buffers (gpunn/parameter.py), so
 one call updates a model. The NumPy bodies reuse one scratch array per call instead of a
 temporary per operator; the CUDA bodies (kernels/optim.cu) read p, g and the buffers once and
-write them once, in one grid-stride kernel.
+write them once, in one grid-stride kernel. On the CPU the update runs in pieces of CHUNK
+elements on gpunn's thread pool (gpunn/threads.py), bit for bit the whole-array result.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..backend import get_array_module
+from ..graphs import step_values
 from .dispatch import op
 
 __all__ = ["sgd_update", "adam_update"]
+
+
+def _in_chunks(body, arrays, *args):
+    """Run an element-wise update ``body(*chunk_views, *args)`` over CHUNK-element pieces of
+    the flat ``arrays`` on gpunn's thread pool (each piece's scratch stays in cache). The
+    arithmetic per element is the same as one whole-array call, so the bits are too."""
+    from ..threads import parallel_chunks
+    if not all(a is None or a.flags.c_contiguous for a in arrays):
+        return body(*arrays, *args)
+    flat = [None if a is None else a.reshape(-1) for a in arrays]
+    parallel_chunks(lambda lo, hi: body(*[None if f is None else f[lo:hi] for f in flat], *args),
+                    flat[0].size, CHUNK)
+
+
+CHUNK = 1 << 15            # elements per piece: 128 KiB of float32 per array
 
 
 @op
 def sgd_update(p, g, v, lr, momentum=0.0, nesterov=False, weight_decay=0.0, ema=False):
     """One SGD step on ``p`` in place. ``v``: momentum buffer (updated in place), or None
     when ``momentum == 0``."""
+    _in_chunks(_sgd_numpy, (p, g, v), lr, momentum, nesterov, weight_decay, ema)
+
+
+def _sgd_numpy(p, g, v, lr, momentum, nesterov, weight_decay, ema):
     xp = get_array_module(p, g, v)
     dt = p.dtype.type
     lr, mu, wd = dt(lr), dt(momentum), dt(weight_decay)
@@ -68,12 +89,18 @@ def sgd_update(p, g, v, lr, momentum=0.0, nesterov=False, weight_decay=0.0, ema=
     p -= step
 
 
+# In a graph-style step (gpunn/graphs.py) the CUDA bodies launch the _dyn twins, which read
+# lr (and Adam's bias corrections) from one-element device arrays rewritten before each replay.
 @sgd_update.cuda
 def _sgd_update_cuda(b, p, g, v, lr, momentum=0.0, nesterov=False, weight_decay=0.0, ema=False):
+    sv = step_values()
+    dyn = "" if sv is None else "_dyn"
+    if sv is not None:
+        lr = sv.device(b, lr, p.dtype)
     if momentum == 0:
-        b.kernel("sgd_update", p.dtype).launch(p.size, p, g, p.size, lr, weight_decay)
+        b.kernel("sgd_update" + dyn, p.dtype).launch(p.size, p, g, p.size, lr, weight_decay)
     else:
-        b.kernel("sgd_momentum_update", p.dtype).launch(
+        b.kernel("sgd_momentum_update" + dyn, p.dtype).launch(
             p.size, p, g, v, p.size, lr, momentum, weight_decay, bool(nesterov), bool(ema))
 
 
@@ -81,6 +108,10 @@ def _sgd_update_cuda(b, p, g, v, lr, momentum=0.0, nesterov=False, weight_decay=
 def adam_update(p, g, m, v, lr, b1, b2, eps, weight_decay, bc1, bc2):
     """One Adam step on ``p`` in place; ``m``, ``v``: moment buffers (updated in place);
     ``bc1``/``bc2``: bias corrections for this step count (see module docstring)."""
+    _in_chunks(_adam_numpy, (p, g, m, v), lr, b1, b2, eps, weight_decay, bc1, bc2)
+
+
+def _adam_numpy(p, g, m, v, lr, b1, b2, eps, weight_decay, bc1, bc2):
     xp = get_array_module(p, g, m, v)
     dt = p.dtype.type
     lr, b1, b2, eps, wd, bc1, bc2 = (dt(a) for a in (lr, b1, b2, eps, weight_decay, bc1, bc2))
@@ -110,5 +141,11 @@ def adam_update(p, g, m, v, lr, b1, b2, eps, weight_decay, bc1, bc2):
 
 @adam_update.cuda
 def _adam_update_cuda(b, p, g, m, v, lr, b1, b2, eps, weight_decay, bc1, bc2):
-    b.kernel("adam_update", p.dtype).launch(p.size, p, g, m, v, p.size, lr, b1, b2, eps,
-                                            weight_decay, bc1, bc2)
+    sv = step_values()
+    if sv is None:
+        b.kernel("adam_update", p.dtype).launch(p.size, p, g, m, v, p.size, lr, b1, b2, eps,
+                                                weight_decay, bc1, bc2)
+    else:
+        lr, bc1, bc2 = (sv.device(b, a, p.dtype) for a in (lr, bc1, bc2))
+        b.kernel("adam_update_dyn", p.dtype).launch(p.size, p, g, m, v, p.size, lr, b1, b2,
+                                                    eps, weight_decay, bc1, bc2)

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..backend import FLOAT_DTYPES, DeviceError, device_of, is_cuda_array, to_device, to_numpy
 from ..errors import DTypeError, ShapeError, StateDictError
+from ..graphs import HostValue
 from ..ops.optim_update import adam_update, sgd_update
 from ..parameter import Parameter, buffers_of, pack_parameters
 
@@ -345,7 +346,10 @@ class SGD(Optimizer):
 
     def _update(self, values, grads, state):
         h = self.hyper
-        sgd_update(values, grads, state.get("velocity"), h["lr"], h["momentum"], h["nesterov"],
+        # lr as a HostValue: its number now, and the number of a later step for a CUDA graph
+        # that replays this update (gpunn/graphs.py); the NumPy body just takes float() of it
+        lr = HostValue(lambda: self.hyper["lr"])
+        sgd_update(values, grads, state.get("velocity"), lr, h["momentum"], h["nesterov"],
                    h["weight_decay"], h["ema"])
 
 
@@ -383,7 +387,10 @@ class Adam(Optimizer):
 
     def _update(self, values, grads, state):
         # bias corrections on the host in float64, for the step count t this step completes
+        # (HostValues, read when the update runs and again for each CUDA-graph replay of it)
         h = self.hyper
-        bc1, bc2 = 1.0 - h["beta1"] ** self.t, 1.0 - h["beta2"] ** self.t
-        adam_update(values, grads, state["m"], state["v"], h["lr"], h["beta1"], h["beta2"],
-                    h["eps"], h["weight_decay"], bc1, bc2)
+        t = HostValue(lambda: self.t)
+        bc1 = t.derive(lambda t: 1.0 - self.hyper["beta1"] ** t)
+        bc2 = t.derive(lambda t: 1.0 - self.hyper["beta2"] ** t)
+        adam_update(values, grads, state["m"], state["v"], HostValue(lambda: self.hyper["lr"]),
+                    h["beta1"], h["beta2"], h["eps"], h["weight_decay"], bc1, bc2)
