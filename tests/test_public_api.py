@@ -66,3 +66,12 @@ def test_readme_python_example_runs(i, tmp_path):
                        text=True, timeout=600, env={"GPUNN_DEVICE": "cpu",
                                                      **__import__("os").environ})
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_a_model_reports_its_device_and_dtype():
+    """Sequential holds no arrays itself: device and dtype come from its layers."""
+    model = gpunn.Sequential(gpunn.Flatten(), gpunn.Linear(4, 3, dtype=np.float64), gpunn.ReLU())
+    assert model.device == gpunn.resolve_device("cpu") and model.dtype == np.float64
+    assert gpunn.Sequential(gpunn.ReLU()).device is None
+    loader = gpunn.DataLoader(np.zeros((4, 4)), np.zeros(4, np.int64), 2, device=model.device)
+    assert loader.device == model.device

@@ -161,14 +161,18 @@ class Layer:
     # -- devices --------------------------------------------------------------------------
     @property
     def device(self) -> Device | None:
-        for a in list(self.params.values()) + list(self.buffers.values()):
-            return device_of(a)
+        """The device of the first parameter or buffer here or in a child (None: no arrays)."""
+        for layer in self.walk():
+            for a in list(layer.params.values()) + list(layer.buffers.values()):
+                return device_of(a)
         return None
 
     @property
     def dtype(self):
-        for a in self.params.values():
-            return a.dtype
+        """The dtype of the first parameter here or in a child (None: no parameters)."""
+        for layer in self.walk():
+            for a in layer.params.values():
+                return a.dtype
         return None
 
     def to(self, device=None, *, dtype=None):
