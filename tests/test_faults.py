@@ -291,3 +291,69 @@ def test_progress_bar_has_an_eta_and_eval_lines_start_on_their_own_line(data):
     for line in text.split("\n"):
         if "[eval]" in line:
             assert line.startswith("[eval]"), repr(line)     # never glued onto the bar
+
+
+# -- on a GPU (skipped without one; run with -m gpu) --------------------------------------------
+@pytest.fixture
+def pool_limit():
+    """Set CuPy's memory pool limit for a test (a real out-of-memory without filling the GPU)."""
+    cupy = pytest.importorskip("cupy")
+    pool = cupy.get_default_memory_pool()
+    yield pool
+    pool.set_limit(size=0)
+    pool.free_all_blocks()
+
+
+class LimitAfterResume(ext.Extension):
+    """Once the resumed state is on the GPU, leave the pool only 1 MiB more than it uses."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def on_resume(self, trainer):
+        self.pool.set_limit(size=self.pool.used_bytes() + 2**20)
+
+
+@pytest.mark.gpu
+def test_gpu_out_of_memory_is_one_line_and_the_checkpoint_stays_intact(tmp_path, pool_limit):
+    x, y = make_synthetic(4000, seed=1, size=28)
+    x = x.astype(np.float32) / 255
+    data = SimpleNamespace(x_train=x[:3000], y_train=y[:3000], x_val=x[3000:3500],
+                           y_val=y[3000:3500], x_test=x[3500:], y_test=y[3500:])
+
+    def run(resume, extensions=()):
+        m = build_model("model4", (1, 28, 28), 10, seed=0).to("cuda")
+        opt = SGD(m, lr=0.05, momentum=0.9)
+        conf = TrainConfig(epochs=1, batch_size=500, eval_every=1000, progress=False,
+                           max_steps=None if resume else 2)
+        return fit(m, CrossEntropyLoss(), opt, data, conf, out_dir=str(tmp_path), device="cuda",
+                   resume=resume, log=lambda s: None, extensions=extensions)
+    run(False)                                       # a checkpoint at step 2
+    good = (tmp_path / "checkpoint.npz").read_bytes()
+    with pytest.raises(OutOfMemoryError) as info:
+        run(True, [LimitAfterResume(pool_limit)])
+    msg = str(info.value)
+    assert msg.startswith("out of GPU memory on cuda:0 at step 3 (epoch 1, batch size 500); "
+                          "asked for ")
+    assert " free of " in msg and "its limit is" in msg and "--batch-size (e.g. 250)" in msg
+    assert "(step 2, epoch 0.33), is intact and loadable" in msg and "\n" not in msg
+    pool_limit.set_limit(size=0)
+    assert (tmp_path / "checkpoint.npz").read_bytes() == good
+    assert load_checkpoint(tmp_path / "checkpoint.npz")["state"]["step"] == 2
+
+
+@pytest.mark.gpu
+def test_gpu_out_of_memory_through_the_cli(tmp_path, pool_limit):
+    from click.testing import CliRunner
+    from gpunn.cli import main
+    pool_limit.set_limit(size=48 * 2**20)
+    out = tmp_path / "oom"
+    r = CliRunner().invoke(main, ["train", "--dataset", "synthetic", "--model", "model4",
+                                  "--device", "cuda", "--batch-size", "5400", "--max-steps", "2",
+                                  "--val-size", "0.1", "--no-progress", "--out", str(out)])
+    assert r.exit_code == 1, r.output
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith("error: out of GPU memory on cuda:0 at step 1 (epoch 1, batch size "
+                           "5400); asked for "), line
+    assert "smaller --batch-size (e.g. 2700)" in line and "Traceback" not in r.output
+    assert not out.exists()                           # nothing was written before step 1
