@@ -441,3 +441,84 @@ def test_resume_on_another_number_of_ranks(tmp_path, first, then):
     _history_equal({k: v[:2] + v[3:] for k, v in h.items()}, h_ref)
     for k in w_ref:
         assert rel(w[k], w_ref[k]) <= 1e-12, k
+
+
+# -- gpunn train under mpiexec ------------------------------------------------------------------
+TRAIN = ["train", "--dataset", "synthetic", "--model", "model2", "--dtype", "float64",
+         "--eval-every", "2000", "--val-size", "0.1", "--no-progress", "--device", "cpu"]
+
+
+def gpunn_cli(ranks, *args, check=True, env=None, timeout=180):
+    cmd = [sys.executable, "-m", "gpunn.cli", *map(str, args)]
+    if ranks:
+        cmd = [MPIEXEC, "-n", str(ranks), *cmd]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                       env={**ENV, **(env or {})})
+    if check:
+        assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+def weights(run):
+    w = np.load(run / "weights.npz")
+    return {k: w[k] for k in w.files if w[k].dtype.kind == "f"}
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and wa
+    for k in wb:
+        assert rel(wa[k], wb[k]) <= 1e-12, (k, rel(wa[k], wb[k]))
+
+
+@needs_mpi
+def test_gpunn_train_on_two_ranks_writes_one_run(tmp_path):
+    """mpiexec -n 2 gpunn train: rank 0 alone writes the run and reports; the weights are
+    those of one process at twice the batch."""
+    two = gpunn_cli(2, *TRAIN, "--batch-size", 50, "--epochs", 1, "--out", tmp_path / "two")
+    gpunn_cli(0, *TRAIN, "--batch-size", 100, "--epochs", 1, "--out", tmp_path / "one")
+    assert two.stdout.count("test accuracy") == 1 and two.stderr.count("[eval] epoch 1.00") == 1
+    assert_same_weights(tmp_path / "two", tmp_path / "one")
+    cfg = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert cfg["ranks"] == 2 and cfg["batch_size"] == 50
+    assert "x 2 ranks" in (tmp_path / "two" / "report.md").read_text()
+    for f in ("checkpoint.npz", "metrics.csv", "metrics.json", "history.json", "curves.png"):
+        assert (tmp_path / "two" / f).exists(), f
+    assert not (tmp_path / "two" / ".gpunn.lock").exists()     # released by rank 0
+
+
+@needs_mpi
+@pytest.mark.parametrize("first,then", [(2, 0), (0, 2)], ids=["2 ranks then 1", "1 then 2 ranks"])
+def test_gpunn_train_resumes_on_another_number_of_ranks(tmp_path, first, then):
+    """A 2-rank run (2 x 50) resumed by one process trains at its global batch of 100, and a
+    one-process run (100) resumed on 2 ranks at 2 x 50: both end as the uninterrupted run."""
+    run = tmp_path / "run"
+    gpunn_cli(first, *TRAIN, "--batch-size", 50 if first else 100, "--epochs", 1, "--out", run)
+    again = gpunn_cli(then, "train", "--resume", run, "--epochs", 2, "--no-progress")
+    assert "keeps the global batch of 100" in again.stderr, again.stderr
+    gpunn_cli(0, *TRAIN, "--batch-size", 100, "--epochs", 2, "--out", tmp_path / "ref")
+    assert_same_weights(run, tmp_path / "ref")
+    h = json.loads((run / "history.json").read_text())
+    assert h["samples"][-1] == 10800
+    assert json.loads((run / "config.json").read_text())["ranks"] == (2 if first else 1)
+
+
+@needs_mpi
+def test_a_refused_run_directory_stops_every_rank_with_one_message(tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    r = gpunn_cli(2, *TRAIN, "--batch-size", 50, "--epochs", 1, "--out", out, check=False,
+                  timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.count("holds a run") == 1, r.stderr
+
+
+def test_an_mpi_launch_without_mpi4py_says_what_to_install(tmp_path):
+    code = ("import sys; sys.modules['mpi4py'] = None; from gpunn.cli import main; "
+            f"main({['train', '--dataset', 'synthetic', '--out', str(tmp_path / 'r')]!r})")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, env={**ENV, "PMI_SIZE": "2", "PMI_RANK": "0"})
+    assert r.returncode == 2, r.stderr
+    assert "needs mpi4py and an MPI library" in r.stderr and "pip install 'gpunn[mpi]'" in r.stderr
+    assert "PMI_SIZE=2" in r.stderr and not (tmp_path / "r").exists()

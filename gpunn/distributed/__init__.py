@@ -43,15 +43,16 @@ from .comm import DEFAULT_TIMEOUT, Communicator, LocalComm, MPIComm, timeout_fro
 from .data import ShardedLoader, shard
 from .env import INSTALL_HINT, MPINotAvailable, import_mpi, launched_by_mpi
 from .evaluate import evaluate, evaluate_shard
+from .run import PeerError
 from .step import (DistributedTrainStep, broadcast_model, broadcast_optimizer, set_rank,
                    sync_buffers)
 
-__all__ = ["init", "is_initialized", "world", "rank", "world_size", "local_rank", "is_main",
+__all__ = ["init", "is_initialized", "world", "several", "rank", "world_size", "local_rank", "is_main",
            "allreduce", "broadcast", "broadcast_object", "allgather_object", "barrier",
            "device_for_rank", "launched_by_mpi", "DistributedTrainStep", "ShardedLoader",
            "shard", "broadcast_model", "broadcast_optimizer", "sync_buffers", "set_rank",
            "evaluate", "evaluate_shard", "Communicator", "LocalComm", "MPIComm",
-           "MPINotAvailable", "INSTALL_HINT", "DEFAULT_TIMEOUT"]
+           "MPINotAvailable", "PeerError", "INSTALL_HINT", "DEFAULT_TIMEOUT"]
 
 _WORLD: Communicator | None = None
 _LOCAL = LocalComm()
@@ -85,6 +86,12 @@ def init(backend: str = "auto", *, timeout: float | None = None) -> Communicator
         MPI = import_mpi("gpunn.distributed.init()")
         _WORLD = MPIComm(MPI, timeout=timeout_from_env() if timeout is None else float(timeout))
     return _WORLD
+
+
+def several() -> Communicator | None:
+    """The world when it has more than one rank (a data-parallel run), else None."""
+    comm = world()
+    return comm if comm.size > 1 else None
 
 
 def is_initialized() -> bool:

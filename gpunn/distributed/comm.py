@@ -169,19 +169,26 @@ class MPIComm(Communicator):
 
     # -- waiting with a deadline --------------------------------------------------------------
     def _wait(self, request, what: str) -> None:
-        """Poll ``request`` until done; past the deadline, abort the job saying ``what``."""
+        """Poll ``request`` until done; past the deadline, abort the job saying ``what``.
+
+        A short spin first (the others are usually right there), then yielding the core for
+        up to 10 ms (a rank that waits must not slow one that works on the same core), then
+        naps of at most 1 ms (a long wait, e.g. for rank 0 writing a checkpoint)."""
         t0 = time.monotonic()
         spins, nap = 0, 50e-6
         try:
             while not request.Test():
                 spins += 1
-                if spins < 2000:             # the common case: the others are right there
+                if spins < 100:
                     continue
                 waited = time.monotonic() - t0
                 if self.timeout and waited > self.timeout:
                     self.abort(self._timeout_message(what, waited))
-                time.sleep(nap)              # a long wait: stop burning the core
-                nap = min(nap * 2, 0.005)
+                if waited < 0.01:
+                    os.sched_yield()
+                else:
+                    time.sleep(nap)
+                    nap = min(nap * 2, 0.001)
         except self.MPI.Exception as e:
             self.abort(f"gpunn.distributed: rank {self.rank} of {self.size}: {what} failed: "
                        f"{e.Get_error_string().strip()} -- another rank has probably died; "

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 
+from ..extras import MissingExtra
+
 __all__ = ["MPINotAvailable", "launched_by_mpi", "launch_size", "launch_rank", "import_mpi",
            "INSTALL_HINT"]
 
@@ -25,7 +27,7 @@ _RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_R
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
-class MPINotAvailable(RuntimeError):
+class MPINotAvailable(MissingExtra):
     """Distributed training was asked for but mpi4py (or an MPI library) cannot be loaded."""
 
 

@@ -18,6 +18,7 @@ from ..backend import to_device
 from ..train.extensions import Checkpoint, Evaluation, Extension
 from .data import shard
 from .evaluate import evaluate_shard
+from .run import agree
 from .step import _world, broadcast_model, broadcast_optimizer
 
 __all__ = ["ShardedEvaluation", "RankZeroCheckpoint", "StartEqual", "OnMain", "on_main",
@@ -58,27 +59,14 @@ class RankZeroCheckpoint(Checkpoint):
         new.path, new.saved = ck.path, ck.saved
         return new
 
-    def _agree(self, fn):
-        """Run ``fn`` on rank 0 and send its result, or its exception, to every rank."""
-        result, error = None, None
-        if self.comm.rank == 0:
-            try:
-                result = fn()
-            except Exception as e:                 # noqa: BLE001 (re-raised on every rank)
-                error = e
-        result, error = self.comm.broadcast_object((result, error))
-        if error is not None:
-            raise error
-        return result
-
     def read(self) -> dict:
-        return self._agree(super().read)
+        return agree(self.comm, super().read)
 
     def save(self, trainer):
         if not self.path:
             return
         super_save = super().save
-        self._agree(lambda: super_save(trainer))
+        agree(self.comm, lambda: super_save(trainer))
         if self.comm.rank != 0:                     # what is on disk, for note()
             st = trainer.state
             self.saved = (st.step, st.samples / max(len(trainer.loader.x), 1))
