@@ -201,6 +201,10 @@ def get_array_module(*arrays):
     Mixing NumPy and CuPy arrays in one call is a device mismatch and raises ``DeviceError``.
     """
     cuda = [is_cuda_array(a) for a in arrays if a is not None]
+    for a in arrays:                   # an array type naming its module (emulated devices)
+        ns = getattr(type(a), "__gpunn_xp__", None)
+        if ns is not None:
+            return ns
     if any(cuda):
         if not all(cuda) and any(isinstance(a, np.ndarray) for a in arrays):
             raise DeviceError("arrays on different devices (some NumPy/CPU, some CuPy/CUDA); "

@@ -32,7 +32,7 @@ RUN_FILES = ("config.json", "history.json", "metrics.json", "metrics.csv", "weig
              "best.npz", "checkpoint.npz", "report.md", "curves.png", "confusion.png",
              "misclassified.png", "filters.png", "tensorboard", ".gpunn.lock")
 # run settings a resume may change; any other option must agree with config.json
-RESUMABLE = ("epochs", "max_steps", "device", "data_dir", "progress", "tensorboard")
+RESUMABLE = ("epochs", "max_steps", "device", "data_dir", "progress", "tensorboard", "graph")
 # OSErrors that mean "could not write here" (a missing file to read is not one of them)
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO,
                 errno.EFBIG}
@@ -57,7 +57,7 @@ def check_new_run_dir(out, overwrite: bool = False) -> None:
     """Refuse to start a new run in ``out`` when it holds files, unless ``overwrite``."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise RunExistsError(f"{out} exists and is not a directory")
-    have = _entries(out)
+    have = [f for f in _entries(out) if f != ".gpunn.lock"]   # the lock names its holder
     if not have or overwrite:
         return
     runs = [f for f in have if f in RUN_FILES]

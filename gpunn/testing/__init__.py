@@ -16,8 +16,12 @@ import contextlib
 import numpy as np
 
 from ..backend import Backend, use_backend
+from .graph_emu import (CaptureError, DeviceArray, EmulatedCapture, GraphBackend,
+                        StaleBufferError, device_array, to_device_arrays)
 
-__all__ = ["EMULATION_MAX_BLOCKS", "EmulatedCudaBackend", "emulated_cuda", "emulated_kernel"]
+__all__ = ["EMULATION_MAX_BLOCKS", "EmulatedCudaBackend", "EmulatedGraphBackend", "emulated_cuda",
+           "emulated_kernel", "DeviceArray", "to_device_arrays", "device_array", "CaptureError",
+           "StaleBufferError", "EmulatedCapture"]
 
 # Emulated launches use small grids so every grid-stride loop really strides.
 EMULATION_MAX_BLOCKS = 16
@@ -64,9 +68,24 @@ class EmulatedCudaBackend(Backend):
         return k
 
 
+class EmulatedGraphBackend(GraphBackend, EmulatedCudaBackend):
+    """The emulated CUDA backend with CUDA graphs (gpunn/testing/graph_emu.py): its arrays are
+    DeviceArrays, its kernel launches, GEMMs and array operations are recorded inside
+    ``graph_capture()``."""
+
+    def __init__(self, order: str = "forward", sanitize: bool | None = None):
+        super().__init__(order, sanitize)
+        self.name = f"emulated-cuda with graphs ({self.order})"
+        self._graph_init()
+
+
 @contextlib.contextmanager
-def emulated_cuda(order: str = "forward", *, sanitize: bool | None = None):
+def emulated_cuda(order: str = "forward", *, sanitize: bool | None = None, graphs: bool = False):
     """Inside the block, ops on NumPy arrays take their CUDA bodies with CPU-emulated kernels
-    (threads run ``order``: "forward" | "reverse" | "shuffled"). Yields the backend."""
-    with use_backend(EmulatedCudaBackend(order, sanitize)) as backend:
+    (threads run ``order``: "forward" | "reverse" | "shuffled"). Yields the backend.
+
+    ``graphs=True``: the backend can also capture and replay CUDA graphs, for arrays on the
+    emulated device (``to_device_arrays(model, optimizer)``, ``device_array(x)``)."""
+    cls = EmulatedGraphBackend if graphs else EmulatedCudaBackend
+    with use_backend(cls(order, sanitize)) as backend:
         yield backend

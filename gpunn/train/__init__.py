@@ -5,9 +5,10 @@ from ..serialization import load_checkpoint, save_checkpoint
 from .extensions import (BEST, CHECKPOINT, BestWeights, Checkpoint, EarlyStopping, EvalLog,
                          Evaluation, Extension, LRSchedule, NonFiniteGuard, ProgressBar, RunLock)
 from .loop import TrainConfig, Trainer, TrainResult, TrainState, evaluate, fit
+from .graph import GraphedTrainStep
 from .step import TrainStep
 
-__all__ = ["TrainConfig", "TrainState", "TrainResult", "TrainStep", "Trainer", "fit", "evaluate",
+__all__ = ["TrainConfig", "TrainState", "TrainResult", "TrainStep", "GraphedTrainStep", "Trainer", "fit", "evaluate",
            "Extension", "LRSchedule", "Evaluation", "EarlyStopping", "Checkpoint", "EvalLog",
            "ProgressBar", "RunLock", "NonFiniteGuard", "BestWeights", "CHECKPOINT", "BEST",
            "load_checkpoint", "save_checkpoint"]

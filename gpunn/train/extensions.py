@@ -453,6 +453,7 @@ class NonFiniteGuard(Extension):
     last checkpoint stays loadable.
     """
     name = ""
+    graph_safe = True               # its hook only works on the device, in place
 
     def __init__(self, every: int | None = None):
         self.every = every
@@ -498,9 +499,12 @@ class NonFiniteGuard(Extension):
             bad = bad | hit
             positions.append(xp.where(hit, grads.size - 1 - j, -1))
         newly = first & bad
-        s["step"] = xp.where(newly, s["count"], s["step"])
-        s["loss"] = xp.where(newly, loss, s["loss"])
-        s["pos"] = [xp.where(newly, p, old) for p, old in zip(positions, s["pos"])]
+        # written in place: the record's arrays stay the same, so a CUDA graph that captured
+        # this hook with the step (gpunn.train.GraphedTrainStep) keeps updating them
+        s["step"][...] = xp.where(newly, s["count"], s["step"])
+        s["loss"][...] = xp.where(newly, loss, s["loss"])
+        for p, old in zip(positions, s["pos"]):
+            old[...] = xp.where(newly, p, old)
 
     def check(self, trainer) -> None:
         """Raise NonFiniteError if a step so far had a non-finite loss or gradient."""

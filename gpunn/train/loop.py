@@ -66,6 +66,8 @@ class TrainConfig:
     check_finite: bool = True        # stop on a NaN/inf loss or gradient (NonFiniteGuard)
     global_batch: int | None = None  # data-parallel: samples per step over all ranks
     #                                  (default batch_size x ranks; gpunn/distributed)
+    graph: bool = False              # replay the step from a CUDA graph (GraphedTrainStep;
+    #                                  CUDA only; off until proven on a GPU: docs/GRAPHS.md)
 
 
 @dataclass
@@ -373,8 +375,15 @@ def fit(model, loss_fn, optimizer, data, config: TrainConfig, *, out_dir=None, d
             ext.Checkpoint(out_dir, resume=resume) if out_dir or resume else None,
             ext.EvalLog(), *[e for e in extensions if not any(e is g for g in given)]]
     exts = [e for e in exts if e is not None]
+    if cfg.graph and comm is not None:
+        raise ValueError("fit: graph=True and several ranks: the data-parallel all-reduce "
+                         "cannot be captured in a CUDA graph yet; train one or the other")
     if comm is None:
-        step = TrainStep(model, loss_fn, optimizer)
+        if cfg.graph:
+            from .graph import GraphedTrainStep
+            step = GraphedTrainStep(model, loss_fn, optimizer)
+        else:
+            step = TrainStep(model, loss_fn, optimizer)
     else:                         # writers on rank 0, rank 0's state everywhere at the start
         from ..distributed.extensions import distribute
         step = dist.DistributedTrainStep(model, loss_fn, optimizer, comm=comm, loader=loader)
