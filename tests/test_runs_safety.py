@@ -350,3 +350,15 @@ def test_report_values_are_plain(cosine_run):
         assert raw not in settings, raw
     assert "| standardize | no |" in settings and "| save_best | yes |" in settings
     assert "| dropout | - |" in settings and "stopped early: no;" in report
+
+
+def test_a_new_run_whose_folder_is_being_written_names_the_writer(tmp_path):
+    d = tmp_path / "busy"
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(d)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "held"       # the folder holds only its lock
+        r = _train("--epochs", "1", "--out", str(d))
+        assert r.exit_code == 1 and f"(pid {p.pid} on " in r.output, r.output
+    finally:
+        p.kill()
+        p.wait()
