@@ -52,9 +52,17 @@ class Sequential(Layer):
             x = layer.forward(x, train=train)
         return x
 
-    def backward(self, dout):
-        for layer in reversed(self._steps()):
-            dout = layer.backward(dout)
+    def backward(self, dout, *, input_grad: bool = True):
+        """dL/dx of the model's input; with ``input_grad=False`` (a training step: the data
+        needs no gradient) the backward pass stops at the first layer that has parameters,
+        which skips its own input gradient (Conv2d and Linear: a GEMM and, for a convolution,
+        the scatter back to pixels, as PyTorch skips it), and returns None."""
+        steps = self._steps()
+        first = None if input_grad else _first_with_parameters(steps)
+        for i in reversed(range(len(steps))):
+            if i == first:
+                return _without_input_grad(steps[i], dout)
+            dout = steps[i].backward(dout)
         return dout
 
     def _steps(self):
@@ -173,3 +181,30 @@ class Sequential(Layer):
 def _device_str(a):
     from .backend import device_of
     return str(device_of(a))
+
+
+def _layers_of(step):
+    """The layers a step runs: the step itself, or a fused step's layers (gpunn.fuse)."""
+    if isinstance(step, Layer):
+        return [step]
+    return [v for v in vars(step).values() if isinstance(v, Layer)]
+
+
+def _first_with_parameters(steps):
+    for i, step in enumerate(steps):
+        if any(layer.parameters() for layer in _layers_of(step)):
+            return i
+    return None
+
+
+def _without_input_grad(step, dout):
+    """``step.backward(dout)`` with ``input_grad`` off on the layers that honour it; None."""
+    layers = [layer for layer in _layers_of(step) if getattr(layer, "input_grad", None) is True]
+    for layer in layers:
+        layer.input_grad = False
+    try:
+        step.backward(dout)
+    finally:
+        for layer in layers:
+            layer.input_grad = True
+    return None

@@ -10,9 +10,17 @@ or the cores this process may run on (``os.sched_getaffinity``: a container's or
 limit, not the machine's core count). ``gpunn train --threads`` / ``gpunn bench --threads``
 set it.
 
-Results never depend on the count: an op cuts the batch into chunks by shape alone (a fixed
-number of samples per chunk) and combines the chunks' partial sums in chunk order, so one
-thread and sixteen compute the same bits; threads only decide who computes which chunk.
+BLAS: NumPy's BLAS (OpenBLAS in the wheels) gets the same count for the GEMMs the CPU
+bodies call whole, and one thread inside a parallel region, where gpunn's pool already runs
+one chunk per core (a multithreaded BLAS called from several threads at once oversubscribes
+the cores, or serialises behind OpenBLAS's lock). The library is found with threadpoolctl,
+which sets its thread count through the library's own call (well under a microsecond).
+
+gpunn's chunking never makes results depend on the count: an op cuts the batch into chunks by
+shape alone (a fixed number of samples per chunk) and combines the chunks' partial sums in
+chunk order, so one thread and sixteen compute the same bits; threads only decide who computes
+which chunk. (A GEMM handed to the BLAS whole, as Linear's are, is the BLAS's business:
+OpenBLAS rounds some shapes differently with another thread count of its own.)
 """
 from __future__ import annotations
 
@@ -21,7 +29,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["default_threads", "get_num_threads", "set_num_threads", "parallel_chunks",
-           "chunk_bounds"]
+           "chunk_bounds", "blas_threads"]
 
 _lock = threading.Lock()
 _count: int | None = None
@@ -56,15 +64,53 @@ def get_num_threads() -> int:
     global _count
     if _count is None:
         _count = default_threads()
+        _set_blas_threads(_count)
     return _count
 
 
 def set_num_threads(n: int | None) -> int:
-    """Use ``n`` threads from now on (None: back to the default); returns the count."""
+    """Use ``n`` threads from now on (None: back to the default), in gpunn's pool and in
+    NumPy's BLAS; returns the count."""
     global _count
     with _lock:
         _count = default_threads() if n is None else _parse(n, "threads")
+    _set_blas_threads(_count)
     return _count
+
+
+# -- NumPy's BLAS -------------------------------------------------------------------------------
+_blas = None               # the threadpoolctl controllers of NumPy's BLAS, found once
+_blas_count = None         # what we last set (None: never: the library's own default)
+
+
+def _numpy_blas():
+    global _blas
+    if _blas is None:
+        try:
+            import numpy as np
+            from threadpoolctl import ThreadpoolController
+            libs = ThreadpoolController().select(user_api="blas").lib_controllers
+            # NumPy's own copy: torch and others bundle their BLAS, which must keep theirs
+            here = os.path.dirname(os.path.dirname(np.__file__))
+            own = [lib for lib in libs if os.path.abspath(lib.filepath).startswith(
+                os.path.join(here, "numpy"))]
+            _blas = own or libs
+        except Exception:                # no threadpoolctl, or an unknown BLAS: leave it be
+            _blas = []
+    return _blas
+
+
+def _set_blas_threads(n: int) -> None:
+    global _blas_count
+    if n != _blas_count:
+        for lib in _numpy_blas():
+            lib.set_num_threads(n)
+        _blas_count = n
+
+
+def blas_threads() -> int | None:
+    """NumPy's BLAS thread count as gpunn last set it (None: untouched)."""
+    return _blas_count
 
 
 def _get_pool(n: int) -> ThreadPoolExecutor:
@@ -120,10 +166,14 @@ def parallel_chunks(fn, n: int, chunk: int) -> list:
                 errors.append(e)             # arrays the caller owns
 
     pool = _get_pool(get_num_threads() - 1)
-    futures = [pool.submit(runner) for _ in range(threads - 1)]
-    runner()
-    for f in futures:
-        f.result()
+    _set_blas_threads(1)                   # the pool is the parallelism: one BLAS thread each
+    try:
+        futures = [pool.submit(runner) for _ in range(threads - 1)]
+        runner()
+        for f in futures:
+            f.result()
+    finally:
+        _set_blas_threads(get_num_threads())
     if errors:
         raise errors[0]
     return results

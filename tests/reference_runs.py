@@ -7,7 +7,7 @@ Each run uses only the public API every version since the recording keeps: ``bui
 ``step()`` and ``state_dict()``; one more run goes through ``fit`` (evaluation every few
 batches, checkpoints, a cosine schedule) so the loop is covered as well.
 
-    python tests/reference_runs.py      # rewrite the fixture (only on purpose: see the test)
+    python tests/reference_runs.py [--only cpu|emulated]   # rewrite the fixture (only on purpose)
 """
 from __future__ import annotations
 
@@ -130,11 +130,23 @@ def all_runs(emulated: bool, tmpdir) -> dict:
 
 
 def main():
+    """``--only cpu`` (or ``emulated``) re-records that path and keeps the other as recorded:
+    for a change that moves one path's bits on purpose (say what moved, and why, in the commit)."""
     import tempfile
+    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
+    if only not in (None, "cpu", "emulated"):
+        raise SystemExit(f"--only takes cpu or emulated, got {only!r}")
     out = {"machine": machine_signature(), "python": sys.version.split()[0]}
+    if only:
+        old = json.loads(FIXTURE.read_text())
+        if old["machine"] != out["machine"]:
+            raise SystemExit("--only needs the machine kind the fixture was recorded on")
+        out.update({k: v for k, v in old.items() if k in ("cpu", "emulated")})
     with tempfile.TemporaryDirectory() as d:
-        out["cpu"] = all_runs(False, Path(d) / "cpu")
-        out["emulated"] = all_runs(True, Path(d) / "emu")
+        if only in (None, "cpu"):
+            out["cpu"] = all_runs(False, Path(d) / "cpu")
+        if only in (None, "emulated"):
+            out["emulated"] = all_runs(True, Path(d) / "emu")
     FIXTURE.parent.mkdir(exist_ok=True)
     FIXTURE.write_text(json.dumps(out, indent=0, sort_keys=True) + "\n")
     print(f"wrote {FIXTURE} ({FIXTURE.stat().st_size} bytes)")

@@ -5,8 +5,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..init import get_initialiser, make_rng
-from ..ops.conv import col2im, conv_output, conv_output_backward, im2col
-from ..ops.gemm import gemm
+from ..ops.conv import conv2d_backward, conv2d_forward
 from ..ops.geometry import normalize_padding, pair, window_geometry
 from ..backend import check_dtype
 from .base import Layer
@@ -41,6 +40,9 @@ class Conv2d(Layer):
         if bias:
             self.add_param("b", np.zeros(self.out_channels, dtype=dtype))
         self._cache = None
+        # False: backward skips dL/dx and returns None (the first layer of a model, whose
+        # input needs no gradient; gpunn.train's TrainStep sets it, as PyTorch skips it)
+        self.input_grad = True
 
     def _geometry(self, h, w):
         return window_geometry(h, w, self.kernel_size, self.stride, self.padding, repr(self),
@@ -54,33 +56,27 @@ class Conv2d(Layer):
 
     # The work, with the fused ReLU of gpunn.fuse (a Conv2d directly followed by a ReLU):
     # relu=True applies it in the output pass; backward then gets the forward's output y.
+    # The ops (gpunn/ops/conv.py) run chunked on the CPU, im2col + GEMM + epilogue on a GPU.
     def _forward(self, x, relu: bool):
         self.check_input(x, 4, feature_axis=1, features=self.in_channels)
-        n, _, h, w = x.shape
-        pad, oh, ow = self._geometry(h, w)
-        kh, kw = self.kernel_size
-        col = im2col(x, kh, kw, self.stride, pad)                    # (C*kh*kw, N*oh*ow)
-        Wm = self.params["W"].reshape(self.out_channels, -1)         # (O, C*kh*kw)
-        y = gemm(Wm, col)                                            # (O, N*oh*ow)
-        self._cache = (x.shape, col, pad, oh, ow)
-        # + b, (ReLU), and the layout change to (N, O, oh, ow): one pass on a GPU
-        return conv_output(y, self.params.get("b"), n, oh, ow, relu)
+        pad, oh, ow = self._geometry(*x.shape[2:])
+        y, cache = conv2d_forward(x, self.params["W"], self.params.get("b"), self.stride, pad,
+                                  relu)
+        self._cache = (x.shape, cache, pad, oh, ow)
+        return y
 
     def _backward(self, dout, y_relu):
-        x_shape, col, pad, oh, ow = self._need_cache("_cache")
+        x_shape, cache, pad, oh, ow = self._need_cache("_cache")
         n = x_shape[0]
         if dout.shape != (n, self.out_channels, oh, ow):
             raise ShapeError(f"{self!r}: backward expected dout of shape "
                              f"{(n, self.out_channels, oh, ow)}, got {tuple(dout.shape)}")
-        d = conv_output_backward(dout, y_relu)                       # (O, N*oh*ow)
-        # (col @ d.T).T: the long N*oh*ow axis is contiguous in both operands, which BLAS
-        # handles about twice as fast as d @ col.T at coursework sizes.
-        self.store_grad("W", gemm(col, d, transb=True).T.reshape(self.params["W"].shape))
-        if "b" in self.params:
-            self.store_grad("b", d.sum(axis=1))
-        dcol = gemm(self.params["W"].reshape(self.out_channels, -1), d, transa=True)  # Wm.T @ d
-        kh, kw = self.kernel_size
-        return col2im(dcol, x_shape, kh, kw, self.stride, pad)
+        dx, dW, db = conv2d_backward(dout, cache, self.params["W"], self.stride, pad,
+                                     "b" in self.params, y_relu, self.input_grad)
+        self.store_grad("W", dW)
+        if db is not None:
+            self.store_grad("b", db)
+        return dx
 
     def output_shape(self, in_shape):
         if len(in_shape) != 3 or in_shape[0] != self.in_channels:

@@ -30,6 +30,9 @@ class Linear(Layer):
         if bias:
             self.add_param("b", np.zeros(self.out_features, dtype=dtype))
         self._x = None
+        # False: backward skips dL/dx and returns None (Sequential.backward(input_grad=False)
+        # sets it on the model's first layer for the call: the data needs no gradient)
+        self.input_grad = True
 
     def forward(self, x, *, train=None):
         self.check_input(x, 2, feature_axis=1, features=self.in_features)
@@ -44,9 +47,11 @@ class Linear(Layer):
         if dout.shape != (x.shape[0], self.out_features):
             raise ShapeError(f"{self!r}: backward expected dout of shape "
                              f"{(x.shape[0], self.out_features)}, got {tuple(dout.shape)}")
-        self.store_grad("W", gemm(x, dout, transa=True))          # x.T @ dout
+        gemm(x, dout, transa=True, out=self.grads["W"])           # x.T @ dout, in place
         if "b" in self.params:
             self.store_grad("b", dout.sum(axis=0))
+        if not self.input_grad:          # the model's first layer in a training step
+            return None
         return gemm(dout, self.params["W"], transb=True)          # dout @ W.T
 
     def output_shape(self, in_shape):

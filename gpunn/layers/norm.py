@@ -11,6 +11,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..errors import ShapeError
 from ..backend import check_dtype
+from ..ops.norm import batchnorm_backward, batchnorm_forward
 from .base import Layer
 
 
@@ -41,49 +42,26 @@ class _BatchNorm(Layer):
 
     def forward(self, x, *, train=None):
         self.check_input(x, self._ndim, feature_axis=1, features=self.num_features)
-        axes, bshape = self._axes_and_shape()
-        gamma = self.params["gamma"].reshape(bshape)
-        beta = self.params["beta"].reshape(bshape)
-        if self._mode(train):
-            m = x.size // self.num_features
-            if m < 2:
-                raise ShapeError(f"{self!r}: training needs more than one value per feature "
-                                 f"to compute batch statistics, got input shape {tuple(x.shape)}")
-            mean = x.mean(axis=axes, keepdims=True)
-            xc = x - mean
-            var = (xc * xc).mean(axis=axes, keepdims=True)
-            inv_std = 1 / get_array_module(x).sqrt(var + x.dtype.type(self.eps))
-            xhat = xc * inv_std
-            mom = x.dtype.type(self.momentum)
-            rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
-            rm *= 1 - mom
-            rm += mom * mean.reshape(-1)
-            rv *= 1 - mom
-            rv += mom * var.reshape(-1) * x.dtype.type(m / (m - 1))
-            self._cache = (xhat, inv_std, True)
-        else:
-            rm = self.buffers["running_mean"].reshape(bshape)
-            rv = self.buffers["running_var"].reshape(bshape)
-            inv_std = 1 / get_array_module(x).sqrt(rv + x.dtype.type(self.eps))
-            xhat = (x - rm) * inv_std
-            self._cache = (xhat, inv_std, False)
-        return gamma * xhat + beta
+        train = self._mode(train)
+        if train and x.size // self.num_features < 2:
+            raise ShapeError(f"{self!r}: training needs more than one value per feature "
+                             f"to compute batch statistics, got input shape {tuple(x.shape)}")
+        y, self._cache = batchnorm_forward(x, self.params["gamma"], self.params["beta"],
+                                           self.buffers["running_mean"],
+                                           self.buffers["running_var"], self.eps,
+                                           self.momentum, train)
+        self._shape = x.shape
+        return y
 
     def backward(self, dout):
-        xhat, inv_std, batch_stats = self._need_cache("_cache")
-        if dout.shape != xhat.shape:
-            raise ShapeError(f"{self!r}: backward expected dout of shape {tuple(xhat.shape)}, "
+        cache = self._need_cache("_cache")
+        if dout.shape != self._shape:
+            raise ShapeError(f"{self!r}: backward expected dout of shape {tuple(self._shape)}, "
                              f"got {tuple(dout.shape)}")
-        axes, bshape = self._axes_and_shape()
-        self.store_grad("gamma", (dout * xhat).sum(axis=axes))
-        self.store_grad("beta", dout.sum(axis=axes))
-        dxhat = dout * self.params["gamma"].reshape(bshape)
-        if not batch_stats:     # statistics are constants in evaluation mode
-            return dxhat * inv_std
-        # The batch mean and variance depend on every x: subtract their contributions.
-        mean_dxhat = dxhat.mean(axis=axes, keepdims=True)
-        mean_dxhat_xhat = (dxhat * xhat).mean(axis=axes, keepdims=True)
-        return (dxhat - mean_dxhat - xhat * mean_dxhat_xhat) * inv_std
+        dx, dgamma, dbeta = batchnorm_backward(dout, cache, self.params["gamma"])
+        self.store_grad("gamma", dgamma)
+        self.store_grad("beta", dbeta)
+        return dx
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"

@@ -24,6 +24,7 @@ in CI and a wrong leading dimension or transpose flag fails there.
 """
 from __future__ import annotations
 
+from ..backend import get_array_module
 from ..errors import ShapeError
 from .dispatch import op
 
@@ -49,9 +50,21 @@ def _shapes(a, b, transa, transb):
 
 
 @op
-def gemm(a, b, transa: bool = False, transb: bool = False):
-    """op(a) @ op(b), op(x) = x.T when its flag is set. a, b: 2-d, one dtype -> (M, N)."""
+def gemm(a, b, transa: bool = False, transb: bool = False, out=None):
+    """op(a) @ op(b), op(x) = x.T when its flag is set. a, b: 2-d, one dtype -> (M, N).
+    ``out``: a C-contiguous (M, N) array of that dtype to write the product into (a gradient
+    buffer: saves the copy a store would make); it is returned."""
+    if out is not None:
+        _check_out(out, *_shapes(a, b, transa, transb)[::2], a.dtype)
+        return get_array_module(a).matmul(a.T if transa else a, b.T if transb else b, out=out)
     return (a.T if transa else a) @ (b.T if transb else b)
+
+
+def _check_out(out, m, n, dtype):
+    if tuple(out.shape) != (m, n) or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ShapeError(f"gemm: out must be a C-contiguous {(m, n)} {dtype} array, got "
+                         f"{tuple(out.shape)} {out.dtype}"
+                         f"{'' if out.flags.c_contiguous else ' (not contiguous)'}")
 
 
 def cublas_args(a_shape, b_shape, transa: bool, transb: bool) -> tuple:
@@ -74,10 +87,12 @@ def _c_operand(xp, x, trans):
 
 
 @gemm.cuda
-def _gemm_cuda(bk, a, b, transa=False, transb=False):
+def _gemm_cuda(bk, a, b, transa=False, transb=False, out=None):
     m, k, n = _shapes(a, b, transa, transb)
     xp = bk.xp
-    c = xp.empty((m, n), dtype=a.dtype)
+    if out is not None:
+        _check_out(out, m, n, a.dtype)
+    c = xp.empty((m, n), dtype=a.dtype) if out is None else out
     if m == 0 or n == 0:
         return c
     if k == 0:                                   # cuBLAS would leave C as it is (beta = 0)

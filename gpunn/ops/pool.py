@@ -65,6 +65,88 @@ def _offset_table(kh, kw, w, xp):
 
 
 # -- max pooling --------------------------------------------------------------------------------
+# The CPU bodies run on chunks of samples (each chunk's temporaries stay in cache) on gpunn's
+# thread pool; every output element is computed as in one whole-batch pass, so the bits are
+# the same. The common 2x2 / stride-2 / unpadded pool takes a shorter path: the maximum of the
+# window's two rows, then of the two row maxima.
+CHUNK_BYTES = 256 << 10
+
+
+def _chunk_samples(x) -> int:
+    return max(1, CHUNK_BYTES // max(1, x[0].nbytes))
+
+
+def _is_2x2(kh, kw, stride, pad):
+    return (kh, kw) == (2, 2) and tuple(stride) == (2, 2) and tuple(pad) == (0, 0, 0, 0)
+
+
+def _max2x2(x, out, argmax, w):
+    """2x2 stride-2 max of x (n, C, H, W) into out, and the flat argmax h*W + w (first maximum
+    in window order a b / c d: a strict '>' at each comparison keeps the earlier one)."""
+    oh, ow = out.shape[2:]
+    a, b = x[:, :, 0:2 * oh:2, 0:2 * ow:2], x[:, :, 0:2 * oh:2, 1:2 * ow:2]
+    c, d = x[:, :, 1:2 * oh:2, 0:2 * ow:2], x[:, :, 1:2 * oh:2, 1:2 * ow:2]
+    if argmax is None:
+        np.maximum(a, b, out=out)
+        np.maximum(out, c, out=out)
+        np.maximum(out, d, out=out)
+        return
+    top, bottom = np.maximum(a, b), np.maximum(c, d)
+    down = bottom > top                      # ties stay in the top row
+    np.maximum(top, bottom, out=out)
+    right = np.where(down, d > c, b > a)     # ties stay in the left column
+    argmax[...] = _window_base(2 * oh, w, oh, ow, (2, 2), (0, 0, 0, 0), np)
+    argmax += down * np.int32(w)
+    argmax += right
+
+
+def _maxpool_chunk(xc, kh, kw, stride, pad, out, argmax):
+    """The general window loop on one chunk, writing out (and argmax) in place."""
+    n, c, h, w = xc.shape
+    sy, sx = stride
+    oh, ow = out.shape[2:]
+    xpad = pad_input(xc, pad, -np.inf)
+    out[...] = _slice(xpad, 0, 0, sy, sx, oh, ow)
+    if argmax is None:
+        for k in range(1, kh * kw):
+            np.maximum(out, _slice(xpad, k // kw, k % kw, sy, sx, oh, ow), out=out)
+        return
+    # offset: the window offset k = i*kw + j of the running maximum. A strict `>` moves it only
+    # on a larger value, so ties keep the first maximum. k only grows, so "set offset to k where
+    # better" is maximum(offset, better * k): plain uint8 arithmetic, which makes this forward
+    # ~3x faster than with the masked assignment offset[better] = k.
+    offset = np.zeros(out.shape, dtype=np.uint8 if kh * kw <= 256 else np.int32)
+    for k in range(1, kh * kw):
+        s = _slice(xpad, k // kw, k % kw, sy, sx, oh, ow)
+        better = (s > out).astype(offset.dtype)
+        np.maximum(out, s, out=out)
+        better *= offset.dtype.type(k)
+        np.maximum(offset, better, out=offset)
+    # flat index = window origin + the offset's (i*W + j): a lookup and one add, in int32
+    np.take(_offset_table(kh, kw, w, np), offset, out=argmax)
+    argmax += _window_base(h, w, oh, ow, stride, pad, np)
+
+
+def _maxpool_numpy(x, kh, kw, stride, pad, with_argmax, relu=False):
+    from ..threads import parallel_chunks
+    x = np.ascontiguousarray(x)
+    n, c, h, w = x.shape
+    oh, ow = _out_size(h, w, kh, kw, stride, pad)
+    out = np.empty((n, c, oh, ow), dtype=x.dtype)
+    argmax = np.empty(out.shape, dtype=np.int32) if with_argmax else None
+    fast = _is_2x2(kh, kw, stride, pad)
+
+    def chunk(lo, hi):
+        xc = np.maximum(x[lo:hi], x.dtype.type(0)) if relu else x[lo:hi]
+        am = None if argmax is None else argmax[lo:hi]
+        if fast:
+            _max2x2(xc, out[lo:hi], am, w)
+        else:
+            _maxpool_chunk(xc, kh, kw, stride, pad, out[lo:hi], am)
+    parallel_chunks(chunk, n, _chunk_samples(x))
+    return out, argmax
+
+
 @op
 def maxpool2d_forward(x, kh: int, kw: int, stride: tuple, pad: tuple, with_argmax: bool = True):
     """x: (N, C, H, W) -> (out (N, C, oh, ow), argmax int32 (N, C, oh, ow) or None).
@@ -72,31 +154,7 @@ def maxpool2d_forward(x, kh: int, kw: int, stride: tuple, pad: tuple, with_argma
     Evaluation needs no argmax: ``with_argmax=False`` skips it (on the CPU that is ~2.5x faster
     for a 2x2 pool, the plain maximum of four slices).
     """
-    xp = get_array_module(x)
-    n, c, h, w = x.shape
-    sy, sx = stride
-    oh, ow = _out_size(h, w, kh, kw, stride, pad)
-    xpad = pad_input(x, pad, -np.inf)
-    out = _slice(xpad, 0, 0, sy, sx, oh, ow).copy()
-    if not with_argmax:
-        for k in range(1, kh * kw):
-            xp.maximum(out, _slice(xpad, k // kw, k % kw, sy, sx, oh, ow), out=out)
-        return out, None
-    # offset: the window offset k = i*kw + j of the running maximum. A strict `>` moves it only
-    # on a larger value, so ties keep the first maximum. k only grows, so "set offset to k where
-    # better" is maximum(offset, better * k): plain uint8 arithmetic, which makes this forward
-    # ~3x faster than with the masked assignment offset[better] = k.
-    offset = xp.zeros(out.shape, dtype=np.uint8 if kh * kw <= 256 else np.int32)
-    for k in range(1, kh * kw):
-        s = _slice(xpad, k // kw, k % kw, sy, sx, oh, ow)
-        better = (s > out).astype(offset.dtype)
-        xp.maximum(out, s, out=out)
-        better *= offset.dtype.type(k)
-        xp.maximum(offset, better, out=offset)
-    # flat index = window origin + the offset's (i*W + j): a lookup and one add, in int32
-    argmax = xp.take(_offset_table(kh, kw, w, xp), offset)
-    argmax += _window_base(h, w, oh, ow, stride, pad, xp)
-    return out, argmax
+    return _maxpool_numpy(x, kh, kw, stride, pad, with_argmax)
 
 
 @maxpool2d_forward.cuda
@@ -113,28 +171,43 @@ def _maxpool2d_forward_cuda(b, x, kh, kw, stride, pad, with_argmax=True):
 
 
 
-@op
-def maxpool2d_backward(dout, argmax, x_shape: tuple, kh: int, kw: int, stride: tuple, pad: tuple):
-    """dout, argmax: (N, C, oh, ow) -> dx: (N, C, H, W)."""
-    xp = get_array_module(dout)
+def _maxpool_backward_numpy(dout, argmax, x_shape, kh, kw, stride, pad, x_relu=None):
+    """The NumPy body of both backward ops; x_relu: the fused ReLU's input (mask x > 0)."""
+    from ..threads import parallel_chunks
+    dout, argmax = np.ascontiguousarray(dout), np.ascontiguousarray(argmax)
     n, c, h, w = x_shape
     sy, sx = stride
     pt, pb, pl, pr = pad
     oh, ow = dout.shape[2:]
-    base = _window_base(h, w, oh, ow, stride, pad, xp)
-    table = _offset_table(kh, kw, w, xp)
-    dxp = xp.zeros((n, c, h + pt + pb, w + pl + pr), dtype=dout.dtype)
+    base = _window_base(h, w, oh, ow, stride, pad, np)
+    table = _offset_table(kh, kw, w, np)
+    dx = np.empty(tuple(x_shape), dtype=dout.dtype)
     disjoint = sy >= kh and sx >= kw         # e.g. 2x2 stride 2: every pixel in <= 1 window
-    for k in range(kh * kw):
-        # windows whose maximum sits at offset k send their gradient through that slice;
-        # dout * mask is ~6x faster than where(mask, dout, 0) and equal for finite dout
-        chosen = argmax == (base + table[k])
-        target = _slice(dxp, k // kw, k % kw, sy, sx, oh, ow)
-        if disjoint:
-            xp.multiply(dout, chosen, out=target)    # plain assignment: no slice overlaps
-        else:
-            target += dout * chosen
-    return crop_padding(dxp, pad, h, w)
+
+    def chunk(lo, hi):
+        d, am = dout[lo:hi], argmax[lo:hi]
+        dxp = np.zeros((hi - lo, c, h + pt + pb, w + pl + pr), dtype=dout.dtype)
+        for k in range(kh * kw):
+            # windows whose maximum sits at offset k send their gradient through that slice;
+            # dout * mask is ~6x faster than where(mask, dout, 0) and equal for finite dout
+            chosen = am == (base + table[k])
+            target = _slice(dxp, k // kw, k % kw, sy, sx, oh, ow)
+            if disjoint:
+                np.multiply(d, chosen, out=target)   # plain assignment: no slice overlaps
+            else:
+                target += d * chosen
+        out = dx[lo:hi]
+        out[...] = dxp[:, :, pt:pt + h, pl:pl + w]
+        if x_relu is not None:
+            out *= x_relu[lo:hi] > 0
+    parallel_chunks(chunk, n, _chunk_samples(dx))
+    return dx
+
+
+@op
+def maxpool2d_backward(dout, argmax, x_shape: tuple, kh: int, kw: int, stride: tuple, pad: tuple):
+    """dout, argmax: (N, C, oh, ow) -> dx: (N, C, H, W)."""
+    return _maxpool_backward_numpy(dout, argmax, x_shape, kh, kw, stride, pad)
 
 
 @maxpool2d_backward.cuda
@@ -236,15 +309,15 @@ def global_avgpool2d_backward(dout, x_shape: tuple):
 
 
 # -- fused ReLU + max pooling (gpunn.fuse: a ReLU directly followed by a MaxPool2d) --------------
-# The NumPy bodies are the two ops one after the other, so the CPU computes exactly what the
-# unfused layers do; the CUDA bodies save the ReLU's pass (and its launch) each way.
+# The NumPy bodies apply the ReLU chunk by chunk inside the pooling loop (its pass stays in
+# cache) with the same arithmetic as the two ops one after the other, so the CPU computes
+# exactly what the unfused layers do; the CUDA bodies save the ReLU's pass (and its launch).
 @op
 def relu_maxpool2d_forward(x, kh: int, kw: int, stride: tuple, pad: tuple,
                            with_argmax: bool = True):
     """Max-pooling of relu(x): (out, argmax or None) as :func:`maxpool2d_forward` of
     ``relu_forward(x)``. x: (N, C, H, W)."""
-    from .activation import relu_forward
-    return maxpool2d_forward(relu_forward(x), kh, kw, stride, pad, with_argmax)
+    return _maxpool_numpy(x, kh, kw, stride, pad, with_argmax, relu=True)
 
 
 @relu_maxpool2d_forward.cuda
@@ -264,8 +337,7 @@ def _relu_maxpool2d_forward_cuda(b, x, kh, kw, stride, pad, with_argmax=True):
 def relu_maxpool2d_backward(dout, argmax, x, kh: int, kw: int, stride: tuple, pad: tuple):
     """dx: (N, C, H, W) = relu_backward(maxpool2d_backward(dout, argmax, ...), x), x the
     forward's input (before the ReLU)."""
-    from .activation import relu_backward
-    return relu_backward(maxpool2d_backward(dout, argmax, x.shape, kh, kw, stride, pad), x)
+    return _maxpool_backward_numpy(dout, argmax, x.shape, kh, kw, stride, pad, x_relu=x)
 
 
 @relu_maxpool2d_backward.cuda

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
+from ..model import Sequential
 
 __all__ = ["TrainStep"]
 
@@ -39,7 +40,10 @@ class TrainStep:
     def __call__(self, xb, yb):
         logits = self.model.forward(xb, train=True)
         loss = self.loss = self.loss_fn.forward(logits, yb)
-        self.model.backward(self.loss_fn.backward())
+        if isinstance(self.model, Sequential):       # the data needs no gradient
+            self.model.backward(self.loss_fn.backward(), input_grad=False)
+        else:
+            self.model.backward(self.loss_fn.backward())
         for hook in self.after_backward:
             hook(self)
         self.optimizer.step()

@@ -1,0 +1,177 @@
+"""Batch normalisation's passes: the NumPy bodies (chunked over the batch, threaded) and the
+CUDA bodies (CuPy's reductions) side by side.
+
+x: (N, C, S) with S = H*W (BatchNorm2d) or 1 (BatchNorm1d); statistics per channel c over
+the N*S values, m = N*S. Training forward:
+
+    mean = sum x / m,  var = sum (x - mean)^2 / m  (biased; the running variance gets m/(m-1))
+    xhat = (x - mean) * inv_std,  inv_std = 1 / sqrt(var + eps),  y = gamma * xhat + beta
+
+Backward, from dbeta = sum dout and dgamma = sum dout * xhat:
+
+    dx = (gamma * inv_std) * (dout - dbeta / m - xhat * dgamma / m)
+
+(the textbook dxhat - mean(dxhat) - xhat mean(dxhat xhat), with dxhat = gamma dout).
+
+The NumPy bodies read x once for the statistics: each chunk of samples (a few hundred KiB, so
+its temporaries stay in cache) gets its own mean and sum of squared deviations, combined in
+chunk order with Chan et al.'s parallel formula in float64, so the result never depends on
+the thread count. They keep x (not xhat) for backward and recompute xhat per chunk, which
+saves a full write in forward (x must not change in place before backward: no gpunn layer
+writes into its input). The CUDA bodies are the whole-array expressions.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_array_module
+from ..threads import parallel_chunks
+from .dispatch import op
+
+__all__ = ["batchnorm_forward", "batchnorm_backward", "CHUNK_BYTES"]
+
+CHUNK_BYTES = 512 << 10          # per chunk of samples: its temporaries stay in L2
+
+
+def _samples_per_chunk(x) -> int:
+    per_sample = max(1, x[0].nbytes)
+    return max(1, CHUNK_BYTES // per_sample)
+
+
+def _as3(x):
+    """(N, C, ...) -> a contiguous (N, C, S) view."""
+    x = get_array_module(x).ascontiguousarray(x)
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def _update_running(rm, rv, mean, var, m, momentum):
+    T = rm.dtype.type
+    mom = T(momentum)
+    rm *= 1 - mom
+    rm += mom * mean.astype(rm.dtype, copy=False).reshape(-1)
+    rv *= 1 - mom
+    rv += mom * var.astype(rv.dtype, copy=False).reshape(-1) * T(m / (m - 1))
+
+
+# -- forward ------------------------------------------------------------------------------------
+@op
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, eps: float, momentum: float,
+                      train: bool):
+    """x: (N, C, ...) -> (y of x's shape, cache for :func:`batchnorm_backward`).
+
+    train: batch statistics, and running_mean / running_var updated in place; else the
+    running estimates normalise.
+    """
+    x3 = _as3(x)
+    n, c, s = x3.shape
+    T = x.dtype.type
+    chunk = _samples_per_chunk(x3)
+    if train:
+        m = n * s
+
+        def stats(lo, hi):
+            xc = x3[lo:hi]
+            cnt = (hi - lo) * s
+            mu = xc.sum(axis=2).sum(axis=0) / T(cnt)                 # (C,)
+            d = xc - mu[None, :, None]
+            return cnt, mu.astype(np.float64), np.einsum("ncs,ncs->c", d, d).astype(np.float64)
+        parts = parallel_chunks(stats, n, chunk)
+        mean = sum(cnt * mu for cnt, mu, _ in parts) / m            # float64 (C,)
+        m2 = sum(q + cnt * (mu - mean) ** 2 for cnt, mu, q in parts)
+        var64 = m2 / m
+        mean_t, var_t = mean.astype(x.dtype), var64.astype(x.dtype)
+        _update_running(running_mean, running_var, mean_t, var_t, m, momentum)
+    else:                                     # copies: a later training step updates these
+        mean_t, var_t = running_mean.copy(), running_var.copy()
+    inv_std = T(1) / np.sqrt(var_t + T(eps))
+    y = np.empty_like(x3)
+    scale = (gamma * inv_std)[None, :, None]                       # y = x * scale + shift
+    shift = (beta - mean_t * gamma * inv_std)[None, :, None]
+
+    def normalise(lo, hi):
+        np.multiply(x3[lo:hi], scale, out=y[lo:hi])
+        y[lo:hi] += shift
+    parallel_chunks(normalise, n, chunk)
+    return y.reshape(x.shape), ("x", x3, mean_t, inv_std, bool(train))
+
+
+@batchnorm_forward.cuda
+def _batchnorm_forward_cuda(b, x, gamma, beta, running_mean, running_var, eps, momentum, train):
+    xp = b.xp
+    T = x.dtype.type
+    bshape = (1, -1) + (1,) * (x.ndim - 2)
+    axes = (0,) + tuple(range(2, x.ndim))
+    g, bt = gamma.reshape(bshape), beta.reshape(bshape)
+    if train:
+        m = x.size // x.shape[1]
+        mean = x.mean(axis=axes, keepdims=True)
+        xc = x - mean
+        var = (xc * xc).mean(axis=axes, keepdims=True)
+        inv_std = 1 / xp.sqrt(var + T(eps))
+        xhat = xc * inv_std
+        mom = T(momentum)
+        running_mean *= 1 - mom
+        running_mean += mom * mean.reshape(-1)
+        running_var *= 1 - mom
+        running_var += mom * var.reshape(-1) * T(m / (m - 1))
+    else:
+        inv_std = 1 / xp.sqrt(running_var.reshape(bshape) + T(eps))
+        xhat = (x - running_mean.reshape(bshape)) * inv_std
+    return g * xhat + bt, ("xhat", xhat, None, inv_std, bool(train))
+
+
+# -- backward -----------------------------------------------------------------------------------
+@op
+def batchnorm_backward(dout, cache, gamma):
+    """dout: the output's gradient -> (dx, dgamma (C,), dbeta (C,))."""
+    kind, x3, mean, inv_std, batch_stats = cache
+    d3 = _as3(dout)
+    n, c, s = d3.shape
+    T = dout.dtype.type
+    chunk = _samples_per_chunk(d3)
+    mu = mean[None, :, None]
+    istd = inv_std[None, :, None]
+
+    def sums(lo, hi):
+        dc = d3[lo:hi]
+        xhat = (x3[lo:hi] - mu) * istd
+        return (dc.sum(axis=2).sum(axis=0).astype(np.float64),
+                np.einsum("ncs,ncs->c", dc, xhat).astype(np.float64))
+    parts = parallel_chunks(sums, n, chunk)
+    dbeta = sum(p[0] for p in parts).astype(dout.dtype)
+    dgamma = sum(p[1] for p in parts).astype(dout.dtype)
+    dx = np.empty_like(d3)
+    k = (gamma * inv_std)[None, :, None]
+    if not batch_stats:                       # statistics are constants in evaluation mode
+        def scale_only(lo, hi):
+            np.multiply(d3[lo:hi], k, out=dx[lo:hi])
+        parallel_chunks(scale_only, n, chunk)
+        return dx.reshape(dout.shape), dgamma, dbeta
+    m = n * s
+    b1 = (dbeta / T(m))[None, :, None]
+    b2 = (dgamma / T(m))[None, :, None]
+
+    def grad(lo, hi):
+        xhat = (x3[lo:hi] - mu) * istd
+        xhat *= b2
+        out = dx[lo:hi]
+        np.subtract(d3[lo:hi], b1, out=out)
+        out -= xhat
+        out *= k
+    parallel_chunks(grad, n, chunk)
+    return dx.reshape(dout.shape), dgamma, dbeta
+
+
+@batchnorm_backward.cuda
+def _batchnorm_backward_cuda(b, dout, cache, gamma):
+    _, xhat, _, inv_std, batch_stats = cache
+    axes = (0,) + tuple(range(2, dout.ndim))
+    bshape = (1, -1) + (1,) * (dout.ndim - 2)
+    dgamma = (dout * xhat).sum(axis=axes)
+    dbeta = dout.sum(axis=axes)
+    dxhat = dout * gamma.reshape(bshape)
+    if not batch_stats:
+        return dxhat * inv_std, dgamma, dbeta
+    mean_dxhat = dxhat.mean(axis=axes, keepdims=True)
+    mean_dxhat_xhat = (dxhat * xhat).mean(axis=axes, keepdims=True)
+    return (dxhat - mean_dxhat - xhat * mean_dxhat_xhat) * inv_std, dgamma, dbeta

@@ -1,0 +1,217 @@
+"""The CPU bodies' speed work keeps results exact: chunked conv / batch-norm / pooling against
+whole-batch references, results independent of the thread count (bit for bit), the skipped
+input gradient of a training step, the thread settings (--threads, GPUNN_THREADS)."""
+import numpy as np
+import pytest
+
+import gpunn.threads as threads
+from gpunn.layers import BatchNorm1d, BatchNorm2d, Conv2d, Linear
+from gpunn.losses import CrossEntropyLoss
+from gpunn.optim import SGD
+from gpunn.train import TrainStep
+from gpunn.zoo import build_model
+
+
+@pytest.fixture
+def restore_threads():
+    n = threads.get_num_threads()
+    yield
+    threads.set_num_threads(n)
+
+
+def _train(name, nthreads, steps=3, dtype=np.float64, shape=(1, 16, 16)):
+    threads.set_num_threads(nthreads)
+    m = build_model(name, shape, 5, seed=3, dtype=dtype)
+    ts = TrainStep(m, CrossEntropyLoss(), SGD(m.parameters(), lr=0.05, momentum=0.9))
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        ts(rng.standard_normal((37, *shape)).astype(dtype), rng.integers(0, 5, 37))
+    return {k: v.tobytes() for k, v in m.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", ["model4", "cnn-bn", "resnet20", "mlp1000"])
+def test_results_do_not_depend_on_the_thread_count(name, restore_threads, monkeypatch):
+    # chunks are cut by shape alone and summed in chunk order: 1 and 3 threads, same bits.
+    # NumPy's BLAS is held at one thread in both runs: for the GEMMs gpunn hands it whole
+    # (Linear), OpenBLAS itself rounds differently with another thread count for some shapes
+    monkeypatch.setattr(threads, "_set_blas_threads", lambda n: None)
+    from threadpoolctl import threadpool_limits
+    monkeypatch.setattr(threads, "_blas_count", None)
+    limit = threadpool_limits(1, user_api="blas")
+    shape = (3, 8, 8) if name == "resnet20" else (1, 16, 16)
+    try:
+        one = _train(name, 1, shape=shape)
+        three = _train(name, 3, shape=shape)
+    finally:
+        limit.restore_original_limits()
+    assert one.keys() == three.keys()
+    assert all(one[k] == three[k] for k in one), [k for k in one if one[k] != three[k]]
+
+
+@pytest.mark.parametrize("k,s,p", [(3, 1, "same"), (3, 1, 1), (5, 2, "same"), (1, 2, 0),
+                                   (3, 2, 1), (2, 1, 0)])
+@pytest.mark.parametrize("cin,cout", [(1, 6), (5, 3), (4, 9)])
+def test_chunked_conv_matches_the_whole_batch_gemm(k, s, p, cin, cout, rng):
+    # the CPU body (chunks, one GEMM per sample, transposed-conv or scatter input gradient)
+    # against im2col + one GEMM over the whole batch + col2im, in float64
+    from gpunn.ops.conv import col2im, im2col
+    layer = Conv2d(cin, cout, k, stride=s, padding=p, rng=1, dtype=np.float64)
+    layer.params["b"][...] = rng.standard_normal(cout)
+    x = rng.standard_normal((23, cin, 11, 9))
+    y = layer.forward(x)
+    pad = layer._cache[2]
+    col = im2col(x, k, k, (s, s), pad)
+    Wm = layer.params["W"].reshape(cout, -1)
+    n, _, oh, ow = y.shape
+    ref = (Wm @ col + layer.params["b"][:, None]).reshape(cout, n, oh, ow).transpose(1, 0, 2, 3)
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(y.shape)
+    dx = layer.backward(dout)
+    d = dout.transpose(1, 0, 2, 3).reshape(cout, -1)
+    np.testing.assert_allclose(layer.grads["W"], (d @ col.T).reshape(layer.params["W"].shape),
+                               rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(layer.grads["b"], d.sum(axis=1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, col2im(Wm.T @ d, x.shape, k, k, (s, s), pad), rtol=1e-11,
+                               atol=1e-11)
+
+
+@pytest.mark.parametrize("cls,shape", [(BatchNorm2d, (41, 6, 5, 7)), (BatchNorm1d, (300, 11))])
+@pytest.mark.parametrize("train", [True, False])
+def test_chunked_batchnorm_matches_the_formulas(cls, shape, train, rng):
+    c = shape[1]
+    bn = cls(c, dtype=np.float64)
+    bn.params["gamma"][...] = rng.uniform(0.5, 2, c)
+    bn.params["beta"][...] = rng.standard_normal(c)
+    bn.buffers["running_mean"][...] = rng.standard_normal(c)
+    bn.buffers["running_var"][...] = rng.uniform(0.5, 2, c)
+    rm0, rv0 = bn.buffers["running_mean"].copy(), bn.buffers["running_var"].copy()
+    x = rng.standard_normal(shape) * 3 + 1
+    axes = (0,) if len(shape) == 2 else (0, 2, 3)
+    b = (1, -1) if len(shape) == 2 else (1, -1, 1, 1)
+    g, be = bn.params["gamma"].reshape(b), bn.params["beta"].reshape(b)
+    y = bn.forward(x, train=train)
+    if train:
+        mean, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+        m = x.size // c
+        np.testing.assert_allclose(bn.buffers["running_mean"], 0.9 * rm0 + 0.1 * mean.ravel(),
+                                   rtol=1e-12)
+        np.testing.assert_allclose(bn.buffers["running_var"],
+                                   0.9 * rv0 + 0.1 * var.ravel() * m / (m - 1), rtol=1e-12)
+    else:
+        mean, var = rm0.reshape(b), rv0.reshape(b)
+    xhat = (x - mean) / np.sqrt(var + bn.eps)
+    np.testing.assert_allclose(y, g * xhat + be, rtol=1e-11, atol=1e-12)
+    dout = rng.standard_normal(shape)
+    dx = bn.backward(dout)
+    np.testing.assert_allclose(bn.grads["gamma"], (dout * xhat).sum(axis=axes), rtol=1e-11)
+    np.testing.assert_allclose(bn.grads["beta"], dout.sum(axis=axes), rtol=1e-12)
+    dxhat = dout * g
+    if train:
+        ref = (dxhat - dxhat.mean(axis=axes, keepdims=True)
+               - xhat * (dxhat * xhat).mean(axis=axes, keepdims=True)) / np.sqrt(var + bn.eps)
+    else:
+        ref = dxhat / np.sqrt(var + bn.eps)
+    np.testing.assert_allclose(dx, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_batchnorm_float32_statistics_are_accurate(rng):
+    # per-chunk means and squared deviations combined in float64: no cancellation even when
+    # the mean is large next to the spread
+    x = (rng.standard_normal((64, 3, 16, 16)) * 0.01 + 100).astype(np.float32)
+    bn = BatchNorm2d(3, momentum=1.0)
+    bn.forward(x, train=True)
+    var = x.astype(np.float64).var(axis=(0, 2, 3))
+    m = x.size // 3
+    np.testing.assert_allclose(bn.buffers["running_var"], var * m / (m - 1), rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["model4", "mlp1000", "cnn-bn"])
+def test_training_step_skips_the_input_gradient_and_nothing_else(name, monkeypatch):
+    from gpunn.fuse import fuse
+    m = build_model(name, (1, 12, 12), 4, seed=0, dtype=np.float64, dropout=0.0)
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((6, 1, 12, 12)), rng.integers(0, 4, 6)
+    loss = CrossEntropyLoss()
+    loss.forward(m.forward(x, train=True), y)
+    d = loss.backward()
+    assert m.backward(d).shape == x.shape                 # the default still returns dL/dx
+    full = [p.grad.copy() for p in m.parameters()]
+    for fused in (False, True):
+        if fused:
+            fuse(m)
+        loss.forward(m.forward(x, train=True), y)
+        assert m.backward(loss.backward(), input_grad=False) is None
+        for p, g in zip(m.parameters(), full):
+            np.testing.assert_array_equal(p.grad, g)
+        first = next(layer for layer in m.layers if layer.parameters())
+        assert first.input_grad is True                   # switched off only for the call
+    # TrainStep asks for no input gradient
+    from gpunn.model import Sequential
+    seen = []
+    real = Sequential.backward
+    monkeypatch.setattr(Sequential, "backward",
+                        lambda self, d, **kw: seen.append(kw) or real(self, d, **kw))
+    TrainStep(m, loss, SGD(m.parameters(), lr=0.1))(x, y)
+    assert seen == [{"input_grad": False}]
+
+
+def test_linear_gradient_written_in_place(rng):
+    lin = Linear(5, 3, dtype=np.float64, rng=0)
+    g = lin.grads["W"]
+    x = rng.standard_normal((4, 5))
+    lin.forward(x)
+    dout = rng.standard_normal((4, 3))
+    lin.backward(dout)
+    assert lin.grads["W"] is g
+    np.testing.assert_allclose(g, x.T @ dout, rtol=1e-13)
+
+
+def test_gemm_out_checks_the_buffer(rng):
+    from gpunn.errors import ShapeError
+    from gpunn.ops.gemm import gemm
+    a, b = rng.standard_normal((4, 3)), rng.standard_normal((3, 5))
+    out = np.empty((4, 5))
+    assert gemm(a, b, out=out) is out
+    np.testing.assert_allclose(out, a @ b, rtol=1e-14)
+    with pytest.raises(ShapeError, match="C-contiguous"):
+        gemm(a, b, out=np.empty((5, 4)).T)
+    with pytest.raises(ShapeError, match=r"\(4, 5\) float64"):
+        gemm(a, b, out=np.empty((4, 5), np.float32))
+
+
+def test_thread_settings(monkeypatch, restore_threads):
+    monkeypatch.setenv("GPUNN_THREADS", "3")
+    assert threads.default_threads() == 3
+    monkeypatch.setenv("GPUNN_THREADS", "zero")
+    with pytest.raises(ValueError, match="GPUNN_THREADS must be a positive integer"):
+        threads.default_threads()
+    monkeypatch.delenv("GPUNN_THREADS")
+    import os
+    assert threads.default_threads() == len(os.sched_getaffinity(0))
+    assert threads.set_num_threads(2) == 2 and threads.get_num_threads() == 2
+    if threads._numpy_blas():
+        assert threads.blas_threads() == 2
+    with pytest.raises(ValueError, match="positive"):
+        threads.set_num_threads(0)
+
+
+def test_parallel_chunks_order_errors_and_nesting(restore_threads):
+    threads.set_num_threads(3)
+    assert threads.parallel_chunks(lambda lo, hi: (lo, hi), 10, 3) == [(0, 3), (3, 6), (6, 9),
+                                                                        (9, 10)]
+    # nested regions run inline in the worker instead of deadlocking the pool
+    inner = threads.parallel_chunks(
+        lambda lo, hi: threads.parallel_chunks(lambda a, b: b - a, 4, 1), 6, 1)
+    assert inner == [[1, 1, 1, 1]] * 6
+    seen = []
+
+    def boom(lo, hi):
+        seen.append(lo)
+        if lo == 2:
+            raise KeyError("chunk 2")
+        return lo
+    with pytest.raises(KeyError, match="chunk 2"):
+        threads.parallel_chunks(boom, 8, 1)
+    assert sorted(seen) == list(range(8))         # every chunk ran before the error surfaced
+    if threads._numpy_blas():
+        assert threads.blas_threads() == 3        # BLAS back to the count after the region
