@@ -174,13 +174,17 @@ def dropout(out, tag):
     save(out, f"dropout-{tag}", comm, masks)
 
 
-def die(out, how):
-    """Rank 1 is killed (how=kill) or stops answering (how=stall) at step 5 of 1000."""
+def die(out, how, timeout="2"):
+    """Rank 1 is killed (how=kill) or stops answering (how=stall) at step 5 of 1000. The
+    collective deadline becomes ``timeout`` seconds after the first step (not before: on a
+    busy machine the ranks may start further apart than that)."""
     comm = dist.init()
     x, y = data()
     model = mlp()
 
     def fault(done, comm):
+        if done == 1:
+            comm.timeout = float(timeout)
         if done == 5 and comm.rank == 1:
             if how == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -197,18 +201,60 @@ def fake_nccl(out):
     from gpunn.distributed.nccl import make_nccl
     comm = dist.init()
     nccl = FakeNccl(mpi=comm)
-    gpu = make_nccl(comm, 0, nccl=nccl, cupy=FakeCupy())
-    x = FakeArray(np.arange(6, dtype=np.float32) + 10 * comm.rank)
+    shared = make_nccl(comm, 0, nccl=nccl, cupy=FakeCupy())      # both ranks on cuda:0
+    refused = [shared is None, comm.nccl_off_reason]
+    gpu = make_nccl(comm, comm.rank, nccl=nccl, cupy=FakeCupy())  # one GPU each
+    x = FakeArray(np.arange(6, dtype=np.float32) + 10 * comm.rank, device=comm.rank)
     gpu.allreduce(x, "sum")
-    m = FakeArray(np.full(3, float(comm.rank + 1)))
+    m = FakeArray(np.full(3, float(comm.rank + 1)), device=comm.rank)
     gpu.allreduce(m, "mean")
-    b = FakeArray(np.full(4, comm.rank, dtype=np.int64))
+    b = FakeArray(np.full(4, comm.rank, dtype=np.int64), device=comm.rank)
     gpu.broadcast(b, root=1)
     gpu.synchronize()
     with open(os.path.join(out, f"fake_nccl-rank{comm.rank}.json"), "w") as f:
         json.dump({"uid": list(nccl.made[0][1]), "made": [nccl.made[0][0], nccl.made[0][2]],
                    "sum": x.host.tolist(), "mean": m.host.tolist(), "bcast": b.host.tolist(),
-                   "calls": nccl.calls}, f)
+                   "calls": nccl.calls, "refused": refused}, f)
+
+
+def nccl_gpu(out):
+    """On a real GPU (tests marked gpu): one MPI rank, so an NCCL communicator of one (NCCL
+    refuses two ranks on one GPU). Collectives on CuPy arrays go through NCCL, and a step whose
+    gradient buffers are all-reduced through it trains model4 like the plain step, bit for bit
+    (a sum over one rank is the identity)."""
+    import cupy
+    comm = dist.init("mpi")
+    dev = dist.device_for_rank("cuda", comm)
+    report = {"device": str(dev)}
+    for dtype in (np.float32, np.float64):
+        x = cupy.arange(6, dtype=dtype)
+        comm.allreduce(x, "sum")
+        comm.allreduce(x, "mean")
+        comm.allreduce(x, "max")
+        comm.broadcast(x, 0)
+        comm.synchronize()
+        report[np.dtype(dtype).name] = cupy.asnumpy(x).tolist()
+    report["backend"] = comm.nccl.backend
+    report["nccl_off_reason"] = comm.nccl_off_reason
+    finals = []
+    for through_nccl in (False, True):
+        model = gpunn.build_model("model4", (1, 28, 28), 10, seed=0, dtype=np.float64).to(dev)
+        opt = gpunn.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        step = TrainStep(model, gpunn.CrossEntropyLoss(), opt)
+        if through_nccl:
+            step.after_backward.append(
+                lambda s: [comm.allreduce(g, "sum", name="gradients") for g in
+                           (slot.grads for slot in s.optimizer.slots)])
+        rng = np.random.default_rng(0)
+        xb = cupy.asarray(rng.random((32, 1, 28, 28)))
+        yb = cupy.asarray(rng.integers(0, 10, 32))
+        for _ in range(20):
+            step(xb, yb)
+        comm.synchronize()
+        finals.append(model.state_dict())
+    report["bitwise_equal"] = all(np.array_equal(finals[0][k], finals[1][k]) for k in finals[0])
+    with open(os.path.join(out, "nccl_gpu.json"), "w") as f:
+        json.dump(report, f)
 
 
 class Data:
@@ -244,4 +290,4 @@ def fit(out, name, *settings):
 if __name__ == "__main__":
     scenario, out, *args = sys.argv[1:]
     {"equiv": equiv, "syncbn": syncbn, "gradcheck": gradcheck, "dropout": dropout,
-     "die": die, "fake_nccl": fake_nccl, "fit": fit}[scenario](out, *args)
+     "die": die, "fake_nccl": fake_nccl, "fit": fit, "nccl_gpu": nccl_gpu}[scenario](out, *args)

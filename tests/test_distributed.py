@@ -373,8 +373,7 @@ def test_a_killed_rank_ends_the_job(tmp_path):
 
 @needs_mpi
 def test_a_rank_that_stops_answering_times_out_with_a_message(tmp_path):
-    r = launch(2, "die", tmp_path, "stall", check=False, timeout=60,
-               env={"GPUNN_DIST_TIMEOUT": "2"})
+    r = launch(2, "die", tmp_path, "stall", 2, check=False, timeout=60)
     out = r.stdout + r.stderr
     assert r.returncode != 0 and "finished" not in out
     assert "rank 0 of 2: the gradient all-reduce (step 6 of this process) (allreduce of 421 " \
@@ -391,6 +390,7 @@ def test_nccl_bootstrap_over_mpi_with_stand_ins(tmp_path):
     assert got[0]["uid"] == got[1]["uid"]
     assert [g["made"] for g in got] == [[2, 0], [2, 1]]
     for g in got:
+        assert g["refused"][0] and "ranks 0 and 1 share cuda:0" in g["refused"][1]
         assert g["sum"] == [10.0, 12.0, 14.0, 16.0, 18.0, 20.0]
         assert g["mean"] == [1.5, 1.5, 1.5] and g["bcast"] == [1, 1, 1, 1]
 
@@ -441,6 +441,35 @@ def test_resume_on_another_number_of_ranks(tmp_path, first, then):
     _history_equal({k: v[:2] + v[3:] for k, v in h.items()}, h_ref)
     for k in w_ref:
         assert rel(w[k], w_ref[k]) <= 1e-12, k
+
+
+@needs_mpi
+def test_the_scaling_benchmark_runs(monkeypatch):
+    """gpunn bench --ranks N's measurement, at its smallest (no speed is asserted)."""
+    from gpunn.distributed.bench import format_scaling, run_scaling
+    monkeypatch.setattr(os, "environ", {**os.environ, "PYTHONPATH": ENV["PYTHONPATH"]})
+    res = run_scaling(("model1",), batch=20, ranks=2, steps=1, rounds=1, repeats=1)
+    (row,) = res["rows"]
+    assert set(row["configs"]) == {"1 rank x 1 thread", "1 rank x 2 threads",
+                                   "2 ranks x 1 thread"}
+    assert row["configs"]["2 ranks x 1 thread"]["global_batch"] == 40
+    assert row["configs"]["1 rank x 1 thread"]["grad_mb"] == pytest.approx(7850 * 4 / 1e6,
+                                                                           rel=0.01)
+    assert all(c["images_per_s"] > 0 for c in row["configs"].values())
+    assert "| model1 |" in format_scaling(res)
+
+
+@needs_mpi
+@pytest.mark.gpu
+def test_nccl_on_one_gpu_with_one_rank(tmp_path):
+    """The real NCCL path (a lent GPU): collectives on CuPy arrays through NCCL, and a step
+    all-reducing its gradient buffers through it trains like the plain step, bit for bit."""
+    launch(0, "nccl_gpu", tmp_path, env={"GPUNN_DEVICE": ""})
+    got = json.loads((tmp_path / "nccl_gpu.json").read_text())
+    assert got["backend"] == "nccl", got["nccl_off_reason"]
+    for dtype in ("float32", "float64"):
+        assert got[dtype] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert got["bitwise_equal"]
 
 
 # -- gpunn train under mpiexec ------------------------------------------------------------------

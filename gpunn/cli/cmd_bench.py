@@ -38,8 +38,12 @@ def _split(s):
               help="Write the results into --out.")
 @click.option("--profile", is_flag=True,
               help="Instead: per-layer forward/backward times of gpunn's step for each model.")
+@click.option("--ranks", type=click.IntRange(min=2), default=None,
+              help="Instead: data-parallel scaling on the CPU over N MPI ranks (mlp1000, model4, cnn-bn "
+                   "by default): 1 rank x 1 thread, 1 rank x N threads, N ranks x 1 thread; needs the "
+                   "mpi extra (gpunn/distributed/bench.py).")
 def bench(models, devices, batches, threads, seconds, quick, memory, with_torch, as_json, out,
-          save, profile):
+          save, profile, ranks):
     """Time each zoo model's training step in gpunn and in PyTorch (the same network, weights
     copied) on each device, print one table with gpunn/PyTorch ratios and each model's floor,
     and write the results to docs/benchmarks/."""
@@ -70,6 +74,14 @@ def bench(models, devices, batches, threads, seconds, quick, memory, with_torch,
     if bs and min(bs) < 2:
         echo_err("error: batch sizes must be >= 2 (batch-norm needs two samples)")
         sys.exit(2)
+
+    if ranks:
+        from ..distributed.bench import DEFAULT_MODELS as DP_MODELS, format_scaling, run_scaling
+        chosen = DP_MODELS if models is DEFAULT_MODELS else models      # no --models given
+        res = run_scaling(chosen, batch=bs[0] if bs else 100, ranks=ranks,
+                          repeats=1 if quick else 3, log=lambda s: echo_err(f"  ... {s}"))
+        click.echo(json.dumps(res, indent=1) if as_json else format_scaling(res))
+        return
 
     if profile:
         from ..bench.profile import format_profile, profile_step

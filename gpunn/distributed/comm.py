@@ -196,6 +196,9 @@ class MPIComm(Communicator):
 
     def abort(self, message: str, code: int = 1):
         _say(message)
+        # mpiexec forwards a rank's stderr through its proxy, which MPI_Abort may kill before
+        # the message is through: give it a moment (we are ending the job anyway)
+        time.sleep(1.0)
         self.comm.Abort(code)
 
     # -- collectives on arrays ----------------------------------------------------------------
@@ -229,6 +232,9 @@ class MPIComm(Communicator):
             self.nccl = make_nccl(self, x.device.id)
             if self.nccl is None:
                 self.nccl = HostStaging(self)
+                if self.rank == 0:
+                    _say(f"gpunn.distributed: GPU collectives go through host memory and MPI "
+                         f"(slower than NCCL): {self.nccl_off_reason}")
         return self.nccl
 
     # -- collectives on Python objects --------------------------------------------------------

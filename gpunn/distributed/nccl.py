@@ -56,11 +56,20 @@ def nccl_status(nccl=None):
 
 def make_nccl(mpi, device_id: int, *, nccl=None, cupy=None):
     """An :class:`NCCLComm` over the ranks of ``mpi`` (an MPIComm) for GPU ``device_id``, or
-    None when some rank cannot use NCCL (``mpi.nccl_off_reason`` then says which and why).
-    Every rank must call this at the same time (it is a collective)."""
+    None when some rank cannot use NCCL, or two ranks share a GPU (``mpi.nccl_off_reason``
+    then says which and why; the GPU arrays go through host memory instead). Every rank must
+    call this at the same time (it is a collective)."""
+    import socket
     ok, reason = nccl_status(nccl)
-    everyone = mpi.allgather_object((ok, reason))
-    off = [f"rank {r}: {why}" for r, (good, why) in enumerate(everyone) if not good]
+    everyone = mpi.allgather_object((ok, reason, socket.gethostname(), int(device_id)))
+    off = [f"rank {r}: {why}" for r, (good, why, _, _) in enumerate(everyone) if not good]
+    seen = {}
+    for r, (_, _, host, dev) in enumerate(everyone):
+        if (host, dev) in seen:             # NCCL hangs or fails with two ranks on one GPU
+            off.append(f"ranks {seen[host, dev]} and {r} share cuda:{dev} on {host} (NCCL "
+                       f"needs one GPU per rank: start at most as many ranks per machine as "
+                       f"it has GPUs)")
+        seen.setdefault((host, dev), r)
     if off:
         mpi.nccl_off_reason = "; ".join(off)
         return None

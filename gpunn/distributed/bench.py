@@ -1,0 +1,171 @@
+"""Data-parallel scaling on the CPU: ``gpunn bench --ranks 1,2`` (or
+``python scripts/bench_distributed.py``).
+
+For each model, three ways to train at the same per-core batch B:
+
+    1 rank  x 1 thread    batch B       the per-core baseline
+    1 rank  x N threads   batch N*B     one process using all N cores (gpunn.threads, BLAS)
+    N ranks x 1 thread    batch B each  data-parallel over MPI (global batch N*B)
+
+Each runs in its own process(es) with the thread count pinned (GPUNN_THREADS and the BLAS
+variables), on synthetic data already in memory; a step is DistributedTrainStep (plain
+TrainStep for one rank) with SGD momentum. The step time is the median over rounds of
+``steps`` steps after a warm-up, the configurations are repeated ``repeats`` times in
+interleaved order and the median taken (the machine may be busy). Scaling efficiency is
+images/s of N ranks over N times the baseline's; the all-reduce of the gradient buffer is
+timed alone too, to show what the step spends communicating.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+__all__ = ["DEFAULT_MODELS", "run_scaling", "format_scaling", "find_mpiexec"]
+
+DEFAULT_MODELS = ("mlp1000", "model4", "cnn-bn")
+
+
+def find_mpiexec():
+    """The mpiexec installed beside this interpreter (the mpich wheel puts it in the
+    environment's bin), else the first on PATH, else None."""
+    import shutil
+    for name in ("mpiexec", "mpirun"):
+        p = os.path.join(os.path.dirname(sys.executable), name)
+        if os.path.exists(p):
+            return p
+    return shutil.which("mpiexec")
+
+
+def _env(threads: int) -> dict:
+    t = str(threads)
+    return {**os.environ, "GPUNN_DEVICE": "cpu", "GPUNN_THREADS": t, "OMP_NUM_THREADS": t,
+            "OPENBLAS_NUM_THREADS": t, "MKL_NUM_THREADS": t}
+
+
+def _launch(model, batch, threads, ranks, steps, rounds, mpiexec):
+    cmd = [sys.executable, "-m", "gpunn.distributed.bench", "--worker", model, str(batch),
+           str(steps), str(rounds)]
+    if ranks > 1:
+        cmd = [mpiexec, "-n", str(ranks), *cmd]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(threads), timeout=900)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
+    line = [x for x in r.stdout.splitlines() if x.startswith("{")][-1]
+    return json.loads(line)
+
+
+def run_scaling(models=DEFAULT_MODELS, batch: int = 100, ranks: int = 2, *, steps: int = 10,
+                rounds: int = 5, repeats: int = 3, log=None) -> dict:
+    """Measure the three configurations for each model; returns the raw and the summary."""
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
+        from .env import INSTALL_HINT
+        raise RuntimeError(f"no mpiexec found beside {sys.executable} or on PATH: "
+                           f"{INSTALL_HINT}")
+    configs = [("1 rank x 1 thread", 1, 1, batch), (f"1 rank x {ranks} threads", 1, ranks,
+                                                      batch * ranks),
+               (f"{ranks} ranks x 1 thread", ranks, 1, batch)]
+    raw = {m: {c[0]: [] for c in configs} for m in models}
+    load_before = os.getloadavg()[0]
+    for rep in range(repeats):
+        for m in models:
+            for name, nranks, threads, b in configs:
+                if log:
+                    log(f"{m}: {name}, batch {b} (repeat {rep + 1}/{repeats})")
+                raw[m][name].append(_launch(m, b, threads, nranks, steps, rounds, mpiexec))
+    rows = []
+    for m in models:
+        med = {}
+        for name, nranks, threads, b in configs:
+            runs = raw[m][name]
+            step = float(np.median([r["step_s"] for r in runs]))
+            med[name] = {"ranks": nranks, "threads": threads, "batch": b,
+                         "global_batch": b * nranks, "step_ms": step * 1e3,
+                         "images_per_s": b * nranks / step,
+                         "allreduce_ms": float(np.median([r["allreduce_s"] for r in runs])) * 1e3,
+                         "grad_mb": runs[0]["grad_bytes"] / 1e6}
+        base, multi, dp = (med[c[0]] for c in configs)
+        rows.append({"model": m, "configs": med,
+                     "efficiency": dp["images_per_s"] / (ranks * base["images_per_s"]),
+                     "threads_efficiency": multi["images_per_s"] / (ranks * base["images_per_s"]),
+                     "ranks_vs_threads": dp["images_per_s"] / multi["images_per_s"]})
+    # the machine's load average (1 min) before and after: other work on the cores skews
+    # every figure, the multithreaded ones most (a thread that waits for a busy core)
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "ranks": ranks, "batch": batch,
+            "load": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "cores": len(os.sched_getaffinity(0)), "steps": steps, "rounds": rounds,
+            "repeats": repeats, "rows": rows, "raw": raw}
+
+
+def format_scaling(result: dict) -> str:
+    n = result["ranks"]
+    lines = [f"Data-parallel scaling on the CPU ({result['cores']} cores), per-rank batch "
+             f"{result['batch']}, median of {result['repeats']} interleaved repeats x "
+             f"{result['rounds']} rounds of {result['steps']} steps ({result['date']}; load "
+             f"average {result['load'][0]} before, {result['load'][1]} after)", "",
+             f"| model | gradient | 1 rank x 1 thread | 1 rank x {n} threads (batch "
+             f"{n * result['batch']}) | {n} ranks x 1 thread | all-reduce alone | scaling "
+             f"efficiency, {n} ranks | {n} threads | {n} ranks / {n} threads |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in result["rows"]:
+        c = list(row["configs"].values())
+        cell = [f"{x['images_per_s']:,.0f} img/s ({x['step_ms']:.1f} ms)" for x in c]
+        lines.append(f"| {row['model']} | {c[0]['grad_mb']:.2f} MB | {cell[0]} | {cell[1]} | "
+                     f"{cell[2]} | {c[2]['allreduce_ms']:.2f} ms | {row['efficiency']:.0%} | "
+                     f"{row['threads_efficiency']:.0%} | {row['ranks_vs_threads']:.2f}x |")
+    return "\n".join(lines)
+
+
+# -- the worker: one configuration, in its own process(es) -----------------------------------------
+def _worker(model: str, batch: int, steps: int, rounds: int) -> None:
+    import gpunn
+    from . import DistributedTrainStep, init
+    from ..bench.steps import input_shape
+    from ..train import TrainStep
+
+    comm = init()
+    rng = np.random.default_rng(comm.rank)
+    x = rng.random((batch, *input_shape(model)), dtype=np.float32)
+    y = rng.integers(0, 10, batch)
+    net = gpunn.build_model(model, input_shape(model), 10, seed=0)
+    opt = gpunn.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    loss = gpunn.CrossEntropyLoss()
+    if comm.size > 1:
+        step = DistributedTrainStep(net, loss, opt, comm=comm)
+        run = lambda: step(x, y, total=batch * comm.size)        # noqa: E731
+    else:
+        step = TrainStep(net, loss, opt)
+        run = lambda: step(x, y)                                  # noqa: E731
+    for _ in range(3):
+        run()
+    times = []
+    for _ in range(rounds):
+        comm.barrier()
+        t = time.perf_counter()
+        for _ in range(steps):
+            run()
+        times.append((time.perf_counter() - t) / steps)
+    grads = [s.grads for s in opt.slots]
+    ar = []
+    for _ in range(20):
+        comm.barrier()
+        t = time.perf_counter()
+        for g in grads:
+            comm.allreduce(g)
+        ar.append(time.perf_counter() - t)
+    if comm.rank == 0:
+        print(json.dumps({"step_s": float(np.median(times)), "allreduce_s": float(np.median(ar)),
+                          "grad_bytes": int(sum(g.nbytes for g in grads)), "ranks": comm.size,
+                          "batch": batch}), flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        _worker(sys.argv[2], *map(int, sys.argv[3:6]))
+    else:
+        print(format_scaling(run_scaling(log=lambda m: print(m, file=sys.stderr))))
