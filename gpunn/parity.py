@@ -204,6 +204,66 @@ def training_parity(side: Side, model: str, dtype=np.float64, steps: int = 40,
                      tol, tol_backward=tol_w)
 
 
+GRAPH_TOL = 1e-12        # graphed vs eager on one device, float64 (expected: bit for bit)
+
+
+def graph_parity(side: Side, model: str, steps: int = 200, batch: int = 32, seed: int = 0,
+                 optimizer: str = "sgd", size: int = 28) -> ParityRow:
+    """Train ``model`` ``steps`` steps in float64 on the CUDA side twice from the same seed:
+    with the eager TrainStep and with the GraphedTrainStep (a CUDA graph replayed per batch;
+    docs/GRAPHS.md). Every 50th batch is half size, so the graphed run also takes its eager
+    path for another shape. The loss curves (forward column) and the final weights (backward
+    column) must agree to GRAPH_TOL; the launches column counts the graph's replays.
+
+    Emulated side: the eager run under the plain emulated CUDA, the graphed one under the
+    emulated CUDA with graphs (gpunn.testing.graph_emu), where the capture is recorded and
+    replayed on the CPU.
+    """
+    from .data import make_synthetic
+    from .losses import CrossEntropyLoss
+    from .optim import SGD, Adam
+    from .train import GraphedTrainStep, TrainStep
+    from .zoo import build_model
+
+    x8, y = make_synthetic(batch * 8, seed=seed, size=size)
+    x = x8.astype(np.float64) / 255.0
+    curves, finals, replays = [], [], 0
+    for graphed in (False, True):
+        m = build_model(model, (1, size, size), 10, seed=seed, dtype=np.float64,
+                        dropout=0.3 if model not in ("model1", "cnn-bn") else None)
+        side.move(m)
+        opt = (SGD(m.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+               if optimizer == "sgd" else Adam(m.parameters(), lr=1e-3, weight_decay=1e-4))
+        if side.kind == "emulated":
+            from .testing import emulated_cuda, to_device_arrays
+            ctx = emulated_cuda(graphs=graphed)
+        else:
+            ctx = contextlib.nullcontext()
+        losses = []
+        with ctx:
+            if graphed and side.kind == "emulated":
+                to_device_arrays(m, opt)
+            step = (GraphedTrainStep if graphed else TrainStep)(m, CrossEntropyLoss(), opt)
+            step.reset_metrics(np)
+            for s in range(steps):
+                bs = batch // 2 if s % 50 == 49 else batch
+                lo = (s * batch) % len(x)
+                xb, yb = x[lo:lo + bs], y[lo:lo + bs]
+                if side.kind == "cuda":
+                    xb, yb = side.put(xb), side.put(yb)
+                # the graphed step returns its graph's loss array, which the next replay
+                # overwrites: keep a copy (a device copy, no wait)
+                losses.append(step(xb, yb).copy())
+            curves.append(np.array([float(to_numpy(v)) for v in losses]))
+            finals.append(m.state_dict())
+            if graphed:
+                replays = step.stats["replay"]
+    weights = max(rel_diff(finals[0][k], finals[1][k]) for k in finals[0]
+                  if finals[0][k].dtype.kind == "f")
+    return ParityRow(f"graph {model} ({optimizer}, {steps} steps)", "float64",
+                     rel_diff(curves[0], curves[1]), weights, replays, GRAPH_TOL)
+
+
 def format_header() -> str:
     """The table's heading (two lines)."""
     head = (f"{'check':40s} {'dtype':8s} {'forward/loss':>13s} {'backward/weights':>17s} "
@@ -228,16 +288,25 @@ def format_rows(rows) -> str:
 
 
 def run_parity(side_kind: str = "cuda", models=("model4", "cnn-bn"), steps: int = 200,
-               dtypes=(np.float64, np.float32), on_row=None) -> tuple:
+               dtypes=(np.float64, np.float32), on_row=None, graphs: bool = True) -> tuple:
     """Every layer and the given zoo models on both sides; returns (rows, all_ok).
-    ``on_row(row)`` is called as each row is done (``gpunn parity`` prints it then)."""
+    ``on_row(row)`` is called as each row is done (``gpunn parity`` prints it then).
+    ``graphs``: also the graphed step against the eager one on the CUDA side (float64; each
+    model with SGD, the first one with Adam too)."""
     side = Side(side_kind)
     rows = []
+
+    def done(row):
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
     for dt in dtypes:
         rows += layer_parity(side, dt, on_row=on_row)
     for dt in dtypes:
         for model in models:
-            rows.append(training_parity(side, model, dt, steps=steps))
-            if on_row is not None:
-                on_row(rows[-1])
+            done(training_parity(side, model, dt, steps=steps))
+    if graphs and np.float64 in [np.dtype(d).type for d in dtypes]:
+        for i, model in enumerate(models):
+            for opt in (("sgd", "adam") if i == 0 else ("sgd",)):
+                done(graph_parity(side, model, steps=steps, optimizer=opt))
     return rows, all(r.ok for r in rows)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything a lent GPU machine should run, in one go; logs land in ${OUT:-gpu-logs}/.
 #   bash scripts/gpu_check.sh [DATA_DIR]     (DATA_DIR holds fashion-mnist/*.gz; default: the usual places)
-# Runs: device info, the GPU tests (pytest -m gpu), `gpunn parity`, a model4 training run on
-# the GPU, and the training-step benchmark.
+# Runs: device info, the GPU tests (pytest -m gpu), `gpunn parity` (its "graph" rows: the
+# graphed step against the eager one), model4 training runs on the GPU eager and with --graph,
+# and the training-step benchmarks (gpunn bench: eager and graphed rows).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-logs}
@@ -30,5 +31,13 @@ run pytest_gpu python3 -m pytest -q -m gpu -p no:cacheprovider tests
 run parity python3 -m gpunn.cli parity --steps 200
 run train_model4 python3 -m gpunn.cli train --model model4 --dataset fashion-mnist "${data_opt[@]}" --epochs 5 \
     --schedule cosine --device cuda --no-progress --out "$OUT/run-model4"
+# the same run with the step replayed from a CUDA graph (docs/GRAPHS.md): same accuracy, the
+# time taken in report.md is the comparison
+run train_model4_graph python3 -m gpunn.cli train --model model4 --dataset fashion-mnist "${data_opt[@]}" \
+    --epochs 5 --schedule cosine --device cuda --no-progress --graph --out "$OUT/run-model4-graph"
 run bench python3 scripts/bench_train.py --repeats 50
+# gpunn bench on the GPU times gpunn eager and graphed (GraphedTrainStep) against PyTorch eager
+# and PyTorch with CUDA graphs: the rows the graphed step is judged by (issue 9 targets)
+# (results written to docs/benchmarks/, to commit)
+run bench_gpu python3 -m gpunn.cli bench --device cuda --models model4,cnn-bn,vgg-cifar,resnet20
 exit $status

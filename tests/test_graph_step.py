@@ -271,3 +271,11 @@ def test_the_captured_step_updates_every_parameter_in_one_launch(name, upd):
     updates = [lbl for lbl in labels if "update" in lbl]
     assert updates == [f"kernel {upd}_f64"], updates
     assert len(o.slots) == 1 and o.slots[0].size >= m.num_parameters()
+
+
+def test_parity_graph_rows_on_the_emulated_side():
+    """`gpunn parity`'s graph rows (the same function a GPU runs for 200 steps)."""
+    from gpunn.parity import Side, graph_parity
+    row = graph_parity(Side("emulated"), "model4", steps=12, batch=8, size=12)
+    assert row.ok and row.forward == 0 and row.backward == 0, row
+    assert row.launches == 11                 # one warm-up, then every step replayed

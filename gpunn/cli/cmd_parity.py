@@ -17,7 +17,10 @@ from .app import echo_err, main
               help="Training steps per model.")
 @click.option("--dtype", "dtypes", type=click.Choice(["float64", "float32", "both"]), default="both",
               show_default=True)
-def parity(emulate, models, steps, dtypes):
+@click.option("--graph/--no-graph", "graphs", default=True, show_default=True,
+              help="Also compare the graphed training step (a CUDA graph replayed per batch) "
+                   "with the eager one, float64 (rows 'graph ...').")
+def parity(emulate, models, steps, dtypes, graphs):
     """Compare the NumPy path with the CUDA path: every layer's forward and backward, and
     whole training runs, in float64 (to ~1e-10) and float32. Exits 1 on any failure."""
     from ..backend import cuda_status
@@ -35,6 +38,6 @@ def parity(emulate, models, steps, dtypes):
                f" (each row as it is done; training runs take longest)")
     click.echo(format_header())
     rows, ok = run_parity("emulated" if emulate else "cuda", models=names, steps=steps, dtypes=dts,
-                          on_row=lambda r: click.echo(format_row(r)))
+                          on_row=lambda r: click.echo(format_row(r)), graphs=graphs)
     click.echo(format_footer(rows))
     sys.exit(0 if ok else 1)

@@ -68,8 +68,10 @@ class _Captured:
 class GraphedTrainStep:
     """``step(xb, yb)``: one optimisation step, replayed from a CUDA graph (module docstring).
 
-    xb: (N, ...) inputs and yb: (N,) labels on the model's device. ``stats`` counts the steps
-    run each way: ``{"eager", "warmup", "capture", "replay"}``.
+    xb: (N, ...) inputs and yb: (N,) labels on the model's device. The loss a replay returns
+    is the graph's own output array, overwritten by the next replay (as PyTorch's graphed
+    outputs are): copy it to keep it. ``stats`` counts the steps run each way:
+    ``{"eager", "warmup", "capture", "replay"}``.
     """
 
     def __init__(self, model, loss_fn, optimizer):
