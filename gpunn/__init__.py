@@ -24,7 +24,8 @@ from .model import Sequential
 from .optim import (SGD, Adam, CosineAnnealingLR, ExponentialLR, LRScheduler, Optimizer,
                     StepLR)
 from .parameter import Parameter
-from .train import TrainConfig, Trainer, TrainStep, evaluate, fit
+from .train import GraphedTrainStep, TrainConfig, Trainer, TrainStep, evaluate, fit
+from .fuse import fuse, unfuse
 from .zoo import build_model
 from .runs import load_model
 from . import interop  # imports torch only when called
@@ -39,7 +40,7 @@ __all__ = [
     "Optimizer", "SGD", "Adam", "LRScheduler", "StepLR", "ExponentialLR", "CosineAnnealingLR",
     # data and training
     "Dataset", "load_dataset", "DataLoader", "RandomAugment", "fit", "evaluate", "TrainConfig", "Trainer",
-    "TrainStep",
+    "TrainStep", "GraphedTrainStep", "fuse", "unfuse",
     # checks, devices, initialisers
     "gradcheck", "interop", "check_layer", "check_model", "Device", "DeviceError", "resolve_device",
     "to_device", "to_numpy", "xavier_uniform", "xavier_normal", "he_uniform", "he_normal",
