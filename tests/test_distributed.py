@@ -551,3 +551,30 @@ def test_an_mpi_launch_without_mpi4py_says_what_to_install(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "needs mpi4py and an MPI library" in r.stderr and "pip install 'gpunn[mpi]'" in r.stderr
     assert "PMI_SIZE=2" in r.stderr and not (tmp_path / "r").exists()
+
+
+@needs_mpi
+def test_ctrl_c_stops_every_rank_at_the_same_step_and_resumes(tmp_path):
+    """Ctrl-C to mpiexec reaches the ranks at slightly different moments; they agree to stop
+    after the same step (else one would wait in the next all-reduce for the deadline), rank 0
+    writes the checkpoint once, the job exits 130, and one process resumes the run to its end
+    (that a resume is exact on another number of ranks is tested above)."""
+    import signal
+    import time
+    run = tmp_path / "run"
+    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "gpunn.cli", *TRAIN, "--batch-size", "50",
+           "--epochs", "5", "--eval-every", "500", "--out", str(run)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=ENV)
+    deadline = time.monotonic() + 60
+    while not (run / "checkpoint.npz").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, out + err
+    assert err.count("interrupted: checkpoint written") == 1, err
+    assert "did not complete" not in err
+    again = gpunn_cli(0, "train", "--resume", run, "--no-progress")
+    assert "keeps the global batch of 100" in again.stderr
+    assert json.loads((run / "history.json").read_text())["samples"][-1] == 5 * 5400

@@ -125,6 +125,15 @@ class DistributedTrainStep(TrainStep):
         self.optimizer.step()
         return None
 
+    def agree_stop(self, requested: bool) -> bool:
+        """True on every rank when any rank was asked to stop (Ctrl-C reaches the ranks at
+        slightly different moments: without agreeing, one would stop and write the checkpoint
+        while another waited in the next step's all-reduce). One small host all-reduce."""
+        if self.comm.size == 1:
+            return bool(requested)
+        flag = np.array([1 if requested else 0], dtype=np.int64)
+        return bool(self.comm.allreduce(flag, "max", name="the stop check")[0])
+
     def metrics(self) -> tuple:
         """(mean loss, accuracy) of *this rank's* samples since ``reset_metrics``."""
         self.comm.synchronize()

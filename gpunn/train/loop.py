@@ -195,6 +195,8 @@ class Trainer:
                     st.samples += n
                     st.since_eval += n
                     self.emit("step_end")
+                    if hasattr(self.step, "agree_stop"):    # data-parallel: all ranks or none
+                        flag.requested = self.step.agree_stop(flag.requested)
                     if st.batch == self.steps_per_epoch or self.should_stop or flag.requested \
                             or self._out_of_steps():
                         break
