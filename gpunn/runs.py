@@ -141,9 +141,10 @@ def build_all(cfg: RunConfig, device=None):
     data, model = data_and_model(cfg)
     dev = resolve_device(cfg.device if device is None else device)
     model.to(dev)
-    if dev.is_cuda:          # Conv2d+ReLU, ReLU+MaxPool2d as one kernel each (same numbers)
-        from .fuse import fuse
-        fuse(model)
+    # Conv2d+ReLU, ReLU+MaxPool2d as one step each (the same numbers): one kernel each on a
+    # GPU, one pass in cache per chunk of samples on the CPU
+    from .fuse import fuse
+    fuse(model)
     if cfg.optimizer == "sgd":
         opt = SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                   weight_decay=cfg.weight_decay)

@@ -11,7 +11,9 @@ limit, not the machine's core count). ``gpunn train --threads`` / ``gpunn bench 
 set it.
 
 BLAS: NumPy's BLAS (OpenBLAS in the wheels) gets the same count for the GEMMs the CPU
-bodies call whole, and one thread inside a parallel region, where gpunn's pool already runs
+bodies call whole, capped at one thread per ~8M multiply-adds of the product
+(:func:`gemm_threads`: a skinny GEMM gains nothing from 16 threads but their start-up and
+their waiting for each other), and one thread inside a parallel region, where gpunn's pool already runs
 one chunk per core (a multithreaded BLAS called from several threads at once oversubscribes
 the cores, or serialises behind OpenBLAS's lock). The library is found with threadpoolctl,
 which sets its thread count through the library's own call (well under a microsecond).
@@ -24,12 +26,13 @@ OpenBLAS rounds some shapes differently with another thread count of its own.)
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["default_threads", "get_num_threads", "set_num_threads", "parallel_chunks",
-           "chunk_bounds", "blas_threads"]
+           "chunk_bounds", "blas_threads", "gemm_threads"]
 
 _lock = threading.Lock()
 _count: int | None = None
@@ -113,6 +116,27 @@ def blas_threads() -> int | None:
     return _blas_count
 
 
+MACS_PER_THREAD = 1 << 23    # ~8M multiply-adds per BLAS thread: below that a thread costs more
+_regions = 0                 # parallel regions running (BLAS is at one thread inside them)
+
+
+@contextlib.contextmanager
+def gemm_threads(macs: int):
+    """NumPy's BLAS at one thread per MACS_PER_THREAD of a product of ``macs`` multiply-adds
+    (at most the gpunn count) for the ``with`` block; inside a parallel region it stays at one.
+    """
+    n = get_num_threads()
+    want = max(1, min(n, int(macs) // MACS_PER_THREAD))
+    if _regions or want == n or not _numpy_blas():
+        yield
+        return
+    _set_blas_threads(want)
+    try:
+        yield
+    finally:
+        _set_blas_threads(n)
+
+
 def _get_pool(n: int) -> ThreadPoolExecutor:
     """The pool of ``n`` workers (the calling thread is the n+1-th)."""
     global _pool, _pool_size
@@ -165,14 +189,17 @@ def parallel_chunks(fn, n: int, chunk: int) -> list:
             except BaseException as e:       # finish the other chunks: they write into
                 errors.append(e)             # arrays the caller owns
 
+    global _regions
     pool = _get_pool(get_num_threads() - 1)
     _set_blas_threads(1)                   # the pool is the parallelism: one BLAS thread each
+    _regions += 1
     try:
         futures = [pool.submit(runner) for _ in range(threads - 1)]
         runner()
         for f in futures:
             f.result()
     finally:
+        _regions -= 1
         _set_blas_threads(get_num_threads())
     if errors:
         raise errors[0]

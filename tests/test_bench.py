@@ -119,10 +119,12 @@ def test_graph_steps_need_cuda():
 
 def test_profile_rows_cover_the_step():
     from gpunn.bench.profile import format_profile, profile_step
+    from gpunn.fuse import fuse
     p = profile_step("model4", 8, "cpu", steps=3, warmup=1)
-    assert len(p["rows"]) == len(build_model("model4").layers)
+    # the steps gpunn train runs: fused Conv2d+ReLU pairs
+    assert len(p["rows"]) == len(fuse(build_model("model4"))._steps()) == 8
     text = format_profile(p)
-    assert "Conv2d(1, 8" in text and "optimizer update" in text
+    assert "Fused(Conv2d(1, 8" in text and "optimizer update" in text
 
 
 # -- the GPU code paths, on fakes ---------------------------------------------------------------

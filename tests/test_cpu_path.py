@@ -215,3 +215,35 @@ def test_parallel_chunks_order_errors_and_nesting(restore_threads):
     assert sorted(seen) == list(range(8))         # every chunk ran before the error surfaced
     if threads._numpy_blas():
         assert threads.blas_threads() == 3        # BLAS back to the count after the region
+
+
+def test_gemm_threads_cap_small_products(restore_threads):
+    if not threads._numpy_blas():
+        pytest.skip("no BLAS threadpoolctl can control")
+    threads.set_num_threads(4)
+    with threads.gemm_threads(threads.MACS_PER_THREAD * 2):
+        assert threads.blas_threads() == 2
+    with threads.gemm_threads(10):
+        assert threads.blas_threads() == 1
+    assert threads.blas_threads() == 4
+    with threads.gemm_threads(threads.MACS_PER_THREAD * 100):
+        assert threads.blas_threads() == 4
+
+    def inside(lo, hi):              # a parallel region keeps one BLAS thread per chunk
+        with threads.gemm_threads(threads.MACS_PER_THREAD * 100):
+            return threads.blas_threads()
+    assert threads.parallel_chunks(inside, 4, 1) == [1, 1, 1, 1]
+    assert threads.blas_threads() == 4
+
+
+def test_train_threads_option(tmp_path, restore_threads):
+    from click.testing import CliRunner
+
+    from gpunn.cli import main
+    r = CliRunner().invoke(main, ["train", "--dataset", "synthetic", "--model", "model1",
+                                  "--max-steps", "2", "--val-size", "0.1", "--no-progress",
+                                  "--device", "cpu", "--threads", "1", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    assert threads.get_num_threads() == 1
+    r = CliRunner().invoke(main, ["train", "--threads", "0", "--out", str(tmp_path / "s")])
+    assert r.exit_code == 2 and "--threads" in r.output

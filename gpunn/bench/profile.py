@@ -1,9 +1,9 @@
 """Where a gpunn training step's time goes: per-layer forward and backward medians.
 
-``profile_step(model, batch, device)`` times each top-level layer's forward and backward (a
-Residual block as one row, its layers indented below), the loss and the optimizer, over many
-steps, the device synchronised around each timed piece (so on a GPU the figures include launch
-latency). ``gpunn bench --profile`` prints it; docs/benchmarks/README.md quotes it.
+``profile_step(model, batch, device)`` times each step of the model as ``gpunn train`` runs it
+(fused by gpunn.fuse; a Residual block as one row; the first step's backward without the
+input gradient, as a training step skips it), the loss and the optimizer, over many steps, the
+device synchronised around each timed piece (so on a GPU the figures include launch latency). ``gpunn bench --profile`` prints it; docs/benchmarks/README.md quotes it.
 """
 from __future__ import annotations
 
@@ -17,18 +17,19 @@ def profile_step(model: str, batch: int, device: str = "cpu", steps: int = 30,
                  warmup: int = 3) -> dict:
     """{"rows": [(label, forward ms, backward ms)], "loss_ms", "update_ms", "step_ms"}."""
     from ..backend import resolve_device, synchronize, to_device
+    from ..fuse import fuse
     from ..losses import CrossEntropyLoss
     from ..optim import SGD
     from ..zoo import build_model
     from .steps import LR, MOMENTUM, _batch, input_shape
 
     dev = resolve_device(device, quiet=True)
-    m = build_model(model, input_shape(model), 10, seed=0).to(dev)
+    m = fuse(build_model(model, input_shape(model), 10, seed=0).to(dev))   # as gpunn train
     opt = SGD(m.parameters(), lr=LR, momentum=MOMENTUM)
     loss = CrossEntropyLoss()
     x, y = _batch(model, batch)
     x, y = to_device(x, dev), to_device(y, dev)
-    layers = list(m.layers)
+    layers = list(m._steps())               # the fused plan's steps
     fwd = [[] for _ in layers]
     bwd = [[] for _ in layers]
     other = {"loss": [], "update": [], "step": []}
@@ -52,6 +53,10 @@ def profile_step(model: str, batch: int, device: str = "cpu", steps: int = 30,
             h = timed(lambda: layer.forward(h, train=True), fwd[i])
         d = timed(lambda: (loss.forward(h, y), loss.backward())[1], other["loss"])
         for i in reversed(range(len(layers))):
+            if i == 0:                          # a training step skips the data's gradient
+                timed(lambda: m.backward(d, input_grad=False) if len(layers) == 1 else
+                      _first_backward(m, layers[0], d), bwd[i])
+                continue
             d = timed(lambda: layers[i].backward(d), bwd[i])
         timed(opt.step, other["update"])
         other["step"].append(time.perf_counter() - t_start)
@@ -60,6 +65,11 @@ def profile_step(model: str, batch: int, device: str = "cpu", steps: int = 30,
     return {"model": model, "batch": batch, "device": str(dev), "rows": rows,
             "loss_ms": med(other["loss"]), "update_ms": med(other["update"]),
             "step_ms": med(other["step"])}
+
+
+def _first_backward(model, step, d):
+    from ..model import _without_input_grad
+    return _without_input_grad(step, d)
 
 
 def format_profile(p: dict) -> str:

@@ -54,6 +54,7 @@ def make_step(impl: str, model: str, batch: int, device: str) -> Step:
 # -- gpunn --------------------------------------------------------------------------------------
 def _gpunn_step(model, batch, device, graph):
     from ..backend import resolve_device, synchronize, to_device
+    from ..fuse import fuse
     from ..losses import CrossEntropyLoss
     from ..optim import SGD
     from ..train import TrainStep
@@ -63,6 +64,7 @@ def _gpunn_step(model, batch, device, graph):
     if graph and not dev.is_cuda:
         raise Unavailable("CUDA graphs need a CUDA device")
     m = build_model(model, input_shape(model), 10, seed=0).to(dev)
+    fuse(m)                                  # as gpunn train runs it (gpunn/runs.py)
     opt = SGD(m.parameters(), lr=LR, momentum=MOMENTUM)
     ts = TrainStep(m, CrossEntropyLoss(), opt)
     x, y = _batch(model, batch)

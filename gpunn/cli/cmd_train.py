@@ -11,6 +11,13 @@ from ..runs import DEFAULT_LR, RunConfig
 from .app import DEFAULTS, OPTIMIZERS, debug_option, echo_err, main, one_line_errors
 
 
+def _apply_threads(ctx, param, value):
+    if value is not None:
+        from ..threads import set_num_threads
+        set_num_threads(value)
+    return value
+
+
 def _train_options(f):
     opts = [
         click.option("--model", "model_name", default=DEFAULTS["model"], show_default=True,
@@ -60,6 +67,10 @@ def _train_options(f):
                           "--epochs may raise the total (the LR schedule is stretched to it), --max-steps, --device, "
                           "--data-dir and --progress may change, other options must agree."),
         click.option("--progress/--no-progress", default=DEFAULTS["progress"], show_default=True),
+        click.option("--threads", type=click.IntRange(min=1), default=None, expose_value=False,
+                     callback=_apply_threads,
+                     help="CPU threads for the NumPy bodies and NumPy's BLAS [GPUNN_THREADS, else "
+                          "the cores this process may use]; not recorded (a resume may run elsewhere)."),
         click.option("--graph/--no-graph", default=DEFAULTS["graph"], show_default=True,
                      help="CUDA: capture the training step into a CUDA graph and replay it per "
                           "batch (same results; off by default until measured on a GPU)."),
