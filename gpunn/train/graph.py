@@ -87,7 +87,7 @@ class GraphedTrainStep:
         self.after_backward = self.eager.after_backward      # one list: hooks see one step
         self.stats: Counter = Counter()
         self._graph: _Captured | None = None
-        self._warm: set = set()            # batch keys warmed up for a capture
+        self._warm: set = set()            # batch shapes warmed up (their next batch captures)
 
     # -- TrainStep's interface ---------------------------------------------------------------
     @property
@@ -135,11 +135,8 @@ class GraphedTrainStep:
                 return self._replay(xb, yb)
             self.stats["eager"] += 1
             return self.eager(xb, yb)
-        if key not in self._warm:
-            if self._warm:                 # another shape warmed up first: this one is eager
-                self.stats["eager"] += 1
-                return self.eager(xb, yb)
-            self._warm.add(key)
+        if key not in self._warm:          # the first batch of a shape warms up; the
+            self._warm.add(key)            # second of a shape is captured
             self.stats["warmup"] += 1
             with graph_step(StepValues()):
                 return self.eager(xb, yb)
@@ -172,37 +169,54 @@ class GraphedTrainStep:
             else:
                 layers[where].host_state[k] = v
 
-    def _bindings(self) -> list:
-        """(what, the object now) for everything the graph's pointers and constants depend on."""
+    def _targets(self, delta: dict) -> list:
+        """The host counters a replay advances, as ``(holder, key, change)``."""
+        layers = list(self.model.walk())
         out = []
-        for p in self.model.parameters():
-            if p.flat is not None:
-                out += [("values", p.flat.values), ("grads", p.flat.grads)]
+        for (where, k), d in delta.items():
+            if where == "step":
+                out.append((self.eager, "seen", d))
+            elif where == "optimizer":
+                out.append((self.optimizer, "t", d))
             else:
-                out += [("param", p.data), ("grad", p.grad)]
-        for layer in self.model.walk():
-            out += [("buffer", a) for a in layer.buffers.values()]
-        for arrs in self.optimizer.state.values():
-            out += [("state", a) for a in arrs]
-        out += [("metric", self.eager.loss_sum), ("metric", self.eager.correct)]
-        hyper = {k: v for k, v in self.optimizer.hyper.items() if k != "lr"}
-        out.append(("hyper", hyper))
+                out.append((layers[where].host_state, k, d))
         return out
 
+    def _bindings(self) -> list:
+        """``(holder, key, object)`` for everything the graph's pointers depend on (it must
+        still be ``holder[key]`` / ``holder.key``), and the hyper-parameters but lr (baked in)."""
+        out, flats = [], {}
+        for p in self.model.parameters():
+            if p.flat is not None:
+                flats[id(p.flat)] = p.flat
+            else:
+                out += [(p, "data", p.data), (p, "grad", p.grad)]
+        for f in flats.values():
+            out += [(f, "values", f.values), (f, "grads", f.grads)]
+        for layer in self.model.walk():
+            out += [(layer.buffers, k, a) for k, a in layer.buffers.items()]
+        opt = self.optimizer
+        out.append((opt, "state", opt.state))
+        for name, arrs in opt.state.items():
+            out.append((opt.state, name, arrs))
+            out += [(arrs, j, a) for j, a in enumerate(arrs)]
+        out += [(self.eager, "loss_sum", self.eager.loss_sum),
+                (self.eager, "correct", self.eager.correct)]
+        hyper = {k: v for k, v in opt.hyper.items() if k != "lr"}
+        return [out, hyper]
+
     def bindings_changed(self) -> bool:
-        """True when an array the graph was captured against was replaced, or a
-        hyper-parameter other than lr changed."""
-        now = self._bindings()
-        then = self._graph.bindings
-        if len(now) != len(then):
-            return True
-        for (kind, a), (_, b) in zip(now, then):
-            if kind == "hyper":
-                if a != b:
-                    return True
-            elif a is not b:
+        """True when an array the graph was captured against was replaced (``model.to()``, a
+        new optimizer state, ...), or a hyper-parameter other than lr changed. A few identity
+        checks: no walk over the model."""
+        items, hyper = self._graph.bindings
+        for holder, key, obj in items:
+            now = holder[key] if isinstance(holder, (dict, list)) else getattr(holder, key, None)
+            if now is not obj:
                 return True
-        return False
+        opt_hyper = self.optimizer.hyper
+        return any(opt_hyper.get(k) != v for k, v in hyper.items()) or \
+            len(opt_hyper) != len(hyper) + 1
 
     def _capture(self, xb, yb, key) -> None:
         unsafe = [h for h in self.after_backward if not _graph_safe(h)]
@@ -236,7 +250,8 @@ class GraphedTrainStep:
                                             "can advance in a replayed step")
                 delta[k] = int(v) - int(v0)
         self._set_host_state(before)                 # the capture ran nothing
-        self._graph = _Captured(key, cap, values, sx, sy, loss, delta, self._bindings())
+        self._graph = _Captured(key, cap, values, sx, sy, loss, self._targets(delta),
+                                self._bindings())
         self.stats["capture"] += 1
 
     def _replay(self, xb, yb):
@@ -245,10 +260,11 @@ class GraphedTrainStep:
             g.static_x[...] = xb
         if yb is not g.static_y:
             g.static_y[...] = yb
-        if g.delta:
-            state = self._host_state()
-            self._set_host_state({k: state[k] + g.delta.get(k, 0) for k in state
-                                  if k in g.delta})
+        for holder, k, d in g.delta:                 # what the Python body would have done
+            if isinstance(holder, dict):
+                holder[k] += d
+            else:
+                setattr(holder, k, getattr(holder, k) + d)
         g.values.refresh()
         g.capture.launch()
         self.stats["replay"] += 1
