@@ -80,24 +80,52 @@ def _is_2x2(kh, kw, stride, pad):
     return (kh, kw) == (2, 2) and tuple(stride) == (2, 2) and tuple(pad) == (0, 0, 0, 0)
 
 
-def _max2x2(x, out, argmax, w):
-    """2x2 stride-2 max of x (n, C, H, W) into out, and the flat argmax h*W + w (first maximum
-    in window order a b / c d: a strict '>' at each comparison keeps the earlier one)."""
+def _max2x2(x, out):
+    """2x2 stride-2 max of x (n, C, H, W) into out: the maximum of the four strided slices."""
     oh, ow = out.shape[2:]
-    a, b = x[:, :, 0:2 * oh:2, 0:2 * ow:2], x[:, :, 0:2 * oh:2, 1:2 * ow:2]
-    c, d = x[:, :, 1:2 * oh:2, 0:2 * ow:2], x[:, :, 1:2 * oh:2, 1:2 * ow:2]
-    if argmax is None:
-        np.maximum(a, b, out=out)
-        np.maximum(out, c, out=out)
-        np.maximum(out, d, out=out)
-        return
-    top, bottom = np.maximum(a, b), np.maximum(c, d)
-    down = bottom > top                      # ties stay in the top row
-    np.maximum(top, bottom, out=out)
-    right = np.where(down, d > c, b > a)     # ties stay in the left column
-    argmax[...] = _window_base(2 * oh, w, oh, ow, (2, 2), (0, 0, 0, 0), np)
-    argmax += down * np.int32(w)
-    argmax += right
+    np.maximum(x[:, :, 0:2 * oh:2, 0:2 * ow:2], x[:, :, 0:2 * oh:2, 1:2 * ow:2], out=out)
+    np.maximum(out, x[:, :, 1:2 * oh:2, 0:2 * ow:2], out=out)
+    np.maximum(out, x[:, :, 1:2 * oh:2, 1:2 * ow:2], out=out)
+
+
+class DeferredArgmax:
+    """The argmax of a 2x2 / stride-2 CPU max-pool, not computed: the pooled input ``x`` and
+    the output ``out`` (both alive anyway) stand for it. Backward finds each window's first
+    maximum by comparing the window with its output, which costs what reading an argmax
+    costs, while building the int32 flat indices in forward costs twice the pooling itself.
+    ``np.asarray(deferred)`` gives that int32 (N, C, oh, ow) array (tests, inspection).
+    ``relu``: x is the fused ReLU's input; the pool read relu(x).
+    """
+
+    def __init__(self, x, out, relu: bool):
+        self.x, self.out, self.relu = x, out, relu
+        self.shape, self.dtype = out.shape, np.dtype(np.int32)
+
+    def masks(self, lo, hi):
+        """The 0/1 choice of each window offset (a, b, c, d) for samples lo..hi: the first of
+        the window's values equal to its maximum (a window whose maximum is NaN matches none
+        of them and sends its gradient to d)."""
+        x, m = self.x[lo:hi], self.out[lo:hi]
+        if self.relu:
+            x = np.maximum(x, x.dtype.type(0))
+        oh, ow = m.shape[2:]
+        ea = x[:, :, 0:2 * oh:2, 0:2 * ow:2] == m
+        eb = x[:, :, 0:2 * oh:2, 1:2 * ow:2] == m
+        eb &= ~ea
+        taken = ea | eb
+        ec = x[:, :, 1:2 * oh:2, 0:2 * ow:2] == m
+        ec &= ~taken
+        taken |= ec
+        return ea, eb, ec, ~taken
+
+    def __array__(self, dtype=None, copy=None):
+        n, c, oh, ow = self.shape
+        w = self.x.shape[3]
+        code = np.zeros(self.shape, dtype=np.int32)
+        for k, e in enumerate(self.masks(0, n)):
+            code += e * np.int32((k // 2) * w + k % 2)
+        code += _window_base(2 * oh, w, oh, ow, (2, 2), (0, 0, 0, 0), np)
+        return code if dtype is None else code.astype(dtype)
 
 
 def _maxpool_chunk(xc, kh, kw, stride, pad, out, argmax):
@@ -133,17 +161,19 @@ def _maxpool_numpy(x, kh, kw, stride, pad, with_argmax, relu=False):
     n, c, h, w = x.shape
     oh, ow = _out_size(h, w, kh, kw, stride, pad)
     out = np.empty((n, c, oh, ow), dtype=x.dtype)
-    argmax = np.empty(out.shape, dtype=np.int32) if with_argmax else None
     fast = _is_2x2(kh, kw, stride, pad)
+    argmax = np.empty(out.shape, dtype=np.int32) if with_argmax and not fast else None
 
     def chunk(lo, hi):
         xc = np.maximum(x[lo:hi], x.dtype.type(0)) if relu else x[lo:hi]
-        am = None if argmax is None else argmax[lo:hi]
         if fast:
-            _max2x2(xc, out[lo:hi], am, w)
+            _max2x2(xc, out[lo:hi])
         else:
-            _maxpool_chunk(xc, kh, kw, stride, pad, out[lo:hi], am)
+            _maxpool_chunk(xc, kh, kw, stride, pad, out[lo:hi],
+                           None if argmax is None else argmax[lo:hi])
     parallel_chunks(chunk, n, _chunk_samples(x))
+    if fast and with_argmax:
+        return out, DeferredArgmax(x, out, relu)
     return out, argmax
 
 
@@ -174,14 +204,28 @@ def _maxpool2d_forward_cuda(b, x, kh, kw, stride, pad, with_argmax=True):
 def _maxpool_backward_numpy(dout, argmax, x_shape, kh, kw, stride, pad, x_relu=None):
     """The NumPy body of both backward ops; x_relu: the fused ReLU's input (mask x > 0)."""
     from ..threads import parallel_chunks
-    dout, argmax = np.ascontiguousarray(dout), np.ascontiguousarray(argmax)
+    dout = np.ascontiguousarray(dout)
     n, c, h, w = x_shape
     sy, sx = stride
     pt, pb, pl, pr = pad
     oh, ow = dout.shape[2:]
+    dx = np.empty(tuple(x_shape), dtype=dout.dtype)
+    if isinstance(argmax, DeferredArgmax):
+        def deferred(lo, hi):
+            d, out = dout[lo:hi], dx[lo:hi]
+            if h % 2 or w % 2:                   # the row / column no window reads
+                out[:, :, 2 * oh:] = 0
+                out[:, :, :, 2 * ow:] = 0
+            for k, e in enumerate(argmax.masks(lo, hi)):
+                i, j = k // 2, k % 2
+                np.multiply(d, e, out=out[:, :, i:2 * oh:2, j:2 * ow:2])
+            if x_relu is not None:
+                out *= x_relu[lo:hi] > 0
+        parallel_chunks(deferred, n, _chunk_samples(dx))
+        return dx
+    argmax = np.ascontiguousarray(argmax)
     base = _window_base(h, w, oh, ow, stride, pad, np)
     table = _offset_table(kh, kw, w, np)
-    dx = np.empty(tuple(x_shape), dtype=dout.dtype)
     disjoint = sy >= kh and sx >= kw         # e.g. 2x2 stride 2: every pixel in <= 1 window
 
     def chunk(lo, hi):
