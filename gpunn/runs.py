@@ -57,6 +57,9 @@ class RunConfig:
     model_source: dict | None = field(default=None, metadata={"recorded": True})
     data_info: dict | None = field(default=None, metadata={"recorded": True})
     tensorboard: bool = False        # also write TensorBoard event files (tensorboardX extra)
+    # recorded: the ranks the run started with (mpiexec -n N); batch_size is per rank, so the
+    # run's global batch is batch_size x ranks, kept by every resume (gpunn/distributed/run.py)
+    ranks: int = field(default=1, metadata={"recorded": True})
 
     def __post_init__(self):
         if self.lr is None:
@@ -161,6 +164,9 @@ def run_training(cfg: RunConfig, out: str, *, resume: bool = False, overwrite: b
                  log=None) -> dict:
     """Train per ``cfg`` into run directory ``out``; returns a summary dict.
 
+    Under several MPI ranks (gpunn.distributed.init()), rank 0 does everything below and the
+    other ranks train with it (gpunn/distributed/run.py).
+
     A new run refuses a directory that holds files unless ``overwrite`` (which removes the old
     run's files once the new run's settings have been checked). A resumed run (``cfg`` from
     :func:`gpunn.rundir.resume_config`) raises :class:`gpunn.rundir.RunFinished` when it has
@@ -169,6 +175,16 @@ def run_training(cfg: RunConfig, out: str, *, resume: bool = False, overwrite: b
     the run writes it; a run that fails before its first checkpoint leaves no folder. Faults
     raise :class:`gpunn.errors.RunError` subclasses saying what on disk is intact.
     """
+    from .distributed import several
+    comm = several()
+    if comm is not None:
+        from .distributed.run import run_on_ranks
+        return run_on_ranks(comm, _run_training, _train, cfg, out, resume=resume,
+                            overwrite=overwrite, log=log)
+    return _run_training(cfg, out, resume=resume, overwrite=overwrite, log=log)
+
+
+def _run_training(cfg, out, *, resume, overwrite, log, device=None, before_train=None) -> dict:
     from .rundir import (RunFinished, check_new_run_dir, clear_run, remove_if_unstarted,
                          resume_position, save_config, writes)
     from .train import RunLock
@@ -187,8 +203,8 @@ def run_training(cfg: RunConfig, out: str, *, resume: bool = False, overwrite: b
             say(f"{out} finished training but not its report; writing the report")
     else:
         check_new_run_dir(out, overwrite)
-    built = build_all(cfg)                  # bad settings and data fail here, before any write
-    dev = resolve_device(cfg.device)
+    built = build_all(cfg, device)          # bad settings and data fail here, before any write
+    dev = device or resolve_device(cfg.device)
     created, lock = not os.path.isdir(out), RunLock(out)
     try:
         with writes(lambda: _intact(out)), lock:
@@ -204,6 +220,8 @@ def run_training(cfg: RunConfig, out: str, *, resume: bool = False, overwrite: b
                 if cfg.epochs != old.epochs:
                     say(f"resume: the run's total goes from {old.epochs} to {cfg.epochs} epochs "
                         f"(recorded in config.json)")
+            if before_train is not None:
+                before_train()              # data-parallel: the other ranks start training
             return _train(cfg, out, built, dev, resume, log, lock, logs)
     except BaseException:
         remove_if_unstarted(out, created)
@@ -223,15 +241,22 @@ def _intact(out) -> str:
 
 
 def _train(cfg, out, built, dev, resume, log, lock, logs) -> dict:
+    from .distributed import is_main, world_size
     data, model, opt, sched, loss = built
+    if resume and cfg.ranks != world_size() and is_main():
+        (log or (lambda m: print(m, file=sys.stderr, flush=True)))(
+            f"resume: the run started on {cfg.ranks} rank(s) x batch {cfg.batch_size}; on "
+            f"{world_size()} it keeps the global batch of {cfg.batch_size * cfg.ranks}")
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, eval_every=cfg.eval_every,
                        seed=cfg.seed, patience=cfg.patience, progress=cfg.progress,
                        save_best=cfg.save_best,
-                       max_steps=cfg.max_steps, augment=_augment(cfg), graph=cfg.graph)
+                       max_steps=cfg.max_steps, augment=_augment(cfg),
+                       global_batch=cfg.batch_size * cfg.ranks, graph=cfg.graph)
     result = fit(model, loss, opt, data, tcfg, out_dir=out, device=dev, scheduler=sched,
                  resume=resume, log=log, extensions=[lock, *logs])
-    model.save(os.path.join(out, "weights.npz"))
-    _write_json(os.path.join(out, "history.json"), result.history)
+    if is_main():                           # data-parallel: rank 0 writes the run's files
+        model.save(os.path.join(out, "weights.npz"))
+        _write_json(os.path.join(out, "history.json"), result.history)
     ev = _evaluate_and_report(out, cfg, model, data, loss, dev, result)
     return {"test_acc": ev["accuracy"], "test_loss": ev["loss"], "val_acc": ev["val_acc"],
             "val_loss": ev["val_loss"], "best": result.best, "seconds": result.seconds,
@@ -292,12 +317,18 @@ def load_model(run_dir, *, device="cpu", weights: str = "weights.npz"):
     return model.to(resolve_device(device)).eval()
 
 
+def _evaluate(model, loss, x, y):
+    """:func:`gpunn.train.evaluate`, sharded over the ranks of a data-parallel run."""
+    from .distributed import evaluate as sharded, several
+    return evaluate(model, loss, x, y) if several() is None else sharded(model, loss, x, y)
+
+
 def _test_metrics(model, data, loss, dev):
     from .backend import to_device
     from .metrics import confusion_matrix, most_confused_pairs, per_class_metrics
 
     x, y = to_device(data.x_test, dev), to_device(data.y_test, dev)
-    test_loss, test_acc, pred = evaluate(model, loss, x, y)
+    test_loss, test_acc, pred = _evaluate(model, loss, x, y)
     y_true = np.asarray(data.y_test)
     cm = confusion_matrix(y_true, pred, data.num_classes)
     per = per_class_metrics(y_true, pred, data.num_classes)
@@ -347,9 +378,12 @@ def _evaluate_and_report(out, cfg, model, data, loss, dev, result) -> dict:
     ev = _test_metrics(model, data, loss, dev)
     ev["val_loss"] = ev["val_acc"] = None
     if data.x_val is not None and len(data.x_val):
-        ev["val_loss"], ev["val_acc"], _ = evaluate(model, loss, to_device(data.x_val, dev),
-                                                    to_device(data.y_val, dev))
+        ev["val_loss"], ev["val_acc"], _ = _evaluate(model, loss, to_device(data.x_val, dev),
+                                                     to_device(data.y_val, dev))
     ev["json"].update(val_accuracy=ev["val_acc"], val_loss=ev["val_loss"])
+    from .distributed import is_main, world_size
+    if not is_main():                       # data-parallel: rank 0 writes the report
+        return ev
     files = {"curves": plots.plot_learning_curves(result.history, os.path.join(out, "curves.png"),
                                                   title=f"{cfg.model} on {cfg.dataset}")}
     files.update(_test_plots(out, model, data, ev))
@@ -364,10 +398,10 @@ def _evaluate_and_report(out, cfg, model, data, loss, dev, result) -> dict:
     report = f"""# gpunn run: {cfg.model} on {cfg.dataset}
 
 - date: {time.strftime('%Y-%m-%d %H:%M:%S')}
-- device: {dev} ({platform.processor() or platform.machine()}), gpunn {__version__}, numpy {np.__version__}
+- device: {dev} ({platform.processor() or platform.machine()}){_ranks(world_size())}, gpunn {__version__}, numpy {np.__version__}
 - data: {data.name} from {getattr(data, 'source', '?')}; train {len(data.y_train)}, validation {len(data.y_val) if data.y_val is not None else 0}, test {len(data.y_test)}
 - parameters: {model.num_parameters():,}
-- time taken: {result.seconds:.1f} s for {result.steps} steps ({result.steps * cfg.batch_size / max(result.seconds, 1e-9):,.0f} samples/s including evaluation)
+- time taken: {result.seconds:.1f} s for {result.steps} steps ({result.steps * cfg.batch_size * cfg.ranks / max(result.seconds, 1e-9):,.0f} samples/s including evaluation)
 - stopped early: {plain(result.stopped_early)}; best {result.best.get('metric')}: {_f(result.best.get('value'))}{_at_epoch(result.best, len(data.y_train))}
 
 ## Weights
@@ -403,6 +437,10 @@ def _evaluate_and_report(out, cfg, model, data, loss, dev, result) -> dict:
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(report)
     return ev
+
+
+def _ranks(n) -> str:
+    return f" x {n} ranks (data-parallel; the device is rank 0's)" if n > 1 else ""
 
 
 def _f(v):

@@ -8,7 +8,8 @@ import time
 import click
 
 from ..runs import DEFAULT_LR, RunConfig
-from .app import DEFAULTS, OPTIMIZERS, debug_option, echo_err, main, one_line_errors
+from .app import (DEFAULTS, OPTIMIZERS, debug_option, describe_error, echo_err, main,
+                  one_line_errors)
 
 
 def _apply_threads(ctx, param, value):
@@ -98,13 +99,47 @@ def _label(model, dataset) -> str:
 
 @main.command()
 @_train_options
+@click.option("--distributed/--no-distributed", default=None,
+              help="Data-parallel training over the ranks of an MPI launch (mpiexec -n N gpunn train ...; "
+                   "--batch-size is per rank). On by itself when a launcher started several ranks; "
+                   "--distributed uses MPI even for one rank, --no-distributed trains each process alone.")
+@click.option("--dist-timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Data-parallel: how long a rank waits for the others in a collective before the job is "
+                   "aborted with a message (0: forever) [GPUNN_DIST_TIMEOUT, else 300].")
 @debug_option
 @click.pass_context
-def train(ctx, resume, overwrite, debug, **kw):
+def train(ctx, resume, overwrite, debug, distributed, dist_timeout, **kw):
     """Train a zoo model on a data set and write a run directory with plots and a report."""
+    from ..distributed import PeerError
+    from ..rundir import RunFinished
+
+    with one_line_errors(debug):
+        comm = _join(distributed, dist_timeout)
+    try:
+        _train(ctx, resume, overwrite, debug, comm, kw)
+    except PeerError as e:                  # rank 0 failed and said why; end as it did
+        if not isinstance(e.error, RunFinished):
+            sys.exit(describe_error(e.error)[0])
+
+
+def _join(distributed, timeout):
+    """The data-parallel world (gpunn.distributed) when asked for or launched by MPI with
+    several ranks, else None."""
+    from .. import distributed as dist
+
+    if distributed is False:
+        return None
+    comm = dist.init("mpi" if distributed else "auto", timeout=timeout)
+    return comm if (comm.size > 1 or distributed) else None
+
+
+def _train(ctx, resume, overwrite, debug, comm, kw):
+    from ..distributed import PeerError
+    from ..distributed.run import agree
     from ..rundir import RunFinished, resume_config
     from ..runs import run_training
 
+    main_rank = comm is None or comm.rank == 0
     if resume:
         given = {("model" if k == "model_name" else k): v for k, v in kw.items()
                  if ctx.get_parameter_source(k) not in (click.core.ParameterSource.DEFAULT,
@@ -118,18 +153,22 @@ def train(ctx, resume, overwrite, debug, **kw):
             echo_err("error: --overwrite and --resume contradict each other; give one")
             sys.exit(2)
         out = resume
-        with one_line_errors(debug):
-            cfg = resume_config(resume, given)
+        with one_line_errors(debug, passthrough=(PeerError,)):
+            # data-parallel: rank 0 reads the run (the others may not see its disk)
+            cfg = resume_config(resume, given) if comm is None else \
+                agree(comm, lambda: resume_config(resume, given))
     else:
         cfg = RunConfig.from_cli(kw)
         out = kw["out"] or os.path.join("runs", f"{_label(cfg.model, cfg.dataset)}-"
                                                 f"{time.strftime('%Y%m%d-%H%M%S')}")
     try:
-        with one_line_errors(debug, f"stopped; resume with: gpunn train --resume {out}",
-                             passthrough=(RunFinished,)):
+        with one_line_errors(debug, f"stopped; resume with: gpunn train --resume {out}"
+                             if main_rank else None, passthrough=(RunFinished, PeerError)):
             summary = run_training(cfg, out, resume=bool(resume), overwrite=overwrite)
     except RunFinished as e:
         echo_err(str(e))
+        return
+    if not main_rank:                       # data-parallel: rank 0 reports
         return
     click.echo(f"test accuracy {summary['test_acc']:.4f}  loss {summary['test_loss']:.4f}  "
                f"({summary['seconds']:.1f} s on {summary['device']})")

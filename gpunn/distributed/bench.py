@@ -6,6 +6,9 @@ For each model, three ways to train at the same per-core batch B:
     1 rank  x 1 thread    batch B       the per-core baseline
     1 rank  x N threads   batch N*B     one process using all N cores (gpunn.threads, BLAS)
     N ranks x 1 thread    batch B each  data-parallel over MPI (global batch N*B)
+    N independent copies  batch B each  no communication at all: the machine's ceiling
+                                        (cores that share a physical core or memory
+                                        bandwidth slow each other down without any MPI)
 
 Each runs in its own process(es) with the thread count pinned (GPUNN_THREADS and the BLAS
 variables), on synthetic data already in memory; a step is DistributedTrainStep (plain
@@ -48,16 +51,23 @@ def _env(threads: int) -> dict:
             "OPENBLAS_NUM_THREADS": t, "MKL_NUM_THREADS": t}
 
 
-def _launch(model, batch, threads, ranks, steps, rounds, mpiexec):
+def _launch(model, batch, threads, ranks, steps, rounds, mpiexec, copies=1):
+    """One configuration's worker(s): under mpiexec for several ranks, or ``copies``
+    independent single processes at once (the machine's ceiling: no communication at all)."""
     cmd = [sys.executable, "-m", "gpunn.distributed.bench", "--worker", model, str(batch),
            str(steps), str(rounds)]
     if ranks > 1:
         cmd = [mpiexec, "-n", str(ranks), *cmd]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(threads), timeout=900)
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
-    line = [x for x in r.stdout.splitlines() if x.startswith("{")][-1]
-    return json.loads(line)
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=_env(threads)) for _ in range(copies)]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=900)
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{err[-2000:]}")
+        outs.append(json.loads([x for x in out.splitlines() if x.startswith("{")][-1]))
+    # independent copies: the slowest one's step (they ran side by side)
+    return max(outs, key=lambda o: o["step_s"])
 
 
 def run_scaling(models=DEFAULT_MODELS, batch: int = 100, ranks: int = 2, *, steps: int = 10,
@@ -70,7 +80,8 @@ def run_scaling(models=DEFAULT_MODELS, batch: int = 100, ranks: int = 2, *, step
                            f"{INSTALL_HINT}")
     configs = [("1 rank x 1 thread", 1, 1, batch), (f"1 rank x {ranks} threads", 1, ranks,
                                                       batch * ranks),
-               (f"{ranks} ranks x 1 thread", ranks, 1, batch)]
+               (f"{ranks} ranks x 1 thread", ranks, 1, batch),
+               (f"{ranks} independent processes", 1, 1, batch)]
     raw = {m: {c[0]: [] for c in configs} for m in models}
     load_before = os.getloadavg()[0]
     for rep in range(repeats):
@@ -78,21 +89,25 @@ def run_scaling(models=DEFAULT_MODELS, batch: int = 100, ranks: int = 2, *, step
             for name, nranks, threads, b in configs:
                 if log:
                     log(f"{m}: {name}, batch {b} (repeat {rep + 1}/{repeats})")
-                raw[m][name].append(_launch(m, b, threads, nranks, steps, rounds, mpiexec))
+                copies = ranks if name.endswith("independent processes") else 1
+                raw[m][name].append(_launch(m, b, threads, nranks, steps, rounds, mpiexec,
+                                            copies))
     rows = []
     for m in models:
         med = {}
         for name, nranks, threads, b in configs:
             runs = raw[m][name]
             step = float(min(r["step_s"] for r in runs))     # the least disturbed repeat
+            procs = ranks if name.endswith("independent processes") else nranks
             med[name] = {"ranks": nranks, "threads": threads, "batch": b,
-                         "global_batch": b * nranks, "step_ms": step * 1e3,
-                         "images_per_s": b * nranks / step,
+                         "global_batch": b * procs, "step_ms": step * 1e3,
+                         "images_per_s": b * procs / step,
                          "allreduce_ms": float(min(r["allreduce_s"] for r in runs)) * 1e3,
                          "grad_mb": runs[0]["grad_bytes"] / 1e6}
-        base, multi, dp = (med[c[0]] for c in configs)
+        base, multi, dp, alone = (med[c[0]] for c in configs)
         rows.append({"model": m, "configs": med,
                      "efficiency": dp["images_per_s"] / (ranks * base["images_per_s"]),
+                     "of_ceiling": dp["images_per_s"] / alone["images_per_s"],
                      "threads_efficiency": multi["images_per_s"] / (ranks * base["images_per_s"]),
                      "ranks_vs_threads": dp["images_per_s"] / multi["images_per_s"]})
     # the machine's load average (1 min) before and after: other work on the cores skews
@@ -110,14 +125,16 @@ def format_scaling(result: dict) -> str:
              f"median of {result['rounds']} rounds of {result['steps']} steps; {result['date']}; load "
              f"average {result['load'][0]} before, {result['load'][1]} after)", "",
              f"| model | gradient | 1 rank x 1 thread | 1 rank x {n} threads (batch "
-             f"{n * result['batch']}) | {n} ranks x 1 thread | all-reduce alone | scaling "
-             f"efficiency, {n} ranks | {n} threads | {n} ranks / {n} threads |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{n * result['batch']}) | {n} ranks x 1 thread | {n} independent processes | "
+             f"all-reduce alone | scaling efficiency, {n} ranks | of the ceiling | {n} threads "
+             f"| {n} ranks / {n} threads |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in result["rows"]:
         c = list(row["configs"].values())
         cell = [f"{x['images_per_s']:,.0f} img/s ({x['step_ms']:.1f} ms)" for x in c]
         lines.append(f"| {row['model']} | {c[0]['grad_mb']:.2f} MB | {cell[0]} | {cell[1]} | "
-                     f"{cell[2]} | {c[2]['allreduce_ms']:.2f} ms | {row['efficiency']:.0%} | "
+                     f"{cell[2]} | {cell[3]} | {c[2]['allreduce_ms']:.2f} ms | "
+                     f"{row['efficiency']:.0%} | {row['of_ceiling']:.0%} | "
                      f"{row['threads_efficiency']:.0%} | {row['ranks_vs_threads']:.2f}x |")
     return "\n".join(lines)
 
