@@ -160,8 +160,20 @@ def chunk_bounds(n: int, chunk: int) -> list:
     return [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
 
 
-def parallel_chunks(fn, n: int, chunk: int) -> list:
+# A parallel region pays ~0.1-0.2 ms before a second thread works at full speed (a halted
+# vCPU woken, cold caches; measured on the 2-core CI machine: two halves of an np.sin over
+# 200K floats took 0.11 ms against 0.09 ms for one call, over 5M 1.56 against 2.94), and
+# memory-bound passes gain little from more threads on a machine one core already saturates.
+# So an op tells parallel_chunks its work, in element-operations (a convolution's
+# multiply-adds, a few per element for batch-norm, one per element for pooling), and one under
+# PARALLEL_MIN_WORK runs its chunks inline. docs/benchmarks/README.md has the measurements.
+PARALLEL_MIN_WORK = 12_000_000
+
+
+def parallel_chunks(fn, n: int, chunk: int, work: int | None = None) -> list:
     """Call ``fn(lo, hi)`` for every chunk of range(n); return the results in chunk order.
+    ``work``: the region's size in element-operations; below PARALLEL_MIN_WORK the chunks
+    run inline on the calling thread (None: no estimate, always eligible).
 
     With more than one thread and more than one chunk, the calling thread and up to
     ``threads - 1`` pool workers take chunks from a shared queue until it is empty (so a
@@ -171,7 +183,8 @@ def parallel_chunks(fn, n: int, chunk: int) -> list:
     """
     bounds = chunk_bounds(n, chunk)
     threads = min(get_num_threads(), len(bounds))
-    if threads <= 1 or getattr(_local, "worker", False):
+    if (threads <= 1 or getattr(_local, "worker", False)
+            or (work is not None and work < PARALLEL_MIN_WORK)):
         return [fn(lo, hi) for lo, hi in bounds]
     results = [None] * len(bounds)
     errors = []

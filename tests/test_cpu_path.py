@@ -35,6 +35,7 @@ def test_results_do_not_depend_on_the_thread_count(name, restore_threads, monkey
     # NumPy's BLAS is held at one thread in both runs: for the GEMMs gpunn hands it whole
     # (Linear), OpenBLAS itself rounds differently with another thread count for some shapes
     monkeypatch.setattr(threads, "_set_blas_threads", lambda n: None)
+    monkeypatch.setattr(threads, "PARALLEL_MIN_WORK", 0)      # every region on the pool
     from threadpoolctl import threadpool_limits
     monkeypatch.setattr(threads, "_blas_count", None)
     limit = threadpool_limits(1, user_api="blas")
@@ -195,8 +196,13 @@ def test_thread_settings(monkeypatch, restore_threads):
         threads.set_num_threads(0)
 
 
-def test_parallel_chunks_order_errors_and_nesting(restore_threads):
+def test_parallel_chunks_order_errors_and_nesting(restore_threads, monkeypatch):
     threads.set_num_threads(3)
+    ran_on = []
+    import threading
+    threads.parallel_chunks(lambda lo, hi: ran_on.append(threading.current_thread().name), 8, 1,
+                            work=threads.PARALLEL_MIN_WORK - 1)
+    assert set(ran_on) == {threading.current_thread().name}      # small work: inline
     assert threads.parallel_chunks(lambda lo, hi: (lo, hi), 10, 3) == [(0, 3), (3, 6), (6, 9),
                                                                         (9, 10)]
     # nested regions run inline in the worker instead of deadlocking the pool

@@ -19,6 +19,7 @@ def profile_step(model: str, batch: int, device: str = "cpu", steps: int = 30,
     from ..backend import resolve_device, synchronize, to_device
     from ..fuse import fuse
     from ..losses import CrossEntropyLoss
+    from ..model import _first_with_parameters, _without_input_grad
     from ..optim import SGD
     from ..zoo import build_model
     from .steps import LR, MOMENTUM, _batch, input_shape
@@ -30,6 +31,7 @@ def profile_step(model: str, batch: int, device: str = "cpu", steps: int = 30,
     x, y = _batch(model, batch)
     x, y = to_device(x, dev), to_device(y, dev)
     layers = list(m._steps())               # the fused plan's steps
+    first = _first_with_parameters(layers)  # its backward skips dL/dx; the ones before: none
     fwd = [[] for _ in layers]
     bwd = [[] for _ in layers]
     other = {"loss": [], "update": [], "step": []}
@@ -53,23 +55,18 @@ def profile_step(model: str, batch: int, device: str = "cpu", steps: int = 30,
             h = timed(lambda: layer.forward(h, train=True), fwd[i])
         d = timed(lambda: (loss.forward(h, y), loss.backward())[1], other["loss"])
         for i in reversed(range(len(layers))):
-            if i == 0:                          # a training step skips the data's gradient
-                timed(lambda: m.backward(d, input_grad=False) if len(layers) == 1 else
-                      _first_backward(m, layers[0], d), bwd[i])
-                continue
+            if i == first:                      # a training step skips the data's gradient
+                timed(lambda: _without_input_grad(layers[i], d), bwd[i])
+                break
             d = timed(lambda: layers[i].backward(d), bwd[i])
         timed(opt.step, other["update"])
         other["step"].append(time.perf_counter() - t_start)
     med = lambda v: 1e3 * statistics.median(v)      # noqa: E731
-    rows = [(f"{i} {layer!r}", med(fwd[i]), med(bwd[i])) for i, layer in enumerate(layers)]
+    rows = [(f"{i} {layer!r}", med(fwd[i]), med(bwd[i]) if bwd[i] else 0.0)
+            for i, layer in enumerate(layers)]
     return {"model": model, "batch": batch, "device": str(dev), "rows": rows,
             "loss_ms": med(other["loss"]), "update_ms": med(other["update"]),
             "step_ms": med(other["step"])}
-
-
-def _first_backward(model, step, d):
-    from ..model import _without_input_grad
-    return _without_input_grad(step, d)
 
 
 def format_profile(p: dict) -> str:

@@ -197,7 +197,8 @@ def conv2d_forward(x, W, b, stride: tuple, pad: tuple, relu: bool = False):
             yc += bias
         if relu:
             np.maximum(yc, 0, out=yc)
-    parallel_chunks(chunk, n, _samples_per_chunk(n, c, kh, kw, oh, ow, x.itemsize))
+    parallel_chunks(chunk, n, _samples_per_chunk(n, c, kh, kw, oh, ow, x.itemsize),
+                    work=n * o * c * kh * kw * oh * ow)
     return y, ("x", x)
 
 
@@ -265,7 +266,9 @@ def conv2d_backward(dout, cache, W, stride: tuple, pad: tuple, bias: bool, y_rel
                     dxp[:, :, i:i + sy * oh:sy, j:j + sx * ow:sx] += dcol[:, :, i, j]
             dx[lo:hi] = dxp[:, :, pt:pt + h, pl:pl + w]
         return dW, db
-    parts = parallel_chunks(chunk, n, _samples_per_chunk(n, c, kh, kw, oh, ow, x.itemsize))
+    macs = n * o * c * kh * kw * oh * ow                 # per GEMM: dW, and dx if asked for
+    parts = parallel_chunks(chunk, n, _samples_per_chunk(n, c, kh, kw, oh, ow, x.itemsize),
+                            work=macs * (2 if input_grad else 1))
     dW = parts[0][0]
     for p in parts[1:]:
         dW += p[0]

@@ -31,6 +31,7 @@ from .dispatch import op
 __all__ = ["batchnorm_forward", "batchnorm_backward", "CHUNK_BYTES"]
 
 CHUNK_BYTES = 512 << 10          # per chunk of samples: its temporaries stay in L2
+_WORK = 8                        # element-operations per value of a pass (gpunn/threads.py)
 
 
 def _samples_per_chunk(x) -> int:
@@ -75,7 +76,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, eps: float, mom
             mu = xc.sum(axis=2).sum(axis=0) / T(cnt)                 # (C,)
             d = xc - mu[None, :, None]
             return cnt, mu.astype(np.float64), np.einsum("ncs,ncs->c", d, d).astype(np.float64)
-        parts = parallel_chunks(stats, n, chunk)
+        parts = parallel_chunks(stats, n, chunk, work=_WORK * x3.size)
         mean = sum(cnt * mu for cnt, mu, _ in parts) / m            # float64 (C,)
         m2 = sum(q + cnt * (mu - mean) ** 2 for cnt, mu, q in parts)
         var64 = m2 / m
@@ -91,7 +92,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, eps: float, mom
     def normalise(lo, hi):
         np.multiply(x3[lo:hi], scale, out=y[lo:hi])
         y[lo:hi] += shift
-    parallel_chunks(normalise, n, chunk)
+    parallel_chunks(normalise, n, chunk, work=_WORK * x3.size)
     return y.reshape(x.shape), ("x", x3, mean_t, inv_std, bool(train))
 
 
@@ -137,7 +138,7 @@ def batchnorm_backward(dout, cache, gamma):
         xhat = (x3[lo:hi] - mu) * istd
         return (dc.sum(axis=2).sum(axis=0).astype(np.float64),
                 np.einsum("ncs,ncs->c", dc, xhat).astype(np.float64))
-    parts = parallel_chunks(sums, n, chunk)
+    parts = parallel_chunks(sums, n, chunk, work=_WORK * d3.size)
     dbeta = sum(p[0] for p in parts).astype(dout.dtype)
     dgamma = sum(p[1] for p in parts).astype(dout.dtype)
     dx = np.empty_like(d3)
@@ -145,7 +146,7 @@ def batchnorm_backward(dout, cache, gamma):
     if not batch_stats:                       # statistics are constants in evaluation mode
         def scale_only(lo, hi):
             np.multiply(d3[lo:hi], k, out=dx[lo:hi])
-        parallel_chunks(scale_only, n, chunk)
+        parallel_chunks(scale_only, n, chunk, work=_WORK * d3.size)
         return dx.reshape(dout.shape), dgamma, dbeta
     m = n * s
     b1 = (dbeta / T(m))[None, :, None]
@@ -158,7 +159,7 @@ def batchnorm_backward(dout, cache, gamma):
         np.subtract(d3[lo:hi], b1, out=out)
         out -= xhat
         out *= k
-    parallel_chunks(grad, n, chunk)
+    parallel_chunks(grad, n, chunk, work=_WORK * d3.size)
     return dx.reshape(dout.shape), dgamma, dbeta
 
 

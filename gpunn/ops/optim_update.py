@@ -42,8 +42,10 @@ def _in_chunks(body, arrays, *args):
     if not all(a is None or a.flags.c_contiguous for a in arrays):
         return body(*arrays, *args)
     flat = [None if a is None else a.reshape(-1) for a in arrays]
+    # one element-operation per element: a streaming update, which two threads only slowed
+    # on the 2-core machine (x1.46 at 4.9M parameters); big buffers still take the pool
     parallel_chunks(lambda lo, hi: body(*[None if f is None else f[lo:hi] for f in flat], *args),
-                    flat[0].size, CHUNK)
+                    flat[0].size, CHUNK, work=flat[0].size)
 
 
 CHUNK = 1 << 15            # elements per piece: 128 KiB of float32 per array

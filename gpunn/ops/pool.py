@@ -171,7 +171,7 @@ def _maxpool_numpy(x, kh, kw, stride, pad, with_argmax, relu=False):
         else:
             _maxpool_chunk(xc, kh, kw, stride, pad, out[lo:hi],
                            None if argmax is None else argmax[lo:hi])
-    parallel_chunks(chunk, n, _chunk_samples(x))
+    parallel_chunks(chunk, n, _chunk_samples(x), work=x.size)
     if fast and with_argmax:
         return out, DeferredArgmax(x, out, relu)
     return out, argmax
@@ -221,7 +221,7 @@ def _maxpool_backward_numpy(dout, argmax, x_shape, kh, kw, stride, pad, x_relu=N
                 np.multiply(d, e, out=out[:, :, i:2 * oh:2, j:2 * ow:2])
             if x_relu is not None:
                 out *= x_relu[lo:hi] > 0
-        parallel_chunks(deferred, n, _chunk_samples(dx))
+        parallel_chunks(deferred, n, _chunk_samples(dx), work=dx.size)
         return dx
     argmax = np.ascontiguousarray(argmax)
     base = _window_base(h, w, oh, ow, stride, pad, np)
@@ -244,7 +244,7 @@ def _maxpool_backward_numpy(dout, argmax, x_shape, kh, kw, stride, pad, x_relu=N
         out[...] = dxp[:, :, pt:pt + h, pl:pl + w]
         if x_relu is not None:
             out *= x_relu[lo:hi] > 0
-    parallel_chunks(chunk, n, _chunk_samples(dx))
+    parallel_chunks(chunk, n, _chunk_samples(dx), work=dx.size)
     return dx
 
 
