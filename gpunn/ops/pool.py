@@ -7,6 +7,9 @@ Semantics shared with kernels/pool.cu:
   order (as PyTorch). Backward sends each window's gradient to its argmax pixel, summing where
   overlapping windows chose the same pixel. (The CPU body multiplies dout by a 0/1 mask, so a
   non-finite dout also reaches the window's other pixels as NaN; finite values are exact.)
+  On the CPU a 2x2 / stride-2 pool returns a :class:`DeferredArgmax` instead of the int32
+  array (``np.asarray`` gives that array); its backward matches each window against its
+  output, so a window whose maximum is NaN sends its gradient to its last pixel.
 - average: with ``count_include_pad=False`` the mean over the window's in-bounds pixels
   (TensorFlow "same", PyTorch count_include_pad=False); with True, divide by kh*kw.
 
@@ -88,6 +91,14 @@ def _max2x2(x, out):
     np.maximum(out, x[:, :, 1:2 * oh:2, 1:2 * ow:2], out=out)
 
 
+def _relu_max2x2(x, out):
+    """out = the 2x2 max of relu(x), bit for bit, with the ReLU on the pooled quarter:
+    ReLU is monotone, NaN stays NaN, and np.maximum(v, 0) never leaves a -0.0 (on a tie it
+    returns its second argument), so relu(max(window)) == max(relu(window)) exactly."""
+    _max2x2(x, out)
+    np.maximum(out, out.dtype.type(0), out=out)
+
+
 class DeferredArgmax:
     """The argmax of a 2x2 / stride-2 CPU max-pool, not computed: the pooled input ``x`` and
     the output ``out`` (both alive anyway) stand for it. Backward finds each window's first
@@ -101,12 +112,12 @@ class DeferredArgmax:
         self.x, self.out, self.relu = x, out, relu
         self.shape, self.dtype = out.shape, np.dtype(np.int32)
 
-    def masks(self, lo, hi):
+    def masks(self, lo, hi, relu=None):
         """The 0/1 choice of each window offset (a, b, c, d) for samples lo..hi: the first of
         the window's values equal to its maximum (a window whose maximum is NaN matches none
-        of them and sends its gradient to d)."""
+        of them and sends its gradient to d). ``relu=False``: match x itself."""
         x, m = self.x[lo:hi], self.out[lo:hi]
-        if self.relu:
+        if self.relu if relu is None else relu:
             x = np.maximum(x, x.dtype.type(0))
         oh, ow = m.shape[2:]
         ea = x[:, :, 0:2 * oh:2, 0:2 * ow:2] == m
@@ -165,10 +176,12 @@ def _maxpool_numpy(x, kh, kw, stride, pad, with_argmax, relu=False):
     argmax = np.empty(out.shape, dtype=np.int32) if with_argmax and not fast else None
 
     def chunk(lo, hi):
-        xc = np.maximum(x[lo:hi], x.dtype.type(0)) if relu else x[lo:hi]
-        if fast:
-            _max2x2(xc, out[lo:hi])
+        if fast and relu:
+            _relu_max2x2(x[lo:hi], out[lo:hi])
+        elif fast:
+            _max2x2(x[lo:hi], out[lo:hi])
         else:
+            xc = np.maximum(x[lo:hi], x.dtype.type(0)) if relu else x[lo:hi]
             _maxpool_chunk(xc, kh, kw, stride, pad, out[lo:hi],
                            None if argmax is None else argmax[lo:hi])
     parallel_chunks(chunk, n, _chunk_samples(x), work=x.size)
@@ -211,16 +224,20 @@ def _maxpool_backward_numpy(dout, argmax, x_shape, kh, kw, stride, pad, x_relu=N
     oh, ow = dout.shape[2:]
     dx = np.empty(tuple(x_shape), dtype=dout.dtype)
     if isinstance(argmax, DeferredArgmax):
+        # With the fused ReLU, relu_backward's mask x > 0 at a window's chosen pixel is
+        # out > 0, so dout * (out > 0) on the pooled quarter replaces the full-size mask pass
+        # and the windows may be matched on x itself (where out > 0 the same pixels match):
+        # every element, signed zeros included, comes out as relu_backward(maxpool_backward).
         def deferred(lo, hi):
             d, out = dout[lo:hi], dx[lo:hi]
+            if x_relu is not None:
+                d = d * (argmax.out[lo:hi] > 0)
             if h % 2 or w % 2:                   # the row / column no window reads
                 out[:, :, 2 * oh:] = 0
                 out[:, :, :, 2 * ow:] = 0
-            for k, e in enumerate(argmax.masks(lo, hi)):
+            for k, e in enumerate(argmax.masks(lo, hi, relu=False)):
                 i, j = k // 2, k % 2
                 np.multiply(d, e, out=out[:, :, i:2 * oh:2, j:2 * ow:2])
-            if x_relu is not None:
-                out *= x_relu[lo:hi] > 0
         parallel_chunks(deferred, n, _chunk_samples(dx), work=dx.size)
         return dx
     argmax = np.ascontiguousarray(argmax)
