@@ -34,7 +34,8 @@ __all__ = [
     "KERNEL_OPTIONS", "KernelError", "KernelCompileError", "ArgumentTypeError", "Kernel",
     "kernels_dir", "kernel_files", "kernel_path", "kernel_source", "signatures", "all_signatures",
     "kernel_file", "kernel_entry", "kernel_name", "dtype_suffix", "get_kernel", "launch_config", "clear_cache",
-    "count_launches", "reset_launch_counts", "DEFAULT_BLOCK", "MAX_BLOCKS",
+    "count_launches", "reset_launch_counts", "DEFAULT_BLOCK", "MAX_BLOCKS", "add_kernel_dir",
+    "remove_kernel_dir",
 ]
 
 # Options for cupy.RawModule. The C++ standard is pinned (CuPy's default moved from c++14 to
@@ -84,18 +85,65 @@ def kernels_dir() -> Path:
                       "GPUNN_KERNELS_DIR to the folder holding the .cu files")
 
 
+# Folders of a user's own kernels (add_kernel_dir), searched after kernels_dir().
+_user_dirs: list = []
+
+
+def add_kernel_dir(path) -> Path:
+    """Make the ``.cu`` files in ``path`` available to ops (``backend.kernel(base, dtype)``),
+    the emulator and the compile gate, beside gpunn's own. File names must not clash with
+    gpunn's (``elementwise.cu``...) nor kernel names with any other file's."""
+    d = Path(path).resolve()
+    if not d.is_dir() or not any(d.glob("*.cu")):
+        raise KernelError(f"add_kernel_dir: {d} is not a folder holding .cu files")
+    if d in _user_dirs or d == kernels_dir().resolve():
+        return d
+    taken = {f: folder for folder in [kernels_dir(), *_user_dirs] for f in _names_in(folder)}
+    for f in _names_in(d):
+        if f in taken:
+            raise KernelError(f"add_kernel_dir: {d / f} has the same name as {taken[f] / f}; "
+                              "rename it")
+    _user_dirs.append(d)
+    _file_of.clear()
+    try:
+        defined_in = {}
+        for (f, name) in all_signatures():
+            other = defined_in.setdefault(name, f)
+            if other != f:
+                raise KernelError(f"add_kernel_dir: kernel {name!r} is defined in both {other} "
+                                  f"and {f}")
+    except Exception:
+        _user_dirs.remove(d)
+        raise
+    return d
+
+
+def remove_kernel_dir(path) -> None:
+    """Undo :func:`add_kernel_dir` (kernels already compiled stay cached)."""
+    d = Path(path).resolve()
+    if d in _user_dirs:
+        _user_dirs.remove(d)
+        _file_of.clear()
+
+
+def _names_in(folder: Path) -> list:
+    return [p.name for p in folder.glob("*.cu")]
+
+
 def kernel_files() -> list:
-    """Names of the ``.cu`` files, sorted."""
-    return sorted(p.name for p in kernels_dir().glob("*.cu"))
+    """Names of the ``.cu`` files (gpunn's, then each added folder's), sorted."""
+    return sorted(f for folder in [kernels_dir(), *_user_dirs] for f in _names_in(folder))
 
 
 def kernel_path(file: str) -> Path:
     name = file if file.endswith(".cu") else file + ".cu"
-    path = kernels_dir() / name
-    if not path.is_file():
-        raise KernelError(f"no kernel file {name!r} in {kernels_dir()}; there are: "
-                          f"{', '.join(kernel_files())}")
-    return path
+    for folder in [kernels_dir(), *_user_dirs]:
+        path = folder / name
+        if path.is_file():
+            return path
+    raise KernelError(f"no kernel file {name!r} in {kernels_dir()}"
+                      f"{''.join(', ' + str(d) for d in _user_dirs)}; there are: "
+                      f"{', '.join(kernel_files())}")
 
 
 def kernel_source(file: str) -> str:

@@ -118,11 +118,12 @@ def layer_cases():
 
 
 def layer_parity(side: Side, dtype=np.float64, batch: int = 6, seed: int = 0,
-                 on_row=None) -> list:
+                 on_row=None, cases=None) -> list:
     """Forward (train mode) and backward of every layer on both sides; ``on_row(row)`` is
-    called as each row is done."""
+    called as each row is done. ``cases``: a list shaped like :func:`layer_cases` (default:
+    that list), e.g. a user's own layer."""
     rows = []
-    for name, make, shape, needs in layer_cases():
+    for name, make, shape, needs in (layer_cases() if cases is None else cases):
         rng = np.random.default_rng(seed)
         x = rng.standard_normal((batch, *shape)).astype(dtype)
         ref = make(dtype)

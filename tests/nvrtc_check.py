@@ -26,6 +26,7 @@ A file passes when NVRTC compiles it with an empty log (warnings fail too) and t
 holds every ``extern "C"`` entry point the loader may ask for.
 
     python tests/nvrtc_check.py        # table of file x arch, exit 1 on a failure
+    python tests/nvrtc_check.py --kernel-dir examples/new_layer     # a folder of your own too
 
 It lives with the tests, not in the package: it reads CuPy's private option assembly
 (``cupy._core``), which the library itself must never depend on.
@@ -190,11 +191,21 @@ def _compile(nvrtc, source, file, arch, options, kind, names) -> CompileResult:
 
 
 def main(argv=None) -> int:
+    """``python tests/nvrtc_check.py [--kernel-dir DIR ...]``: gpunn's kernels, and a user's
+    own folders of kernels (gpunn.kernels.add_kernel_dir) with them."""
+    import argparse
+    ap = argparse.ArgumentParser(description="Compile every kernel file through NVRTC with "
+                                             "CuPy's options, for each target architecture.")
+    ap.add_argument("--kernel-dir", action="append", default=[],
+                    help="also check the .cu files in this folder")
+    args = ap.parse_args(argv)
     ok, reason, _ = nvrtc_status()
     if not ok:
         print(f"NVRTC unavailable: {reason}")
         return 2
     from gpunn import kernels
+    for d in args.kernel_dir:
+        kernels.add_kernel_dir(d)
     archs = target_archs()
     print(f"{reason}; archs: {' '.join('sm_' + a for a in archs)}")
     failed = 0
