@@ -2,8 +2,9 @@
 
 For each model, device and batch size every implementation (gpunn, PyTorch, and on a GPU both
 again with CUDA graphs) is built and warmed up, then timed in interleaved rounds (A B C A B C
-...), so a machine that slows down mid-run slows every column alike. A round is one step on
-the CPU and enough steps between two device syncs to last ~20 ms on a GPU. Quoted: the median
+...), so a machine that slows down mid-run slows every column alike. A round is a block of
+~50 ms of steps after a short pause on the CPU (see _time_interleaved) and enough steps
+between two device syncs to last ~20 ms on a GPU. Quoted: the median
 step time, images/s and one epoch's time from it, and the ratio gpunn/PyTorch as the median of
 the per-round ratios (robust to drift, close to the ratio of medians on a quiet machine).
 """
@@ -80,8 +81,19 @@ def _impls_for(device: str, with_torch: bool) -> list:
     return impls
 
 
+CPU_PAUSE = 0.15     # s before each CPU block: a BLAS's idle threads stop spinning by then
+
+
 def _time_interleaved(steps: dict, cfg: BenchConfig, cuda: bool) -> dict:
-    """impl -> list of per-step seconds, one per round, rounds interleaved across impls."""
+    """impl -> list of per-step seconds, one per round, rounds interleaved across impls.
+
+    GPU: a round is enough steps between two syncs to last ~20 ms. CPU: a round is a block of
+    steps (~50 ms of them, at most 20) after a pause of CPU_PAUSE and one untimed step. The
+    pause matters: OpenBLAS's worker threads spin for ~50-100 ms after their last call, and
+    on a 2-core machine a PyTorch step that starts while they spin took 97 ms instead of 36
+    (cnn-bn, batch 100): back-to-back interleaving would charge one library's idle threads to
+    the other.
+    """
     inner = {}
     for name, s in steps.items():
         for _ in range(cfg.warmup if not cuda else max(cfg.warmup, 10)):
@@ -91,13 +103,18 @@ def _time_interleaved(steps: dict, cfg: BenchConfig, cuda: bool) -> dict:
         s.run()
         s.sync()
         one = max(time.perf_counter() - t0, 1e-6)
-        inner[name] = max(1, int(0.02 / one)) if cuda else 1
-    per_round = sum(inner[n] * _estimate(steps[n], inner[n]) for n in steps)
+        inner[name] = max(1, int(0.02 / one)) if cuda else max(1, min(20, int(0.05 / one)))
+    est = {n: _estimate(steps[n], inner[n]) for n in steps}           # s per step
+    per_round = sum(inner[n] * est[n] if cuda else CPU_PAUSE + (inner[n] + 1) * est[n]
+                    for n in steps)
     rounds = max(cfg.min_rounds, min(300, int(cfg.seconds * len(steps) / max(per_round, 1e-6))))
     times = {n: [] for n in steps}
     for _ in range(rounds):
         for name, s in steps.items():
             k = inner[name]
+            if not cuda:
+                time.sleep(CPU_PAUSE)
+                s.run()                      # untimed: caches and threads back up to speed
             t0 = time.perf_counter()
             for _ in range(k):
                 s.run()
