@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from .data.folder import IMAGE_EXTENSIONS, read_image
-from .data.readers import DataFormatError, to_nchw, check_images
+from .data.readers import to_nchw, check_images
 
 __all__ = ["PredictError", "Predictor", "load_inputs", "fit_to_model", "resize", "softmax"]
 

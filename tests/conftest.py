@@ -1,7 +1,10 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from gpunn.backend import cuda_available
+from gpunn.data import make_synthetic
 
 
 def pytest_collection_modifyitems(config, items):
@@ -16,3 +19,13 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(scope="module")
+def data():
+    """A small synthetic image set (12x12, 10 classes) split 500 / 100 / 100, as ``fit`` takes
+    it (train, validation, test)."""
+    x, y = make_synthetic(700, seed=1, size=12)
+    x = x.astype(np.float32) / 255
+    return SimpleNamespace(x_train=x[:500], y_train=y[:500], x_val=x[500:600], y_val=y[500:600],
+                           x_test=x[600:], y_test=y[600:])

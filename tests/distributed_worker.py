@@ -121,7 +121,7 @@ def gradcheck(out):
             local = float((yv * c).sum()) / n_local
             return float(comm.allreduce(np.array([w * local]), "sum")[0])
 
-        yv = layer.forward(x, train=True)
+        layer.forward(x, train=True)
         layer.grad_weight = w
         dx = layer.backward(c / n_local)
         dx_global = w * dx                     # dL/dx of this rank's x

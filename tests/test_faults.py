@@ -5,7 +5,6 @@ import io
 import os
 import subprocess
 import sys
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,14 +20,6 @@ from gpunn.train import extensions as ext
 from gpunn.train import loop
 from gpunn.train.extensions import LOCK
 from gpunn.zoo import build_model
-
-
-@pytest.fixture(scope="module")
-def data():
-    x, y = make_synthetic(700, seed=1, size=12)
-    x = x.astype(np.float32) / 255
-    return SimpleNamespace(x_train=x[:500], y_train=y[:500], x_val=x[500:600], y_val=y[500:600],
-                           x_test=x[600:], y_test=y[600:])
 
 
 def _model(dropout=0.2):

@@ -5,12 +5,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from gpunn.data import DataLoader, make_synthetic
+from gpunn.data import DataLoader
 from gpunn.losses import CrossEntropyLoss
 from gpunn.optim import SGD, CosineAnnealingLR
 from gpunn.serialization import load_checkpoint
@@ -18,14 +17,6 @@ from gpunn.train import (Extension, TrainConfig, Trainer, TrainState, TrainStep,
 from gpunn.zoo import build_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-@pytest.fixture(scope="module")
-def data():
-    x, y = make_synthetic(700, seed=1, size=12)
-    x = x.astype(np.float32) / 255
-    return SimpleNamespace(x_train=x[:500], y_train=y[:500], x_val=x[500:600], y_val=y[500:600],
-                           x_test=x[600:], y_test=y[600:])
 
 
 class Recorder(Extension):

@@ -7,7 +7,6 @@ import shutil
 import signal
 import struct
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +14,6 @@ from click.testing import CliRunner
 
 import gpunn
 from gpunn.cli import main
-from gpunn.data import make_synthetic
 from gpunn.extras import MissingExtra
 from gpunn.losses import CrossEntropyLoss
 from gpunn.optim import SGD, CosineAnnealingLR
@@ -24,14 +22,6 @@ from gpunn.train.logs import MetricsCSV, TensorBoardLog, read_metrics_csv
 
 TRAIN = ["train", "--dataset", "synthetic", "--model", "model1", "--epochs", "1",
          "--val-size", "0.1", "--eval-every", "2000", "--no-progress", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def data():
-    x, y = make_synthetic(700, seed=1, size=12)
-    x = x.astype(np.float32) / 255
-    return SimpleNamespace(x_train=x[:500], y_train=y[:500], x_val=x[500:600], y_val=y[500:600],
-                           x_test=x[600:], y_test=y[600:])
 
 
 class _CtrlC:

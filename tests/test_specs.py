@@ -3,7 +3,6 @@ about them, rebuilding a run's model (gpunn.runs.load_model), and `gpunn models`
 import inspect
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest

@@ -1,24 +1,14 @@
 """The training loop: exact resume, mid-epoch checkpoints, Ctrl-C, early stopping."""
 import os
 import signal
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from gpunn.data import make_synthetic
 from gpunn.losses import CrossEntropyLoss
 from gpunn.optim import SGD, CosineAnnealingLR
 from gpunn.train import TrainConfig, evaluate, fit, load_checkpoint
 from gpunn.zoo import build_model
-
-
-@pytest.fixture(scope="module")
-def data():
-    x, y = make_synthetic(700, seed=1, size=12)
-    x = x.astype(np.float32) / 255
-    return SimpleNamespace(x_train=x[:500], y_train=y[:500], x_val=x[500:600], y_val=y[500:600],
-                           x_test=x[600:], y_test=y[600:])
 
 
 def _run(data, out, epochs, resume=False, model="cnn-bn", **cfg):

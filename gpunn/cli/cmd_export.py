@@ -47,6 +47,7 @@ def export(run_dir, onnx_path, torch_path, opset, weights, check):
 
 
 def _onnx(model, cfg, path, opset, check):
+    from ..extras import MissingExtra
     from ..onnx_export import DEFAULT_OPSET, check_onnx, to_onnx
 
     info = cfg.data_info or {}

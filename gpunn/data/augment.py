@@ -15,7 +15,6 @@ The batch (B, C, H, W) is zero-padded by ``pad`` on each side and the (H, W) win
 """
 from __future__ import annotations
 
-import numpy as np
 
 from ..backend import get_array_module
 from ..errors import ShapeError

@@ -10,6 +10,8 @@ from ..ops.geometry import normalize_padding, pair, window_geometry
 from ..backend import check_dtype
 from .base import Layer
 
+__all__ = ["Conv2d"]
+
 
 class Conv2d(Layer):
     """x: (N, C_in, H, W) -> y: (N, C_out, oh, ow); W: (C_out, C_in, kh, kw), b: (C_out,).

@@ -8,6 +8,8 @@ from ..ops.dropout import dropout_forward
 from ..ops.random import rank_seed
 from .base import Layer
 
+__all__ = ["Dropout"]
+
 
 class Dropout(Layer):
     """Zero each element with probability ``p`` in training and scale the rest by 1/(1-p);

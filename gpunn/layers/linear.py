@@ -9,6 +9,8 @@ from ..backend import check_dtype
 from ..ops.gemm import gemm
 from .base import Layer
 
+__all__ = ["Linear"]
+
 
 class Linear(Layer):
     """``y = x @ W + b``.

@@ -14,6 +14,8 @@ from ..backend import check_dtype
 from ..ops.norm import batchnorm_backward, batchnorm_forward
 from .base import Layer
 
+__all__ = ["BatchNorm1d", "BatchNorm2d", "SyncBatchNorm"]
+
 
 class _BatchNorm(Layer):
     _ndim = None          # 2 for (N, F), 4 for (N, C, H, W)

@@ -4,6 +4,8 @@ from __future__ import annotations
 from ..errors import ShapeError
 from .base import Layer
 
+__all__ = ["Flatten"]
+
 
 class Flatten(Layer):
     """x: (N, d1, d2, ...) -> (N, d1*d2*...). A view where the input is contiguous."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 from ..errors import ShapeError
 from .base import Layer
 
+__all__ = ["Residual"]
+
 
 class Residual(Layer):
     """``y = shortcut(x) + block(x)`` where block is the given layers in sequence.

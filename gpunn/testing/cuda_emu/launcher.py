@@ -27,7 +27,7 @@ import itertools
 
 import numpy as np
 
-from ...kernel_signatures import ArgumentTypeError, KernelSig, check_args, describe
+from ...kernel_signatures import ArgumentTypeError, KernelSig, check_args
 
 __all__ = ["EmulatedKernel", "EmulationError", "GuardError", "ArgumentTypeError", "ORDERS"]
 
