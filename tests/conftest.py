@@ -29,3 +29,16 @@ def data():
     x = x.astype(np.float32) / 255
     return SimpleNamespace(x_train=x[:500], y_train=y[:500], x_val=x[500:600], y_val=y[500:600],
                            x_test=x[600:], y_test=y[600:])
+
+
+@pytest.fixture(scope="module")
+def side():
+    """The emulated-CUDA side of gpunn.parity (CUDA bodies, kernels compiled for the CPU);
+    skips where the emulator cannot build (no g++)."""
+    from gpunn.parity import Side
+    from gpunn.testing import emulated_kernel
+    try:
+        emulated_kernel("relu_forward", np.float32)
+    except Exception as e:          # pragma: no cover - g++ missing
+        pytest.skip(f"kernel emulation unavailable: {e}")
+    return Side("emulated")

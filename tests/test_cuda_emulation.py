@@ -4,18 +4,9 @@ step with the NumPy path."""
 import numpy as np
 import pytest
 
-from gpunn.parity import Side, layer_parity, training_parity
+from gpunn.parity import layer_parity, training_parity
 
-from gpunn.testing import emulated_cuda, emulated_kernel
-
-
-@pytest.fixture(scope="module")
-def side():
-    try:
-        emulated_kernel("relu_forward", np.float32)
-    except Exception as e:          # pragma: no cover - g++ missing
-        pytest.skip(f"kernel emulation unavailable: {e}")
-    return Side("emulated")
+from gpunn.testing import emulated_cuda
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

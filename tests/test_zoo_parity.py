@@ -4,17 +4,7 @@ runs are in tests/test_cuda_emulation.py)."""
 import numpy as np
 import pytest
 
-from gpunn.parity import Side, training_parity
-
-
-@pytest.fixture(scope="module")
-def side():
-    from gpunn.testing import emulated_kernel
-    try:
-        emulated_kernel("relu_forward", np.float32)
-    except Exception as e:          # pragma: no cover - g++ missing
-        pytest.skip(f"kernel emulation unavailable: {e}")
-    return Side("emulated")
+from gpunn.parity import training_parity
 
 
 @pytest.mark.parametrize("model,optimizer", [("vgg-cifar", "sgd"), ("resnet20", "adam")])

@@ -200,17 +200,23 @@ def maxpool2d_forward(x, kh: int, kw: int, stride: tuple, pad: tuple, with_argma
     return _maxpool_numpy(x, kh, kw, stride, pad, with_argmax)
 
 
-@maxpool2d_forward.cuda
-def _maxpool2d_forward_cuda(b, x, kh, kw, stride, pad, with_argmax=True):
+def _maxpool_forward_cuda(b, base, x, kh, kw, stride, pad, with_argmax):
+    """kernels/pool.cu ``base`` ("maxpool2d_forward" or the fused "relu_maxpool2d_forward"),
+    or its ``_noargmax`` twin for evaluation."""
     x = b.xp.ascontiguousarray(x)
     out_shape, geo = _geometry(x.shape, kh, kw, stride, pad)
     y = b.xp.empty(out_shape, dtype=x.dtype)
     if not with_argmax:
-        b.kernel("maxpool2d_forward_noargmax", x.dtype).launch(y.size, x, y, *geo)
+        b.kernel(base + "_noargmax", x.dtype).launch(y.size, x, y, *geo)
         return y, None
     argmax = b.xp.empty(out_shape, dtype=np.int32)
-    b.kernel("maxpool2d_forward", x.dtype).launch(y.size, x, y, argmax, *geo)
+    b.kernel(base, x.dtype).launch(y.size, x, y, argmax, *geo)
     return y, argmax
+
+
+@maxpool2d_forward.cuda
+def _maxpool2d_forward_cuda(b, x, kh, kw, stride, pad, with_argmax=True):
+    return _maxpool_forward_cuda(b, "maxpool2d_forward", x, kh, kw, stride, pad, with_argmax)
 
 
 
@@ -383,15 +389,7 @@ def relu_maxpool2d_forward(x, kh: int, kw: int, stride: tuple, pad: tuple,
 
 @relu_maxpool2d_forward.cuda
 def _relu_maxpool2d_forward_cuda(b, x, kh, kw, stride, pad, with_argmax=True):
-    x = b.xp.ascontiguousarray(x)
-    out_shape, geo = _geometry(x.shape, kh, kw, stride, pad)
-    y = b.xp.empty(out_shape, dtype=x.dtype)
-    if not with_argmax:
-        b.kernel("relu_maxpool2d_forward_noargmax", x.dtype).launch(y.size, x, y, *geo)
-        return y, None
-    argmax = b.xp.empty(out_shape, dtype=np.int32)
-    b.kernel("relu_maxpool2d_forward", x.dtype).launch(y.size, x, y, argmax, *geo)
-    return y, argmax
+    return _maxpool_forward_cuda(b, "relu_maxpool2d_forward", x, kh, kw, stride, pad, with_argmax)
 
 
 @op
