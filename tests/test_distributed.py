@@ -285,9 +285,8 @@ ENV = {**os.environ, "GPUNN_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "OPENBLAS_NU
        "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
 
 
-def launch(ranks, *args, timeout=120, env=None, check=True):
-    """Run ``distributed_worker.py args`` on ``ranks`` MPI ranks (0: one plain process)."""
-    cmd = [sys.executable, str(HERE / "distributed_worker.py"), *map(str, args)]
+def _run(ranks, cmd, *, timeout, env, check):
+    """Run ``cmd`` on ``ranks`` MPI ranks (0: one plain process)."""
     if ranks:
         cmd = [MPIEXEC, "-n", str(ranks), *cmd]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
@@ -295,6 +294,12 @@ def launch(ranks, *args, timeout=120, env=None, check=True):
     if check:
         assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout}\n{r.stderr}"
     return r
+
+
+def launch(ranks, *args, timeout=120, env=None, check=True):
+    """Run ``distributed_worker.py args`` on ``ranks`` MPI ranks (0: one plain process)."""
+    return _run(ranks, [sys.executable, str(HERE / "distributed_worker.py"), *map(str, args)],
+                timeout=timeout, env=env, check=check)
 
 
 def load(out, name, rank, size):
@@ -479,14 +484,8 @@ TRAIN = ["train", "--dataset", "synthetic", "--model", "model2", "--dtype", "flo
 
 
 def gpunn_cli(ranks, *args, check=True, env=None, timeout=180):
-    cmd = [sys.executable, "-m", "gpunn.cli", *map(str, args)]
-    if ranks:
-        cmd = [MPIEXEC, "-n", str(ranks), *cmd]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                       env={**ENV, **(env or {})})
-    if check:
-        assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout}\n{r.stderr}"
-    return r
+    return _run(ranks, [sys.executable, "-m", "gpunn.cli", *map(str, args)], timeout=timeout,
+                env=env, check=check)
 
 
 def weights(run):
