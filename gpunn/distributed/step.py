@@ -125,6 +125,10 @@ class DistributedTrainStep(TrainStep):
         self.optimizer.step()
         return None
 
+    def samples_in(self, xb) -> int:
+        """Every rank's samples of the global batch just taken (the loop counts these)."""
+        return self.samples
+
     def agree_stop(self, requested: bool) -> bool:
         """True on every rank when any rank was asked to stop (Ctrl-C reaches the ranks at
         slightly different moments: without agreeing, one would stop and write the checkpoint

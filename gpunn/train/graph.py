@@ -121,6 +121,12 @@ class GraphedTrainStep:
     def metrics(self) -> tuple:
         return self.eager.metrics()
 
+    def samples_in(self, xb) -> int:
+        return self.eager.samples_in(xb)
+
+    def agree_stop(self, requested: bool) -> bool:
+        return self.eager.agree_stop(requested)
+
     # -- the step ----------------------------------------------------------------------------
     def __call__(self, xb, yb):
         if self.eager.loss_sum is None:

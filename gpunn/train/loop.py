@@ -189,14 +189,13 @@ class Trainer:
                 self.step.reset_metrics(xp)
                 for xb, yb in self.loader.batches(st.epoch, start=st.batch):
                     self.step(xb, yb)
-                    n = getattr(self.step, "samples", len(xb))   # all ranks' (distributed)
+                    n = self.step.samples_in(xb)        # all ranks' (data-parallel)
                     st.batch += 1
                     st.step += 1
                     st.samples += n
                     st.since_eval += n
                     self.emit("step_end")
-                    if hasattr(self.step, "agree_stop"):    # data-parallel: all ranks or none
-                        flag.requested = self.step.agree_stop(flag.requested)
+                    flag.requested = self.step.agree_stop(flag.requested)   # all ranks or none
                     if st.batch == self.steps_per_epoch or self.should_stop or flag.requested \
                             or self._out_of_steps():
                         break

@@ -59,3 +59,13 @@ class TrainStep:
         """(mean loss, accuracy) over the batches since :meth:`reset_metrics`, as floats."""
         seen = max(self.seen, 1)
         return float(self.loss_sum) / seen, float(self.correct) / seen
+
+    def samples_in(self, xb) -> int:
+        """Training samples the step just taken on ``xb`` consumed (a data-parallel step
+        counts every rank's)."""
+        return len(xb)
+
+    def agree_stop(self, requested: bool) -> bool:
+        """Whether to stop after this step, given this process was ``requested`` to (Ctrl-C);
+        a data-parallel step makes every rank agree."""
+        return bool(requested)
