@@ -154,6 +154,18 @@ def _mark_worker():
     _local.worker = True
 
 
+def _after_fork_in_child():
+    """A forked child (gpunn train --procs) has none of the parent's pool threads: forget the
+    pool (the next region starts a new one) and the lock a worker may have held."""
+    global _pool, _pool_size, _lock, _regions
+    _pool, _pool_size, _regions = None, 0, 0
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def chunk_bounds(n: int, chunk: int) -> list:
     """[(lo, hi), ...] covering range(n) in pieces of ``chunk`` (the last may be shorter)."""
     chunk = max(1, int(chunk))

@@ -71,9 +71,12 @@ class Case:
 
 
 def _impls_for(device: str, with_torch: bool) -> list:
+    from ..threads import get_num_threads
     impls = ["gpunn"]
     if device.startswith("cuda"):
         impls.append("gpunn-graph")
+    elif get_num_threads() > 1:
+        impls.append("gpunn-procs")             # gpunn train --procs: one process per thread
     if with_torch:
         impls.append("torch")
         if device.startswith("cuda"):
@@ -175,7 +178,8 @@ def run_case(model: str, device: str, batch: int, cfg: BenchConfig, rates: dict)
         info.update({"step_ms": 1e3 * med, "min_ms": 1e3 * min(ts), "rounds": len(ts),
                      "images_s": batch / med,
                      "epoch_s": med * math.ceil(epoch_size(model) / batch)})
-    for a, b in (("gpunn", "torch"), ("gpunn-graph", "torch-graph"), ("gpunn-graph", "torch")):
+    for a, b in (("gpunn", "torch"), ("gpunn-procs", "torch"), ("gpunn-graph", "torch-graph"),
+                 ("gpunn-graph", "torch")):
         if a in times and b in times:
             case.ratios[f"{a}/{b}"] = statistics.median(
                 x / y for x, y in zip(times[a], times[b]))
@@ -184,10 +188,11 @@ def run_case(model: str, device: str, batch: int, cfg: BenchConfig, rates: dict)
         from concurrent.futures import ThreadPoolExecutor
 
         from .memory import host_peak
-        with ThreadPoolExecutor(len(times) or 1) as ex:
-            peaks = dict(zip(times, ex.map(
+        one = [n for n in times if n != "gpunn-procs"]     # RSS is per process
+        with ThreadPoolExecutor(len(one) or 1) as ex:
+            peaks = dict(zip(one, ex.map(
                 lambda n: host_peak(n, model, batch, get_num_threads(),
-                                    steps=2 if cfg.quick else 3), list(times))))
+                                    steps=2 if cfg.quick else 3), one)))
         for name, r in peaks.items():
             if "error" in r:
                 case.impls[name]["memory_error"] = r["error"]
@@ -310,10 +315,15 @@ def format_report(result: dict) -> str:
                      f"(n={d['gemm_n']}), copy bandwidth {d['bandwidth_b_s'] / 1e9:.1f} GB/s")
     lines += ["", "Median step time (ms) after warm-up, interleaved rounds; ratio = median of "
               "per-round gpunn/PyTorch (< 1: gpunn faster). Peak memory: host RSS growth on the "
-              "CPU, allocator peak (reserved) on a GPU.", ""]
+              "CPU, allocator peak (reserved) on a GPU. gpunn --procs: the same batch split "
+              "between one process per thread (gpunn train --procs, SyncBatchNorm; rank 0's "
+              "clock).", ""]
     head = ["model", "device", "batch", "gpunn ms", "torch ms", "gpunn/torch", "gpunn img/s",
             "torch img/s", "epoch s gpunn", "epoch s torch", "peak MiB gpunn", "peak MiB torch"]
     gpu = any(c["device"].startswith("cuda") for c in result["cases"])
+    procs = any("gpunn-procs" in c["impls"] for c in result["cases"])
+    if procs:
+        head += ["gpunn --procs ms", "procs/torch"]
     if gpu:
         head += ["gpunn graph ms", "torch graph ms", "graph/graph", "gpunn graph/torch eager"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -325,6 +335,9 @@ def format_report(result: dict) -> str:
                _f(g.get("images_s"), "{:.0f}"), _f(t.get("images_s"), "{:.0f}"),
                _f(g.get("epoch_s"), "{:.1f}"), _f(t.get("epoch_s"), "{:.1f}"),
                _f(_mib(g.get("peak_bytes")), "{:.0f}"), _f(_mib(t.get("peak_bytes")), "{:.0f}")]
+        if procs:
+            row += [_f(c["impls"].get("gpunn-procs", {}).get("step_ms")),
+                    _f(c["ratios"].get("gpunn-procs/torch"))]
         if gpu:
             gg, tg = c["impls"].get("gpunn-graph", {}), c["impls"].get("torch-graph", {})
             row += [_f(gg.get("step_ms")), _f(tg.get("step_ms")),

@@ -15,7 +15,7 @@ import numpy as np
 __all__ = ["IMPLS", "Step", "make_step", "input_shape", "Unavailable"]
 
 CIFAR = ("vgg-cifar", "resnet20")
-IMPLS = ("gpunn", "gpunn-graph", "torch", "torch-graph")
+IMPLS = ("gpunn", "gpunn-procs", "gpunn-graph", "torch", "torch-graph")
 LR, MOMENTUM = 0.01, 0.9
 
 
@@ -46,6 +46,8 @@ def make_step(impl: str, model: str, batch: int, device: str) -> Step:
     """A ready (built, on ``device``, not yet warmed up) step of ``impl`` in IMPLS."""
     if impl in ("gpunn", "gpunn-graph"):
         return _gpunn_step(model, batch, device, graph=impl == "gpunn-graph")
+    if impl == "gpunn-procs":
+        return _gpunn_procs_step(model, batch, device)
     if impl in ("torch", "torch-graph"):
         return _torch_step(model, batch, device, graph=impl == "torch-graph")
     raise ValueError(f"unknown implementation {impl!r}; choose one of {', '.join(IMPLS)}")
@@ -77,6 +79,67 @@ def _gpunn_step(model, batch, device, graph):
         nonlocal m, opt, ts, x, y
         m = opt = ts = x = y = None
     return Step(run, lambda: synchronize(dev), close)
+
+
+def _gpunn_procs_step(model, batch, device, procs=None):
+    """gpunn train --procs: the batch split between ``procs`` forked processes (default: one
+    per gpunn thread) that share the model (gpunn/distributed/shm.py). This process is rank 0;
+    each ``run()`` tells the others to take the step with it (a broadcast of one int)."""
+    from ..backend import resolve_device
+    from ..distributed import DistributedTrainStep, broadcast_model, broadcast_optimizer
+    from ..distributed.data import shard
+    from ..distributed.shm import launch
+    from ..fuse import fuse
+    from ..layers.norm import to_sync_batchnorm
+    from ..losses import CrossEntropyLoss
+    from ..optim import SGD
+    from ..threads import get_num_threads, set_num_threads
+    from ..zoo import build_model
+
+    if resolve_device(device, quiet=True).is_cuda:
+        raise Unavailable("--procs is CPU only (GPUs: mpiexec, with NCCL)")
+    threads = get_num_threads()
+    procs = int(procs or threads)
+    if procs < 2:
+        raise Unavailable("one thread: nothing to split between processes")
+    comm = launch(procs)
+    set_num_threads(max(1, threads // procs))
+    try:
+        m = build_model(model, input_shape(model), 10, seed=0)
+        to_sync_batchnorm(m, comm)              # the statistics of the whole batch, as alone
+        fuse(m)
+        opt = SGD(m.parameters(), lr=LR, momentum=MOMENTUM)
+        broadcast_model(m, comm)
+        broadcast_optimizer(opt, comm)
+        ts = DistributedTrainStep(m, CrossEntropyLoss(), opt, comm=comm)
+        x, y = _batch(model, batch)
+        lo, hi = shard(batch, comm.size, comm.rank)
+        x, y = x[lo:hi], y[lo:hi]
+    except BaseException as e:
+        if comm.rank:
+            print(f"gpunn bench: rank {comm.rank}: {type(e).__name__}: {e}", flush=True)
+            comm.finish(1)
+        raise
+    cmd = np.zeros(1, dtype=np.int64)
+    if comm.rank:                                   # a child: step when told, until told not
+        while True:
+            comm.broadcast(cmd, name="the bench's step command")
+            if cmd[0] == 0:
+                comm.finish(0)
+            ts(x, y, total=batch)
+
+    def run():
+        cmd[0] = 1
+        comm.broadcast(cmd, name="the bench's step command")
+        ts(x, y, total=batch)
+
+    def close():
+        cmd[0] = 0
+        comm.broadcast(cmd, name="the bench's step command")
+        comm.finish()
+        set_num_threads(threads)
+    return Step(run, lambda: None, close, notes=[f"{procs} processes x batch "
+                                                 f"{hi - lo} (SyncBatchNorm)"])
 
 
 def _graphed(ts, x, y):

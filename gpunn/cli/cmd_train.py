@@ -103,18 +103,23 @@ def _label(model, dataset) -> str:
               help="Data-parallel training over the ranks of an MPI launch (mpiexec -n N gpunn train ...; "
                    "--batch-size is per rank). On by itself when a launcher started several ranks; "
                    "--distributed uses MPI even for one rank, --no-distributed trains each process alone.")
+@click.option("--procs", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Data-parallel training over N processes on this machine (CPU only; shared "
+                   "memory, nothing to install; --batch-size is per process, --threads is split "
+                   "between them). Uses several cores where one process cannot (NumPy's small ops "
+                   "hold the GIL) [GPUNN_PROCS, else 1].")
 @click.option("--dist-timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="Data-parallel: how long a rank waits for the others in a collective before the job is "
                    "aborted with a message (0: forever) [GPUNN_DIST_TIMEOUT, else 300].")
 @debug_option
 @click.pass_context
-def train(ctx, resume, overwrite, debug, distributed, dist_timeout, **kw):
+def train(ctx, resume, overwrite, debug, distributed, procs, dist_timeout, **kw):
     """Train a zoo model on a data set and write a run directory with plots and a report."""
     from ..distributed import PeerError
     from ..rundir import RunFinished
 
     with one_line_errors(debug):
-        comm = _join(distributed, dist_timeout)
+        comm = _join(distributed, dist_timeout, procs, kw.get("device"))
     try:
         _train(ctx, resume, overwrite, debug, comm, kw)
     except PeerError as e:                  # rank 0 failed and said why; end as it did
@@ -122,11 +127,21 @@ def train(ctx, resume, overwrite, debug, distributed, dist_timeout, **kw):
             sys.exit(describe_error(e.error)[0])
 
 
-def _join(distributed, timeout):
-    """The data-parallel world (gpunn.distributed) when asked for or launched by MPI with
-    several ranks, else None."""
+def _join(distributed, timeout, procs=None, device=None):
+    """The data-parallel world (gpunn.distributed) when asked for, launched by MPI with
+    several ranks, or forked here (--procs / GPUNN_PROCS), else None."""
     from .. import distributed as dist
 
+    n = procs if procs is not None else dist.procs_from_env()
+    if n is not None and n > 1:
+        if distributed is not None or dist.launched_by_mpi():
+            raise click.UsageError(f"--procs {n} (or GPUNN_PROCS) forks processes on this machine; "
+                             f"it does not combine with --distributed/--no-distributed or an MPI "
+                             f"launch (use one or the other)")
+        if device is not None and str(device).strip().lower().startswith("cuda"):
+            raise click.UsageError(f"--procs {n} runs on the CPU only (CUDA does not survive a fork); "
+                             f"for several GPUs use mpiexec -n N gpunn train (NCCL)")
+        return dist.init("procs", procs=n, timeout=timeout)
     if distributed is False:
         return None
     comm = dist.init("mpi" if distributed else "auto", timeout=timeout)

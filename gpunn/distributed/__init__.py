@@ -38,6 +38,8 @@ launch of several ranks) then says what to install.
 """
 from __future__ import annotations
 
+import os
+
 from ..backend import Device, cuda_status, resolve_device
 from .comm import DEFAULT_TIMEOUT, Communicator, LocalComm, MPIComm, timeout_from_env
 from .data import ShardedLoader, shard
@@ -52,26 +54,47 @@ __all__ = ["init", "is_initialized", "world", "several", "rank", "world_size", "
            "device_for_rank", "launched_by_mpi", "DistributedTrainStep", "ShardedLoader",
            "shard", "broadcast_model", "broadcast_optimizer", "sync_buffers", "set_rank",
            "evaluate", "evaluate_shard", "Communicator", "LocalComm", "MPIComm",
-           "MPINotAvailable", "PeerError", "INSTALL_HINT", "DEFAULT_TIMEOUT"]
+           "MPINotAvailable", "PeerError", "INSTALL_HINT", "DEFAULT_TIMEOUT", "procs_from_env"]
 
 _WORLD: Communicator | None = None
 _LOCAL = LocalComm()
-BACKENDS = ("auto", "mpi", "local")
+BACKENDS = ("auto", "mpi", "procs", "local")
 
 
-def init(backend: str = "auto", *, timeout: float | None = None) -> Communicator:
+def procs_from_env() -> int | None:
+    """GPUNN_PROCS as a process count (None when unset)."""
+    v = os.environ.get("GPUNN_PROCS", "").strip()
+    if not v:
+        return None
+    try:
+        n = int(v)
+    except ValueError:
+        raise ValueError(f"GPUNN_PROCS must be a whole number of processes, got {v!r}") from None
+    if n < 1:
+        raise ValueError(f"GPUNN_PROCS must be at least 1, got {n}")
+    return n
+
+
+def init(backend: str = "auto", *, procs: int | None = None,
+         timeout: float | None = None) -> Communicator:
     """Join the job's ranks and return the world communicator (idempotent).
 
     backend: "auto" — MPI when an MPI launcher started several ranks (PMI_SIZE,
-    OMPI_COMM_WORLD_SIZE, ... see gpunn/distributed/env.py), else a world of one;
+    OMPI_COMM_WORLD_SIZE, ... see gpunn/distributed/env.py), else ``procs`` processes on this
+    machine when more than one is asked for (``procs`` or GPUNN_PROCS), else a world of one;
     "mpi" — MPI always (a lone process is a world of one MPI rank: what a one-rank NCCL run
-    needs); "local" — a world of one, no MPI.
+    needs); "procs" — fork ``procs`` - 1 more processes here, sharing memory, no MPI
+    (gpunn/distributed/shm.py; CPU only): every rank continues from this call, so call it
+    before loading data and building the model, as each MPI rank runs the whole script;
+    "local" — a world of one, no MPI.
     timeout: seconds any collective may take before the job is aborted (0: none); default
     GPUNN_DIST_TIMEOUT or 300.
     """
     global _WORLD
     if backend not in BACKENDS:
         raise ValueError(f"init: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if procs is not None and (int(procs) != procs or procs < 1):
+        raise ValueError(f"init: procs must be a positive whole number, got {procs!r}")
     if timeout is not None and float(timeout) < 0:
         raise ValueError(f"init: timeout must be >= 0 seconds (0: none), got {timeout}")
     if _WORLD is not None:
@@ -79,8 +102,14 @@ def init(backend: str = "auto", *, timeout: float | None = None) -> Communicator
             _WORLD.timeout = float(timeout)
         return _WORLD
     if backend == "auto":
-        backend = "mpi" if launched_by_mpi() else "local"
-    if backend == "local":
+        n = procs if procs is not None else procs_from_env()
+        backend = "mpi" if launched_by_mpi() else "procs" if (n or 1) > 1 else "local"
+    if backend == "procs":
+        from .shm import launch
+        n = procs if procs is not None else procs_from_env()
+        t = timeout_from_env() if timeout is None else float(timeout)
+        _WORLD = launch(n or 1, timeout=t) if (n or 1) > 1 else LocalComm()
+    elif backend == "local":
         _WORLD = LocalComm()
     else:
         MPI = import_mpi("gpunn.distributed.init()")
@@ -148,6 +177,12 @@ def device_for_rank(device="auto", comm=None) -> Device:
     "cuda:N" or "cpu" is used as given (one value per rank, e.g. through a wrapper script)."""
     comm = world() if comm is None else comm
     spec = device.strip().lower() if isinstance(device, str) else device
+    if comm.backend == "shm":               # forked processes share host memory only
+        dev = resolve_device("cpu" if spec == "auto" else spec, quiet=True)
+        if dev.is_cuda:
+            raise ValueError(f"device {device!r}: processes forked by --procs / GPUNN_PROCS "
+                             f"train on the CPU only; for GPUs launch ranks with mpiexec")
+        return dev
     dev = resolve_device(spec, quiet=comm.rank != 0)
     if dev.is_cuda and spec in ("auto", "cuda"):
         _, _, count = cuda_status()

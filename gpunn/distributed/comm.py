@@ -100,6 +100,11 @@ class Communicator:
     def barrier(self) -> None:
         pass
 
+    def shared_training(self, model, optimizer):
+        """Ranks that share memory may train one copy of the model (gpunn/distributed/shm.py);
+        None: every rank keeps its own and the gradients are all-reduced."""
+        return None
+
     def synchronize(self) -> None:
         """Wait (with the deadline) for collectives still running on a GPU; a no-op on the
         CPU, where every collective has finished when it returns."""

@@ -62,6 +62,8 @@ class DistributedTrainStep(TrainStep):
         self.weight = 1.0
         self.samples = 0
         self._calls = 0                   # steps by this object (names the collectives)
+        self._shared = None               # SharedTraining (ranks on one machine, --procs)
+        self._share_asked = False
         self.after_backward.append(self.average_gradients)
         set_rank(model, self.comm.rank)
         self._sync_bn = _sync_bn_layers(model)
@@ -82,10 +84,34 @@ class DistributedTrainStep(TrainStep):
         if self.comm.size == 1:
             return
         name = f"the gradient all-reduce (step {self._calls} of this process)"
+        if self._shared is not None:
+            self._shared.reduce(self.weight, name)
+            return
         for g in self.grad_buffers():
             if self.weight != 1.0:
                 g *= g.dtype.type(self.weight)
             self.comm.allreduce(g, "sum", name=name)
+
+    def update(self) -> None:
+        """The optimizer's step: split between the ranks when they share the model."""
+        if self._shared is not None:
+            self._shared.update(f"the shared update (step {self._calls} of this process)")
+        else:
+            self.optimizer.step()
+
+    def _share(self) -> None:
+        """On the first step (after any resume and the broadcasts): ranks that share memory
+        (gpunn train --procs) train one shared copy of the model; checked every step after,
+        since a replaced buffer (model.to(), a new optimizer state) would silently split it."""
+        if not self._share_asked:
+            self._share_asked = True
+            if self.comm.size > 1:
+                self._shared = self.comm.shared_training(self.model, self.optimizer)
+        elif self._shared is not None and not self._shared.intact():
+            raise RuntimeError(
+                "DistributedTrainStep: the model's parameters, gradients or the optimizer's "
+                "state were replaced after the ranks started sharing them (model.to(), "
+                "load_state_dict with new buffers, a new optimizer): build the step again")
 
     def _total(self, n: int) -> int:
         if self.comm.size == 1:
@@ -106,6 +132,7 @@ class DistributedTrainStep(TrainStep):
         self.weight = n / total if mean else 1.0
         for bn in self._sync_bn:
             bn.grad_weight = self.weight
+        self._share()
         if n == 0:
             loss = self._sit_out()
         else:
@@ -122,7 +149,7 @@ class DistributedTrainStep(TrainStep):
         self.loss = get_array_module(g).zeros((), dtype=g.dtype)   # what hooks may read
         for hook in self.after_backward:
             hook(self)
-        self.optimizer.step()
+        self.update()
         return None
 
     def samples_in(self, xb) -> int:

@@ -46,7 +46,7 @@ class TrainStep:
             self.model.backward(self.loss_fn.backward())
         for hook in self.after_backward:
             hook(self)
-        self.optimizer.step()
+        self.update()
         if self.loss_sum is None:
             self.reset_metrics(get_array_module(logits))
         n = len(xb)
@@ -54,6 +54,10 @@ class TrainStep:
         self.correct += (logits.argmax(axis=1) == yb).sum()
         self.seen += n
         return loss
+
+    def update(self) -> None:
+        """The optimizer's step (a data-parallel step may split it between ranks)."""
+        self.optimizer.step()
 
     def metrics(self) -> tuple:
         """(mean loss, accuracy) over the batches since :meth:`reset_metrics`, as floats."""

@@ -1,0 +1,571 @@
+"""Data-parallel ranks on one machine without MPI: forked processes and shared memory.
+
+    gpunn train --procs 2 ...        # two processes on this machine, batch split between them
+
+NumPy runs each small op on one core and holds the GIL between ops, so threads cannot make a
+model4-sized step use two cores (docs/benchmarks/README.md measured it); processes can. This
+is the same data parallelism as ``mpiexec -n N`` (gpunn/distributed/step.py: one all-reduce of
+the flat gradient buffer per step, batch-norm per rank or SyncBatchNorm), with the
+communicator replaced by one that needs nothing installed:
+
+- :func:`launch` forks ``size - 1`` children before the model is built; each child continues
+  from the same point as rank r, exactly like an MPI rank, and ends with ``os._exit``;
+- the ranks share one anonymous ``mmap`` (a slot of SLOT_BYTES per rank) and one
+  ``multiprocessing.Barrier``; an all-reduce copies each rank's piece into its slot, waits at
+  the barrier, and every rank sums the slots *in rank order* (so every replica gets the same
+  bits), then waits again before the slots are reused; arrays larger than a slot go piece by
+  piece;
+- every wait has the deadline of the MPI communicator (``timeout``, GPUNN_DIST_TIMEOUT); the
+  parent watches its children, and a child that dies breaks the barrier, so the others stop
+  at once with a message naming the rank and how it ended; a child dies with its parent
+  (PR_SET_PDEATHSIG).
+
+CPU only: CUDA does not survive a fork, and GPUs go through NCCL under mpiexec.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+
+from .comm import DEFAULT_TIMEOUT, Communicator, _check_buffer, _check_op, _say, _what
+
+__all__ = ["ShmComm", "launch", "SLOT_BYTES", "MAX_PROCS"]
+
+ARENA_MAX = 16 << 30
+SLOT_BYTES = 8 << 20         # per rank: an all-reduce moves at most this much per round
+MAX_PROCS = 256
+_HEADER = 64                 # per slot: the length of a pickled object (int64)
+_REDUCE = {"sum": np.add, "mean": np.add, "max": np.maximum, "min": np.minimum}
+
+
+class _Shared:
+    """What the ranks share; made before the fork, so every child inherits the same memory.
+
+    The barrier: each rank counts the barriers it has reached in its own int64 of shared
+    memory and waits until every rank's count has caught up (a rank only ever writes its own
+    count, so no atomic read-modify-write is needed). x86 keeps stores in order and loads in
+    order, so a rank that sees another's count also sees the slot it filled before; elsewhere
+    the barrier is multiprocessing's (semaphores: full fences, ~0.3 ms instead of ~5 us).
+    ``failed`` holds why the job stops; a rank waiting at the barrier sees it at once.
+    """
+
+    def __init__(self, size: int, slot_bytes: int):
+        import multiprocessing as mp
+        import platform
+        ctx = mp.get_context("fork")
+        self.size, self.slot_bytes = size, slot_bytes
+        self.stride = _HEADER + slot_bytes
+        self.ctl = 8 * size + 512                             # counts, then `failed`
+        self.mem = mmap.mmap(-1, self.ctl + size * self.stride)   # MAP_SHARED | ANONYMOUS
+        self.counts = np.frombuffer(self.mem, dtype=np.int64, count=size)
+        self.spin = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+        # more ranks than cores: a spinning rank holds the core the one it waits for needs
+        self.spins = 2000 if size <= cores else 20
+        self.mp_barrier = None if self.spin else ctx.Barrier(size)
+        self.arena, self.arena_used = _arena(), 0
+
+    def take(self, nbytes: int):
+        """The next ``nbytes`` of the shared arena (64-byte aligned), or None when it is
+        full. Every rank takes the same sizes in the same order, so the offsets agree."""
+        if self.arena is None:
+            return None
+        start = -(-self.arena_used // 64) * 64
+        if start + nbytes > len(self.arena):
+            return None
+        self.arena_used = start + nbytes
+        return memoryview(self.arena)[start:start + nbytes]
+
+    @property
+    def failed(self) -> str:
+        raw = self.mem[8 * self.size:8 * self.size + 512]
+        return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+    def fail(self, why: str) -> None:
+        if not self.failed:
+            b = why.encode()[:511]
+            self.mem[8 * self.size:8 * self.size + len(b)] = b
+        if self.mp_barrier is not None:
+            try:
+                self.mp_barrier.abort()
+            except Exception:                              # noqa: BLE001 (already broken)
+                pass
+
+    def wait(self, rank: int, timeout: float) -> bool:
+        """Wait for every rank; False when the job failed or the deadline passed."""
+        if self.mp_barrier is not None:
+            try:
+                self.mp_barrier.wait(timeout or None)
+                return True
+            except threading.BrokenBarrierError:
+                return False
+        gen = int(self.counts[rank]) + 1
+        self.counts[rank] = gen
+        counts = self.counts
+        spins = 0
+        t0 = None
+        nap = 50e-6
+        while counts.min() < gen:
+            spins += 1
+            if spins < self.spins:
+                continue
+            if self.failed:
+                return False
+            now = time.monotonic()
+            if t0 is None:
+                t0 = now
+            waited = now - t0
+            if timeout and waited > timeout:
+                return False
+            if waited < 0.01:
+                os.sched_yield()              # a rank that waits must not slow one working
+            else:
+                time.sleep(nap)
+                nap = min(nap * 2, 0.001)
+        return True
+
+    def slot(self, rank: int, nbytes: int, dtype) -> np.ndarray:
+        dt = np.dtype(dtype)
+        return np.frombuffer(self.mem, dtype=dt, count=nbytes // dt.itemsize,
+                             offset=self.ctl + rank * self.stride + _HEADER)
+
+    def header(self, rank: int) -> np.ndarray:
+        return np.frombuffer(self.mem, dtype=np.int64, count=1,
+                             offset=self.ctl + rank * self.stride)
+
+
+def _arena():
+    """Shared memory for the model (parameters, optimizer state, every rank's gradients),
+    mapped before the fork: a quarter of the RAM, at most ARENA_MAX (an anonymous mapping
+    only takes memory for the pages touched); None if the system refuses (then the step
+    all-reduces through the slots instead)."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 4 << 30
+    size = min(ram // 4, ARENA_MAX)
+    while size >= 64 << 20:
+        try:
+            return mmap.mmap(-1, size)
+        except (OSError, ValueError):
+            size //= 4
+    return None
+
+
+class ShmComm(Communicator):
+    """Rank ``rank`` of ``size`` processes forked by :func:`launch` on this machine."""
+
+    backend = "shm"
+
+    def __init__(self, shared: _Shared, rank: int, *, timeout: float = DEFAULT_TIMEOUT,
+                 children=None):
+        self._sh = shared
+        self.rank, self.size = rank, shared.size
+        self.local_rank, self.local_size = rank, shared.size
+        self.timeout = float(timeout)
+        self._children = children or {}           # rank -> pid (rank 0 only)
+        self._finished = False
+
+    # -- waiting ------------------------------------------------------------------------------
+    def _wait(self, what: str) -> None:
+        t0 = time.monotonic()
+        if not self._sh.wait(self.rank, self.timeout):
+            waited = time.monotonic() - t0
+            why = self._sh.failed
+            if why:
+                self._stop(f"gpunn.distributed: rank {self.rank} of {self.size}: {what} "
+                           f"cannot complete: {why}. Stopping.")
+            self._stop(self._timeout_message(what, waited))
+
+    def _stop(self, message: str, code: int = 1):
+        """End this rank (and, from rank 0, the children) after saying why."""
+        _say(message)
+        self._break(message)
+        self._end(code)
+
+    def _break(self, why: str) -> None:
+        self._sh.fail(why)
+
+    def _end(self, code: int):
+        if self.rank == 0:
+            for pid in self._children.values():
+                _kill(pid)
+            sys.stderr.flush()
+            os._exit(code)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    def abort(self, message: str, code: int = 1):
+        self._stop(message, code)
+
+    # -- arrays -------------------------------------------------------------------------------
+    def _pieces(self, x):
+        flat = x.reshape(-1)
+        step = max(1, self._sh.slot_bytes // x.itemsize)
+        for lo in range(0, flat.size, step):
+            yield flat[lo:lo + step]
+
+    def allreduce(self, x, op: str = "sum", *, name: str = ""):
+        _check_buffer(x, "allreduce")
+        _check_op(op, x)
+        _cpu_only(x, "allreduce")
+        what = _what("allreduce", x, name)
+        ufunc = _REDUCE[op]
+        for piece in self._pieces(x):
+            self._sh.slot(self.rank, piece.nbytes, piece.dtype)[:] = piece
+            self._wait(what)
+            # every rank sums the slots in the same order: the replicas get the same bits
+            slot = lambda r: self._sh.slot(r, piece.nbytes, piece.dtype)     # noqa: E731
+            if self.size == 1:
+                pass
+            else:
+                ufunc(slot(0), slot(1), out=piece)
+                for r in range(2, self.size):
+                    ufunc(piece, slot(r), out=piece)
+            self._wait(what)                      # the slots may be reused after this
+        if op == "mean":
+            x /= x.dtype.type(self.size)
+        return x
+
+    def broadcast(self, x, root: int = 0, *, name: str = ""):
+        _check_buffer(x, "broadcast")
+        self._check_root(root)
+        _cpu_only(x, "broadcast")
+        what = _what(f"broadcast from rank {root}", x, name)
+        for piece in self._pieces(x):
+            if self.rank == root:
+                self._sh.slot(root, piece.nbytes, piece.dtype)[:] = piece
+            self._wait(what)
+            if self.rank != root:
+                piece[:] = self._sh.slot(root, piece.nbytes, piece.dtype)
+            self._wait(what)
+        return x
+
+    # -- objects ------------------------------------------------------------------------------
+    def _bytes_from(self, root: int, payload: bytes | None, what: str) -> bytes:
+        """``payload`` of rank ``root`` on every rank, through root's slot, piece by piece."""
+        head = self._sh.header(root)
+        if self.rank == root:
+            head[0] = len(payload)
+        self._wait(what)
+        n = int(head[0])
+        out = bytearray(n) if self.rank != root else None
+        step = self._sh.slot_bytes
+        self._wait(what)                          # everyone read the length
+        for lo in range(0, n, step):
+            k = min(step, n - lo)
+            slot = self._sh.slot(root, k, np.uint8)
+            if self.rank == root:
+                slot[:] = np.frombuffer(payload, dtype=np.uint8, count=k, offset=lo)
+            self._wait(what)
+            if self.rank != root:
+                out[lo:lo + k] = slot.tobytes()
+            self._wait(what)
+        return payload if self.rank == root else bytes(out)
+
+    def broadcast_object(self, obj, root: int = 0):
+        self._check_root(root)
+        payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL) \
+            if self.rank == root else None
+        data = self._bytes_from(root, payload, f"broadcast of an object from rank {root}")
+        return obj if self.rank == root else pickle.loads(data)
+
+    def allgather_object(self, obj) -> list:
+        mine = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        out = []
+        for r in range(self.size):
+            data = self._bytes_from(r, mine if r == self.rank else None,
+                                    f"allgather of objects (rank {r}'s)")
+            out.append(obj if r == self.rank else pickle.loads(data))
+        return out
+
+    def barrier(self) -> None:
+        self._wait("barrier")
+
+    # -- the model in shared memory (DistributedTrainStep) ------------------------------------
+    def shared_training(self, model, optimizer):
+        """Move ``model``'s parameters and ``optimizer``'s state into memory every rank
+        shares (one copy) and each rank's gradients where the others can read them; returns
+        the :class:`SharedTraining` the step uses, or None when that is not possible here
+        (loose parameters, or the arena is full). Collective: every rank calls it with the
+        same model and optimizer, after they were made equal (broadcast_model/_optimizer)."""
+        ok = _shareable(optimizer) and self._sh.arena is not None
+        if not all(self.allgather_object(bool(ok))):
+            return None
+        st = SharedTraining(self, optimizer)
+        agreed = self.allgather_object(st.layout if st.ready else None)
+        if any(a != agreed[0] or a is None for a in agreed):
+            return None
+        st.bind()
+        return st
+
+    # -- the end ------------------------------------------------------------------------------
+    def finish(self, code: int = 0):
+        """A child: leave the process (never returns). Rank 0: wait for every child and
+        return the first non-zero exit status (0 when all ended well)."""
+        if self.rank != 0:
+            self._finished = True
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        self._finished = True
+        worst = 0
+        for r, pid in sorted(self._children.items()):
+            status = _reap(pid)
+            if status is not None and status != 0 and not worst:
+                worst = status
+        return worst
+
+
+def _split_threads(size: int) -> None:
+    """The job's thread count (gpunn.threads: --threads, GPUNN_THREADS or the usable cores)
+    shared between its processes, at least one each."""
+    from ..threads import get_num_threads, set_num_threads
+    set_num_threads(max(1, get_num_threads() // size))
+
+
+def _at_exit(comm: ShmComm):
+    """Rank 0 leaves after its children: the job's exit status is the first failure's."""
+    worst = comm.finish()
+    if worst:
+        _say(f"gpunn.distributed: a rank of {comm.size} ended with status {worst}")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(worst)
+
+
+def _cpu_only(x, what):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{what}: processes started with --procs share host memory only; got "
+                        f"a {type(x).__module__}.{type(x).__name__} (for GPUs use mpiexec, "
+                        f"which moves GPU arrays through NCCL)")
+
+
+def _kill(pid):
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+_reaped: dict = {}               # pid -> exit status, filled by the watcher threads
+
+
+def _reap(pid):
+    w = _watchers.get(pid)
+    if w is not None:
+        w.join()
+    return _reaped.get(pid)
+
+
+def _status(st) -> int:
+    if os.WIFSIGNALED(st):
+        return 128 + os.WTERMSIG(st)
+    return os.WEXITSTATUS(st)
+
+
+def _describe(st) -> str:
+    if os.WIFSIGNALED(st):
+        sig = os.WTERMSIG(st)
+        try:
+            nm = signal.Signals(sig).name
+        except ValueError:
+            nm = str(sig)
+        return f"was killed by {nm}"
+    return f"exited with status {os.WEXITSTATUS(st)}"
+
+
+def _die_with_parent():
+    """Linux: SIGTERM this child when its parent dies (no orphan waiting at a barrier)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)        # PR_SET_PDEATHSIG
+    except Exception:                                       # noqa: BLE001 (not Linux)
+        pass
+
+
+_watchers: dict = {}             # pid -> its watcher thread
+
+
+def _watch(comm: ShmComm, rank: int, pid: int):
+    """Rank 0's thread per child: a child that ends early (a crash, a kill) breaks the
+    barrier, so the other ranks stop with a message instead of waiting for the deadline.
+    (waitpid on this one pid: other children of the process, e.g. a subprocess.run, are
+    left to whoever started them.)"""
+    while True:
+        try:
+            _, st = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return
+    _reaped[pid] = _status(st)
+    if _status(st) != 0 or not comm._finished:
+        comm._break(f"rank {rank} (pid {pid}) {_describe(st)}")
+
+
+def launch(size: int, *, timeout: float | None = None,
+           slot_bytes: int = SLOT_BYTES) -> ShmComm:
+    """Fork ``size - 1`` children; return this process's communicator (rank 0 in the
+    parent, rank r in child r). Call it before building models and loading data (each rank
+    does both); every rank then runs the same code. The children must end through
+    ``comm.finish()``; rank 0's ``finish()`` waits for them."""
+    from .comm import timeout_from_env
+    size = int(size)
+    if not 1 <= size <= MAX_PROCS:
+        raise ValueError(f"procs must be between 1 and {MAX_PROCS}, got {size}")
+    t = timeout_from_env() if timeout is None else float(timeout)
+    if t < 0:
+        raise ValueError(f"timeout must be >= 0 seconds (0: none), got {t}")
+    shared = _Shared(size, int(slot_bytes))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pids = {}
+    parent = os.getpid()
+    for r in range(1, size):
+        pid = os.fork()
+        if pid == 0:
+            _die_with_parent()
+            if os.getppid() != parent:             # the parent died before prctl took hold
+                os._exit(1)
+            # the parent's exit handlers are the parent's (its temporary folders, its run
+            # lock): a child leaves Python normally, keeping its exit status, without them
+            import atexit
+            atexit._clear()
+            os.environ.pop("GPUNN_PROCS", None)     # a program the child starts is not a rank
+            _split_threads(size)
+            return ShmComm(shared, r, timeout=t)
+        pids[r] = pid
+    os.environ.pop("GPUNN_PROCS", None)
+    _split_threads(size)
+    comm = ShmComm(shared, 0, timeout=t, children=pids)
+    import atexit
+    atexit.register(_at_exit, comm)
+    for r, pid in pids.items():
+        _watchers[pid] = threading.Thread(target=_watch, args=(comm, r, pid), daemon=True,
+                                          name=f"gpunn-shm-watch-{r}")
+        _watchers[pid].start()
+    return comm
+
+
+def _shareable(optimizer) -> bool:
+    from ..parameter import FlatBuffer
+    return all(isinstance(slot, FlatBuffer) and isinstance(slot.values, np.ndarray)
+               for slot in optimizer.slots)
+
+
+class SharedTraining:
+    """One model trained by every rank out of shared memory (made by
+    :meth:`ShmComm.shared_training`).
+
+    Per flat buffer: the parameter values and the optimizer's state once, for all ranks;
+    gradients once per rank. A step is then (DistributedTrainStep):
+
+      backward  each rank writes its own gradient buffer (scaled by its weight n_r / N)
+      barrier   every gradient is complete
+      reduce    rank r sums segment r of every rank's gradients, in rank order, into its own
+      barrier   every segment is reduced
+      gather    each rank copies the other segments from their owners: now every rank holds
+                the whole averaged gradient, as after an MPI all-reduce (hooks see the same)
+      update    rank r updates segment r of the shared parameters and state
+      barrier   the parameters are complete for the next forward
+
+    Against an all-reduce through the slots this reads and writes each gradient about half as
+    often and splits the optimizer's pass over the parameters between the ranks.
+    """
+
+    def __init__(self, comm: ShmComm, optimizer):
+        self.comm, self.optimizer = comm, optimizer
+        self.slots = list(optimizer.slots)
+        self.layout = [(slot.size, str(slot.dtype), sorted(optimizer.state))
+                       for slot in self.slots]
+        n, rank = comm.size, comm.rank
+        self.values, self.grads, self.mine, self.state, self.segments = [], [], [], [], []
+        self.ready = True
+        for j, slot in enumerate(self.slots):
+            dt, total = slot.dtype, slot.size
+            v = self._take(total, dt)
+            g = self._take(total * n, dt)
+            st = {b: self._take(total, dt) for b in sorted(optimizer.state)}
+            if v is None or g is None or any(a is None for a in st.values()):
+                self.ready = False
+                return
+            self.values.append(v)
+            self.grads.append(g.reshape(n, total))
+            self.mine.append(self.grads[-1][rank])         # one view, kept: intact() checks it
+            self.state.append(st)
+            # segment r of n, on 16-element boundaries (whole cache lines per rank)
+            cuts = [min(total, -(-(total * r // n) // 16) * 16) for r in range(n + 1)]
+            cuts[-1] = total
+            self.segments.append([slice(cuts[r], cuts[r + 1]) for r in range(n)])
+        self.rank = rank
+
+    def _take(self, count, dtype):
+        mv = self.comm._sh.take(count * np.dtype(dtype).itemsize)
+        return None if mv is None else np.frombuffer(mv, dtype=dtype, count=count)
+
+    def bind(self):
+        """Rank 0's values and state into the shared arrays, then every rank's buffers
+        re-pointed at them (the model's Parameters and the optimizer follow the views)."""
+        opt, r = self.optimizer, self.rank
+        for j, slot in enumerate(self.slots):
+            if r == 0:
+                self.values[j][:] = slot.values
+                for b, a in self.state[j].items():
+                    a[:] = opt.state[b][j]
+            self.mine[j][:] = slot.grads
+        self.comm.barrier()
+        for j, slot in enumerate(self.slots):
+            slot.values, slot.grads = self.values[j], self.mine[j]
+            slot._bind_views()
+            for b, a in self.state[j].items():
+                opt.state[b][j] = a
+        self.comm.barrier()
+
+    def intact(self) -> bool:
+        """Still bound: nobody replaced a buffer (model.to(), a new optimizer state)."""
+        opt = self.optimizer
+        return all(slot.values is self.values[j] and slot.grads is self.mine[j]
+                   and all(opt.state[b][j] is a for b, a in self.state[j].items())
+                   for j, slot in enumerate(self.slots)) and opt.slots == self.slots
+
+    def reduce(self, weight: float, name: str) -> None:
+        """The gradient average: scale, reduce own segment, gather the others."""
+        comm, r, n = self.comm, self.rank, self.comm.size
+        for g in self.grads:
+            if weight != 1.0:
+                g[r] *= g.dtype.type(weight)
+        comm._wait(name)
+        for g, segs in zip(self.grads, self.segments):
+            s = segs[r]
+            np.add(g[0, s], g[1, s], out=g[r, s])
+            for k in range(2, n):
+                np.add(g[r, s], g[k, s], out=g[r, s])
+        comm._wait(name)
+        for g, segs in zip(self.grads, self.segments):
+            for k in range(n):
+                if k != r:
+                    g[r, segs[k]] = g[k, segs[k]]
+
+    def update(self, name: str) -> None:
+        """The optimizer's step on this rank's segment of every buffer, then a barrier."""
+        opt, r = self.optimizer, self.rank
+        opt.t += 1
+        for j in range(len(self.slots)):
+            s = self.segments[j][r]
+            opt._update(self.values[j][s], self.mine[j][s],
+                        {b: a[s] for b, a in self.state[j].items()})
+        self.comm._wait(name)
