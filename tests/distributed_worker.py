@@ -193,6 +193,39 @@ def die(out, how, timeout="2"):
     print(f"rank {comm.rank}: finished, which it must not", flush=True)
 
 
+def collectives(out):
+    """Every collective on arrays larger than a shared-memory slot (8 MiB: they go in pieces)
+    and on objects larger than it, each op and a few dtypes; rank 0 writes what it checked."""
+    comm = dist.init()
+    r, n = comm.rank, comm.size
+    checks = {}
+    big = np.arange(3_000_000, dtype=np.float64) * (r + 1)            # 24 MB
+    comm.allreduce(big, "sum")
+    checks["sum"] = bool(np.array_equal(big, np.arange(3_000_000) * sum(range(1, n + 1))))
+    for op, want in (("max", n - 1), ("min", 0)):
+        a = np.full((7, 3), r, dtype=np.int32)
+        comm.allreduce(a, op)
+        checks[op] = bool((a == want).all())
+    m = np.full(5, float(r), dtype=np.float32)
+    comm.allreduce(m, "mean")
+    checks["mean"] = bool(np.allclose(m, (n - 1) / 2))
+    b = np.full(2_500_000, r, dtype=np.float32)                        # 10 MB, from rank 1
+    comm.broadcast(b, root=1)
+    checks["broadcast"] = bool((b == 1).all())
+    payload = comm.broadcast_object({"blob": bytes(range(256)) * 40_000} if r == 1 else None, 1)
+    checks["object"] = payload["blob"] == bytes(range(256)) * 40_000
+    checks["allgather"] = comm.allgather_object(("rank", r)) == [("rank", k) for k in range(n)]
+    try:
+        comm.allreduce(np.zeros((4, 4))[:, 1], "sum")
+        checks["strided"] = "accepted"
+    except ValueError as e:
+        checks["strided"] = str(e)
+    comm.barrier()
+    if r == 0:
+        with open(os.path.join(out, "collectives.json"), "w") as f:
+            json.dump({"size": n, "backend": comm.backend, **checks}, f)
+
+
 def fake_nccl(out):
     """The NCCL bootstrap and calls over real MPI ranks, with CuPy and NCCL replaced by the
     stand-ins of tests/fake_cuda.py (their all-reduce goes through MPI on host arrays)."""
@@ -289,5 +322,5 @@ def fit(out, name, *settings):
 
 if __name__ == "__main__":
     scenario, out, *args = sys.argv[1:]
-    {"equiv": equiv, "syncbn": syncbn, "gradcheck": gradcheck, "dropout": dropout,
+    {"collectives": collectives, "equiv": equiv, "syncbn": syncbn, "gradcheck": gradcheck, "dropout": dropout,
      "die": die, "fake_nccl": fake_nccl, "fit": fit, "nccl_gpu": nccl_gpu}[scenario](out, *args)

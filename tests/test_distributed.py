@@ -285,21 +285,31 @@ ENV = {**os.environ, "GPUNN_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "OPENBLAS_NU
        "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
 
 
-def _run(ranks, cmd, *, timeout, env, check):
-    """Run ``cmd`` on ``ranks`` MPI ranks (0: one plain process)."""
-    if ranks:
+def _run(ranks, cmd, *, timeout, env, check, launcher="mpi"):
+    """Run ``cmd`` on ``ranks`` ranks (0: one plain process): MPI ranks under mpiexec, or
+    processes the program forks itself (launcher "procs": GPUNN_PROCS)."""
+    env = {**ENV, **(env or {})}
+    if ranks and launcher == "mpi":
         cmd = [MPIEXEC, "-n", str(ranks), *cmd]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                       env={**ENV, **(env or {})})
+    elif ranks:
+        env["GPUNN_PROCS"] = str(ranks)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check:
         assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout}\n{r.stderr}"
     return r
 
 
-def launch(ranks, *args, timeout=120, env=None, check=True):
-    """Run ``distributed_worker.py args`` on ``ranks`` MPI ranks (0: one plain process)."""
+def launch(ranks, *args, timeout=120, env=None, check=True, launcher="mpi"):
+    """Run ``distributed_worker.py args`` on ``ranks`` ranks (0: one plain process)."""
     return _run(ranks, [sys.executable, str(HERE / "distributed_worker.py"), *map(str, args)],
-                timeout=timeout, env=env, check=check)
+                timeout=timeout, env=env, check=check, launcher=launcher)
+
+
+# Both launchers run the same scenarios: MPI ranks (mpiexec), and processes forked on this
+# machine sharing memory (gpunn train --procs / GPUNN_PROCS: nothing to install)
+@pytest.fixture(params=[pytest.param("procs"), pytest.param("mpi", marks=needs_mpi)])
+def launcher(request):
+    return request.param
 
 
 def load(out, name, rank, size):
@@ -310,12 +320,22 @@ def rel(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
 
-@needs_mpi
-def test_two_ranks_take_the_steps_of_one_process_at_twice_the_batch(tmp_path):
+def test_collectives_on_real_ranks(tmp_path, launcher):
+    """Arrays and objects larger than the forked ranks' 8 MiB slots (moved in pieces), every
+    op, a broadcast from rank 1, and a strided buffer refused with a message."""
+    launch(2, "collectives", tmp_path, launcher=launcher)
+    got = json.loads((tmp_path / "collectives.json").read_text())
+    assert got.pop("backend") == {"procs": "shm", "mpi": "mpi"}[launcher]
+    assert "must be C-contiguous" in got.pop("strided")
+    assert got == {"size": 2, "sum": True, "max": True, "min": True, "mean": True,
+                   "broadcast": True, "object": True, "allgather": True}
+
+
+def test_two_ranks_take_the_steps_of_one_process_at_twice_the_batch(tmp_path, launcher):
     """float64, no batch-norm: 2 ranks x 50 == 1 process x 100 after 50 steps (1025 samples:
     every epoch ends on a batch of 25, split 13 + 12 and weighted exactly), for SGD with
     momentum and weight decay and for Adam; and the two replicas are equal bit for bit."""
-    launch(2, "equiv", tmp_path, 50, 50)
+    launch(2, "equiv", tmp_path, 50, 50, launcher=launcher)
     launch(0, "equiv", tmp_path, 100, 50)
     start = mlp().state_dict()
     for opt in ("sgd", "adam"):
@@ -328,12 +348,24 @@ def test_two_ranks_take_the_steps_of_one_process_at_twice_the_batch(tmp_path):
             assert rel(one[k], start[k]) > 1e-3, f"{k} did not train"
 
 
-@needs_mpi
-def test_sync_batchnorm_on_two_ranks_is_batchnorm_on_the_joined_batch(tmp_path):
+def test_three_forked_ranks_take_the_steps_of_one_process(tmp_path):
+    """An odd number of ranks sharing the model (segments of unequal length, a reduction in
+    rank order through scratch): 3 x 34 == 1 x 102 after 30 steps, replicas bit-identical."""
+    launch(3, "equiv", tmp_path, 34, 30, launcher="procs", env={"GPUNN_DIST_TIMEOUT": "60"})
+    launch(0, "equiv", tmp_path, 102, 30)
+    for opt in ("sgd", "adam"):
+        ranks = [load(tmp_path, f"equiv-{opt}", r, 3) for r in range(3)]
+        one = load(tmp_path, f"equiv-{opt}", 0, 1)
+        for k in one:
+            assert all(np.array_equal(ranks[0][k], x[k]) for x in ranks[1:]), (opt, k)
+            assert rel(ranks[0][k], one[k]) <= 1e-12, (opt, k, rel(ranks[0][k], one[k]))
+
+
+def test_sync_batchnorm_on_two_ranks_is_batchnorm_on_the_joined_batch(tmp_path, launcher):
     """Conv + SyncBatchNorm (4-d) + Linear + SyncBatchNorm (2-d), 2 ranks x 50, against the
     same network with BatchNorm2d/1d in one process at batch 100: weights and running
     statistics after 50 steps."""
-    launch(2, "syncbn", tmp_path, 50, 50)
+    launch(2, "syncbn", tmp_path, 50, 50, launcher=launcher)
     launch(0, "syncbn", tmp_path, 100, 50)
     r0, r1, one = (load(tmp_path, "syncbn", 0, 2), load(tmp_path, "syncbn", 1, 2),
                    load(tmp_path, "syncbn", 0, 1))
@@ -343,20 +375,18 @@ def test_sync_batchnorm_on_two_ranks_is_batchnorm_on_the_joined_batch(tmp_path):
         assert rel(r0[k], one[k]) <= 1e-12, f"{k}: {rel(r0[k], one[k])}"
 
 
-@needs_mpi
-def test_sync_batchnorm_gradient_of_the_global_objective(tmp_path):
+def test_sync_batchnorm_gradient_of_the_global_objective(tmp_path, launcher):
     """Central differences of the all-ranks loss (every rank runs every perturbed forward)
     against the hand-written backward, local batches of 3 and 4."""
-    launch(2, "gradcheck", tmp_path)
+    launch(2, "gradcheck", tmp_path, launcher=launcher)
     worst = json.loads((tmp_path / "gradcheck.json").read_text())
     assert set(worst) == {"(3, 4, 5)", "(3,)"}
     assert max(worst.values()) < 1e-6, worst
 
 
-@needs_mpi
-def test_dropout_masks_differ_per_rank_and_repeat(tmp_path):
-    launch(2, "dropout", tmp_path, "a")
-    launch(2, "dropout", tmp_path, "b")
+def test_dropout_masks_differ_per_rank_and_repeat(tmp_path, launcher):
+    launch(2, "dropout", tmp_path, "a", launcher=launcher)
+    launch(2, "dropout", tmp_path, "b", launcher=launcher)
     launch(0, "dropout", tmp_path, "a")
     a0, a1 = load(tmp_path, "dropout-a", 0, 2), load(tmp_path, "dropout-a", 1, 2)
     b0, b1 = load(tmp_path, "dropout-b", 0, 2), load(tmp_path, "dropout-b", 1, 2)
@@ -368,21 +398,21 @@ def test_dropout_masks_differ_per_rank_and_repeat(tmp_path):
         assert np.array_equal(a0[k], alone[k])             # rank 0 = one process
 
 
-@needs_mpi
-def test_a_killed_rank_ends_the_job(tmp_path):
-    r = launch(2, "die", tmp_path, "kill", check=False, timeout=60)
+def test_a_killed_rank_ends_the_job(tmp_path, launcher):
+    r = launch(2, "die", tmp_path, "kill", check=False, timeout=60, launcher=launcher)
     out = r.stdout + r.stderr
     assert r.returncode != 0 and "finished" not in out
     assert "signal 9" in out or "KILLED" in out.upper(), out
 
 
-@needs_mpi
-def test_a_rank_that_stops_answering_times_out_with_a_message(tmp_path):
-    r = launch(2, "die", tmp_path, "stall", 2, check=False, timeout=60)
+def test_a_rank_that_stops_answering_times_out_with_a_message(tmp_path, launcher):
+    r = launch(2, "die", tmp_path, "stall", 2, check=False, timeout=60, launcher=launcher)
     out = r.stdout + r.stderr
     assert r.returncode != 0 and "finished" not in out
-    assert "rank 0 of 2: the gradient all-reduce (step 6 of this process) (allreduce of 421 " \
-           "float64 values) did not complete within 2 s" in out, out
+    # MPI all-reduces the gradient buffer; forked ranks sum it in their shared memory
+    kind = "allreduce" if launcher == "mpi" else "shared reduction"
+    assert f"rank 0 of 2: the gradient all-reduce (step 6 of this process) ({kind} of 421 " \
+           f"float64 values) did not complete within 2 s" in out, out
     assert "another rank has died or stopped responding. Aborting all ranks" in out
 
 
@@ -414,11 +444,10 @@ def _fit_result(out, name, size):
             json.loads((out / f"fit-{name}-history-rank0.json").read_text()))
 
 
-@needs_mpi
-def test_fit_on_two_ranks_is_fit_on_one_process_at_twice_the_batch(tmp_path):
+def test_fit_on_two_ranks_is_fit_on_one_process_at_twice_the_batch(tmp_path, launcher):
     """gpunn.fit under 2 ranks: sharded evaluation rows, checkpoints by rank 0, the same
     history and weights as one process at the global batch; every rank gets the same rows."""
-    launch(2, "fit", tmp_path, "two", "batch=50", "epochs=2")
+    launch(2, "fit", tmp_path, "two", "batch=50", "epochs=2", launcher=launcher)
     launch(0, "fit", tmp_path, "one", "batch=100", "epochs=2")
     (w2, h2), (w1, h1) = _fit_result(tmp_path, "two", 2), _fit_result(tmp_path, "one", 1)
     _history_equal(h2, h1)
@@ -429,16 +458,15 @@ def test_fit_on_two_ranks_is_fit_on_one_process_at_twice_the_batch(tmp_path):
     assert (tmp_path / "two" / "checkpoint.npz").exists()
 
 
-@needs_mpi
 @pytest.mark.parametrize("first,then", [(2, 0), (0, 2)], ids=["2 ranks then 1", "1 then 2 ranks"])
-def test_resume_on_another_number_of_ranks(tmp_path, first, then):
+def test_resume_on_another_number_of_ranks(tmp_path, first, then, launcher):
     """A run stopped mid-epoch (step 7 of 11) resumes on the other number of ranks with the
     run's global batch (100) and ends where an uninterrupted run ends."""
     batch = {2: "batch=50", 0: "batch=100"}
-    launch(first, "fit", tmp_path, "run", batch[first], "max_steps=7")
+    launch(first, "fit", tmp_path, "run", batch[first], "max_steps=7", launcher=launcher)
     # on 2 ranks, 50 each; on 1 rank the run's global batch of 2 x 50, as gpunn train does
     again = ["batch=50"] if then else ["batch=50", "global_batch=100"]
-    launch(then, "fit", tmp_path, "run", *again, "epochs=2", "resume=1")
+    launch(then, "fit", tmp_path, "run", *again, "epochs=2", "resume=1", launcher=launcher)
     launch(0, "fit", tmp_path, "ref", "batch=100", "epochs=2")
     (w, h), (w_ref, h_ref) = (_fit_result(tmp_path, "run", then or 1),
                               _fit_result(tmp_path, "ref", 1))
@@ -483,9 +511,9 @@ TRAIN = ["train", "--dataset", "synthetic", "--model", "model2", "--dtype", "flo
          "--eval-every", "2000", "--val-size", "0.1", "--no-progress", "--device", "cpu"]
 
 
-def gpunn_cli(ranks, *args, check=True, env=None, timeout=180):
+def gpunn_cli(ranks, *args, check=True, env=None, timeout=180, launcher="mpi"):
     return _run(ranks, [sys.executable, "-m", "gpunn.cli", *map(str, args)], timeout=timeout,
-                env=env, check=check)
+                env=env, check=check, launcher=launcher)
 
 
 def weights(run):
@@ -500,11 +528,10 @@ def assert_same_weights(a, b):
         assert rel(wa[k], wb[k]) <= 1e-12, (k, rel(wa[k], wb[k]))
 
 
-@needs_mpi
-def test_gpunn_train_on_two_ranks_writes_one_run(tmp_path):
+def test_gpunn_train_on_two_ranks_writes_one_run(tmp_path, launcher):
     """mpiexec -n 2 gpunn train: rank 0 alone writes the run and reports; the weights are
     those of one process at twice the batch."""
-    two = gpunn_cli(2, *TRAIN, "--batch-size", 50, "--epochs", 1, "--out", tmp_path / "two")
+    two = gpunn_cli(2, *TRAIN, "--batch-size", 50, "--epochs", 1, "--out", tmp_path / "two", launcher=launcher)
     gpunn_cli(0, *TRAIN, "--batch-size", 100, "--epochs", 1, "--out", tmp_path / "one")
     assert two.stdout.count("test accuracy") == 1 and two.stderr.count("[eval] epoch 1.00") == 1
     assert_same_weights(tmp_path / "two", tmp_path / "one")
@@ -516,14 +543,13 @@ def test_gpunn_train_on_two_ranks_writes_one_run(tmp_path):
     assert not (tmp_path / "two" / ".gpunn.lock").exists()     # released by rank 0
 
 
-@needs_mpi
 @pytest.mark.parametrize("first,then", [(2, 0), (0, 2)], ids=["2 ranks then 1", "1 then 2 ranks"])
-def test_gpunn_train_resumes_on_another_number_of_ranks(tmp_path, first, then):
+def test_gpunn_train_resumes_on_another_number_of_ranks(tmp_path, first, then, launcher):
     """A 2-rank run (2 x 50) resumed by one process trains at its global batch of 100, and a
     one-process run (100) resumed on 2 ranks at 2 x 50: both end as the uninterrupted run."""
     run = tmp_path / "run"
-    gpunn_cli(first, *TRAIN, "--batch-size", 50 if first else 100, "--epochs", 1, "--out", run)
-    again = gpunn_cli(then, "train", "--resume", run, "--epochs", 2, "--no-progress")
+    gpunn_cli(first, *TRAIN, "--batch-size", 50 if first else 100, "--epochs", 1, "--out", run, launcher=launcher)
+    again = gpunn_cli(then, "train", "--resume", run, "--epochs", 2, "--no-progress", launcher=launcher)
     assert "keeps the global batch of 100" in again.stderr, again.stderr
     gpunn_cli(0, *TRAIN, "--batch-size", 100, "--epochs", 2, "--out", tmp_path / "ref")
     assert_same_weights(run, tmp_path / "ref")
@@ -532,13 +558,12 @@ def test_gpunn_train_resumes_on_another_number_of_ranks(tmp_path, first, then):
     assert json.loads((run / "config.json").read_text())["ranks"] == (2 if first else 1)
 
 
-@needs_mpi
-def test_a_refused_run_directory_stops_every_rank_with_one_message(tmp_path):
+def test_a_refused_run_directory_stops_every_rank_with_one_message(tmp_path, launcher):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "config.json").write_text("{}")
     r = gpunn_cli(2, *TRAIN, "--batch-size", 50, "--epochs", 1, "--out", out, check=False,
-                  timeout=60)
+                  timeout=60, launcher=launcher)
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr.count("holds a run") == 1, r.stderr
 
@@ -553,8 +578,7 @@ def test_an_mpi_launch_without_mpi4py_says_what_to_install(tmp_path):
     assert "PMI_SIZE=2" in r.stderr and not (tmp_path / "r").exists()
 
 
-@needs_mpi
-def test_ctrl_c_stops_every_rank_at_the_same_step_and_resumes(tmp_path):
+def test_ctrl_c_stops_every_rank_at_the_same_step_and_resumes(tmp_path, launcher):
     """Ctrl-C to mpiexec reaches the ranks at slightly different moments; they agree to stop
     after the same step (else one would wait in the next all-reduce for the deadline), rank 0
     writes the checkpoint once, the job exits 130, and one process resumes the run to its end
@@ -562,10 +586,15 @@ def test_ctrl_c_stops_every_rank_at_the_same_step_and_resumes(tmp_path):
     import signal
     import time
     run = tmp_path / "run"
-    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "gpunn.cli", *TRAIN, "--batch-size", "50",
+    cmd = [sys.executable, "-m", "gpunn.cli", *TRAIN, "--batch-size", "50",
            "--epochs", "100", "--eval-every", "500", "--out", str(run)]
+    env = dict(ENV)
+    if launcher == "mpi":                 # mpiexec forwards the signal to every rank
+        cmd = [MPIEXEC, "-n", "2", *cmd]
+    else:                                 # only rank 0 (the parent) gets it here
+        env["GPUNN_PROCS"] = "2"
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=ENV)
+                         env=env)
     deadline = time.monotonic() + 60
     while not (run / "checkpoint.npz").exists() and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -338,10 +338,11 @@ def _split_threads(size: int) -> None:
 def _at_exit(comm: ShmComm):
     """Rank 0 leaves after its children: the job's exit status is the first failure's."""
     worst = comm.finish()
-    if worst:
+    if worst and worst != 130:                  # 130: Ctrl-C, which rank 0 reported
         _say(f"gpunn.distributed: a rank of {comm.size} ended with status {worst}")
         sys.stdout.flush()
         sys.stderr.flush()
+    if worst:
         os._exit(worst)
 
 
@@ -545,15 +546,23 @@ class SharedTraining:
     def reduce(self, weight: float, name: str) -> None:
         """The gradient average: scale, reduce own segment, gather the others."""
         comm, r, n = self.comm, self.rank, self.comm.size
-        for g in self.grads:
+        name = f"{name} (shared reduction of {sum(s.size for s in self.slots)} " \
+               f"{'/'.join(sorted({str(s.dtype) for s in self.slots}))} values)"
+        for g in self.mine:
             if weight != 1.0:
-                g[r] *= g.dtype.type(weight)
+                g *= g.dtype.type(weight)
         comm._wait(name)
         for g, segs in zip(self.grads, self.segments):
             s = segs[r]
-            np.add(g[0, s], g[1, s], out=g[r, s])
+            own = g[r, s]
+            # in rank order; with more than two ranks into scratch first, since this rank's
+            # own term (read after the first two) must not be overwritten before it is read
+            acc = own if n == 2 else np.empty_like(own)
+            np.add(g[0, s], g[1, s], out=acc)
             for k in range(2, n):
-                np.add(g[r, s], g[k, s], out=g[r, s])
+                np.add(acc, g[k, s], out=acc)
+            if acc is not own:
+                own[...] = acc
         comm._wait(name)
         for g, segs in zip(self.grads, self.segments):
             for k in range(n):
