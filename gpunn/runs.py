@@ -57,6 +57,7 @@ class RunConfig:
     model_source: dict | None = field(default=None, metadata={"recorded": True})
     data_info: dict | None = field(default=None, metadata={"recorded": True})
     tensorboard: bool = False        # also write TensorBoard event files (tensorboardX extra)
+    sync_bn: bool = False            # data-parallel: batch-norm over all ranks (SyncBatchNorm)
     # recorded: the ranks the run started with (mpiexec -n N); batch_size is per rank, so the
     # run's global batch is batch_size x ranks, kept by every resume (gpunn/distributed/run.py)
     ranks: int = field(default=1, metadata={"recorded": True})
@@ -142,6 +143,9 @@ def build_all(cfg: RunConfig, device=None):
     from .optim import SGD, Adam, CosineAnnealingLR, ExponentialLR, StepLR
 
     data, model = data_and_model(cfg)
+    if cfg.sync_bn:
+        from .layers.norm import to_sync_batchnorm
+        to_sync_batchnorm(model)              # the world's ranks (alone: plain batch-norm)
     dev = resolve_device(cfg.device if device is None else device)
     model.to(dev)
     # Conv2d+ReLU, ReLU+MaxPool2d as one step each (the same numbers): one kernel each on a

@@ -63,6 +63,9 @@ def main(argv=None):
     ap.add_argument("--threads", default="2,1")
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--impls", default="gpunn,torch")
+    ap.add_argument("--procs", action="store_true",
+                    help="also gpunn train --procs's step (one process per thread of the "
+                         "largest --threads), against torch at that thread count")
     a = ap.parse_args(argv)
     sys.path.insert(0, ".")
     import torch
@@ -75,6 +78,13 @@ def main(argv=None):
     setters = {"gpunn": set_num_threads, "torch": torch.set_num_threads}
     for model in a.models.split(","):
         steps = {i: make_step(i, model, a.batch, "cpu") for i in impls}
+        procs = None
+        if a.procs:
+            set_num_threads(max(threads))
+            procs = make_step("gpunn-procs", model, a.batch, "cpu")
+            for _ in range(3):
+                procs.run()
+            ptimes = []
         for i, s in steps.items():
             for t in threads:
                 setters[i.split("-")[0]](t)
@@ -87,10 +97,15 @@ def main(argv=None):
                 print(f"# {model}: no quiet window in 120 s; timing anyway", flush=True)
             got = {(i, t): _block(steps[i], t, setters[i.split("-")[0]])
                    for t in threads for i in impls}
+            if procs is not None:
+                got["procs"] = _block(procs, max(threads), lambda t: None)
             if _busy_fraction(0.3) > 0.15:        # someone else came in: drop the window
                 continue
             for k, v in got.items():
-                times[k].append(v)
+                if k == "procs":
+                    ptimes.append(v)
+                else:
+                    times[k].append(v)
             kept += 1
         row = [model]
         for t in threads:
@@ -100,6 +115,12 @@ def main(argv=None):
                 r = statistics.median(x / y for x, y in zip(times[(impls[0], t)],
                                                           times[(impls[1], t)]))
                 row.append(f"{impls[0]}/{impls[1]} {t}thr {r:.2f}")
+        if procs is not None:
+            t = max(threads)
+            r = statistics.median(x / y for x, y in zip(ptimes, times[("torch", t)]))
+            row += [f"gpunn --procs {t} {1e3 * statistics.median(ptimes):.2f} ms",
+                    f"procs/torch {t}thr {r:.2f}"]
+            procs.close()
         print(" | ".join(row), flush=True)
 
 

@@ -543,6 +543,26 @@ def test_gpunn_train_on_two_ranks_writes_one_run(tmp_path, launcher):
     assert not (tmp_path / "two" / ".gpunn.lock").exists()     # released by rank 0
 
 
+def test_gpunn_train_sync_bn_on_two_ranks_is_batchnorm_on_the_global_batch(tmp_path, launcher):
+    """--sync-bn: cnn-bn (batch-norm after a convolution, no dropout) on 2 x 50 ends with the
+    weights and running statistics of one process at 100; without it (per-rank statistics,
+    PyTorch DDP's default) the weights differ."""
+    args = [a if a != "model2" else "cnn-bn" for a in TRAIN] + ["--dropout", "0", "--epochs", 1,
+                                                               "--max-steps", 30]
+    gpunn_cli(2, *args, "--batch-size", 50, "--sync-bn", "--out", tmp_path / "sync",
+              launcher=launcher)
+    gpunn_cli(2, *args, "--batch-size", 50, "--out", tmp_path / "per-rank", launcher=launcher)
+    gpunn_cli(0, *args, "--batch-size", 100, "--out", tmp_path / "one")
+    # 1e-10, not 1e-12: 30 steps of a 4.9M-parameter network whose first layer's gradient
+    # goes through batch-norm's normalisation, which amplifies the rounding of sums taken in
+    # another order (the 1e-12 check of SyncBatchNorm itself is the scenario above)
+    sync, w, one = (weights(tmp_path / d) for d in ("sync", "per-rank", "one"))
+    assert sync.keys() == one.keys() and one
+    assert max(rel(sync[k], one[k]) for k in one) <= 1e-10
+    assert max(rel(w[k], one[k]) for k in one) > 1e-6
+    assert json.loads((tmp_path / "sync" / "config.json").read_text())["sync_bn"] is True
+
+
 @pytest.mark.parametrize("first,then", [(2, 0), (0, 2)], ids=["2 ranks then 1", "1 then 2 ranks"])
 def test_gpunn_train_resumes_on_another_number_of_ranks(tmp_path, first, then, launcher):
     """A 2-rank run (2 x 50) resumed by one process trains at its global batch of 100, and a

@@ -75,6 +75,10 @@ def _train_options(f):
         click.option("--graph/--no-graph", default=DEFAULTS["graph"], show_default=True,
                      help="CUDA: capture the training step into a CUDA graph and replay it per "
                           "batch (same results; off by default until measured on a GPU)."),
+        click.option("--sync-bn/--no-sync-bn", default=DEFAULTS["sync_bn"], show_default=True,
+                     help="Data-parallel (--procs, mpiexec): batch-norm statistics over every rank's samples "
+                          "(SyncBatchNorm: the single-process batch-norm of the global batch) instead of per rank "
+                          "(PyTorch DDP's default). Alone it changes nothing."),
         click.option("--tensorboard/--no-tensorboard", default=DEFAULTS["tensorboard"], show_default=True,
                      help="Also write TensorBoard event files to RUN/tensorboard (needs: pip install 'gpunn[tensorboard]')."),
     ]
