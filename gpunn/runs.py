@@ -144,8 +144,8 @@ def build_all(cfg: RunConfig, device=None):
 
     data, model = data_and_model(cfg)
     if cfg.sync_bn:
-        from .layers.norm import to_sync_batchnorm
-        to_sync_batchnorm(model)              # the world's ranks (alone: plain batch-norm)
+        from .layers.norm import SyncBatchNorm
+        SyncBatchNorm.convert_sync_batchnorm(model)    # the world's ranks (alone: batch-norm)
     dev = resolve_device(cfg.device if device is None else device)
     model.to(dev)
     # Conv2d+ReLU, ReLU+MaxPool2d as one step each (the same numbers): one kernel each on a

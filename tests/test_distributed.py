@@ -150,6 +150,39 @@ def test_dropout_rank_is_folded_into_the_stream():
     np.testing.assert_array_equal(layer.forward(x, train=True), m0)
 
 
+def test_convert_sync_batchnorm_keeps_the_layers_state():
+    """Every BatchNorm1d/2d becomes a SyncBatchNorm in place: the same Parameters (still in the
+    flat buffer the optimizer updates), running statistics and settings."""
+    m = gpunn.build_model("cnn-bn", (1, 8, 8), 10, seed=0)
+    bn = m[2]
+    gamma, flat = bn.params["gamma"], m.parameters()[2].flat
+    bn.buffers["running_mean"][...] = 0.25
+    assert gpunn.SyncBatchNorm.convert_sync_batchnorm(m) == 1
+    assert type(m[2]) is gpunn.SyncBatchNorm and m[2] is bn
+    assert bn.params["gamma"] is gamma and m.parameters()[2].flat is flat
+    assert (bn.buffers["running_mean"] == 0.25).all() and bn.eps == 1e-5
+    x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+    m.forward(x, train=True)                                   # alone: plain batch-norm
+    assert gpunn.SyncBatchNorm.convert_sync_batchnorm(m) == 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--procs", "2", "--device", "cuda"], "runs on the CPU only"),
+    (["--procs", "2", "--distributed"], "does not combine with --distributed"),
+])
+def test_procs_refuses_what_it_cannot_do(tmp_path, args, message):
+    r = gpunn_cli(0, *TRAIN[:-2], "--max-steps", 1, "--out", tmp_path / "r", *args,
+                  check=False, timeout=60)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_bad_gpunn_procs_says_so(tmp_path):
+    r = gpunn_cli(0, *TRAIN, "--max-steps", 1, "--out", tmp_path / "r", check=False,
+                  timeout=60, env={"GPUNN_PROCS": "two"})
+    assert r.returncode == 2 and "GPUNN_PROCS must be a whole number" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("shape,ref", [((9, 3, 4, 5), gpunn.BatchNorm2d),
                                        ((9, 3), gpunn.BatchNorm1d)])
 def test_sync_batchnorm_alone_is_batchnorm(shape, ref):

@@ -90,7 +90,7 @@ def _gpunn_procs_step(model, batch, device, procs=None):
     from ..distributed.data import shard
     from ..distributed.shm import launch
     from ..fuse import fuse
-    from ..layers.norm import to_sync_batchnorm
+    from ..layers.norm import SyncBatchNorm
     from ..losses import CrossEntropyLoss
     from ..optim import SGD
     from ..threads import get_num_threads, set_num_threads
@@ -106,7 +106,7 @@ def _gpunn_procs_step(model, batch, device, procs=None):
     set_num_threads(max(1, threads // procs))
     try:
         m = build_model(model, input_shape(model), 10, seed=0)
-        to_sync_batchnorm(m, comm)              # the statistics of the whole batch, as alone
+        SyncBatchNorm.convert_sync_batchnorm(m, comm)   # the whole batch's statistics
         fuse(m)
         opt = SGD(m.parameters(), lr=LR, momentum=MOMENTUM)
         broadcast_model(m, comm)

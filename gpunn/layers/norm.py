@@ -14,7 +14,7 @@ from ..backend import check_dtype
 from ..ops.norm import batchnorm_backward, batchnorm_forward
 from .base import Layer
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "SyncBatchNorm", "to_sync_batchnorm"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "SyncBatchNorm"]
 
 
 class _BatchNorm(Layer):
@@ -119,6 +119,20 @@ class SyncBatchNorm(_BatchNorm):
         self.comm = comm
         self.grad_weight = None
 
+    @classmethod
+    def convert_sync_batchnorm(cls, model, comm=None) -> int:
+        """Make every BatchNorm1d/2d inside ``model`` a SyncBatchNorm (statistics of the
+        global batch over ``comm``'s ranks), in place, as torch's ``convert_sync_batchnorm``;
+        each layer keeps its parameters (and their places in the flat buffers), running
+        statistics and settings. Returns how many were converted."""
+        count = 0
+        for layer in model.walk():
+            if isinstance(layer, (BatchNorm1d, BatchNorm2d)):
+                layer.__class__ = cls            # same state, another forward/backward
+                layer.comm, layer.grad_weight = comm, None
+                count += 1
+        return count
+
     def _world(self):
         if self.comm is not None:
             return self.comm
@@ -195,16 +209,3 @@ class SyncBatchNorm(_BatchNorm):
         s2 = (g[C:] * scale).astype(dout.dtype).reshape(bshape)
         return (dout - s1 - xhat * s2) * (gamma * inv_std)
 
-
-def to_sync_batchnorm(model, comm=None) -> int:
-    """Make every BatchNorm1d/2d inside ``model`` a :class:`SyncBatchNorm` (statistics of the
-    global batch over ``comm``'s ranks), in place, as torch's ``convert_sync_batchnorm``; the
-    layer keeps its parameters (and their places in the flat buffers), running statistics
-    and settings. Returns how many were converted."""
-    count = 0
-    for layer in model.walk():
-        if isinstance(layer, (BatchNorm1d, BatchNorm2d)):
-            layer.__class__ = SyncBatchNorm    # same state, another forward/backward
-            layer.comm, layer.grad_weight = comm, None
-            count += 1
-    return count
