@@ -39,6 +39,7 @@ from .comm import DEFAULT_TIMEOUT, Communicator, _check_buffer, _check_op, _say,
 __all__ = ["ShmComm", "launch", "SLOT_BYTES", "MAX_PROCS"]
 
 ARENA_MAX = 16 << 30
+REDUCE_PIECE = 1 << 15      # elements per piece of the shared reduction (in L2 with its inputs)
 SLOT_BYTES = 8 << 20         # per rank: an all-reduce moves at most this much per round
 MAX_PROCS = 256
 _HEADER = 64                 # per slot: the length of a pickled object (int64)
@@ -62,9 +63,10 @@ class _Shared:
         ctx = mp.get_context("fork")
         self.size, self.slot_bytes = size, slot_bytes
         self.stride = _HEADER + slot_bytes
-        self.ctl = 8 * size + 512                             # counts, then `failed`
+        self.ctl = 16 * size + 512               # counts, each rank's weight, then `failed`
         self.mem = mmap.mmap(-1, self.ctl + size * self.stride)   # MAP_SHARED | ANONYMOUS
         self.counts = np.frombuffer(self.mem, dtype=np.int64, count=size)
+        self.weights = np.frombuffer(self.mem, dtype=np.float64, count=size, offset=8 * size)
         self.spin = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
         try:
             cores = len(os.sched_getaffinity(0))
@@ -88,13 +90,13 @@ class _Shared:
 
     @property
     def failed(self) -> str:
-        raw = self.mem[8 * self.size:8 * self.size + 512]
+        raw = self.mem[16 * self.size:16 * self.size + 512]
         return raw.split(b"\0", 1)[0].decode(errors="replace")
 
     def fail(self, why: str) -> None:
         if not self.failed:
             b = why.encode()[:511]
-            self.mem[8 * self.size:8 * self.size + len(b)] = b
+            self.mem[16 * self.size:16 * self.size + len(b)] = b
         if self.mp_barrier is not None:
             try:
                 self.mp_barrier.abort()
@@ -544,25 +546,43 @@ class SharedTraining:
                    for j, slot in enumerate(self.slots)) and opt.slots == self.slots
 
     def reduce(self, weight: float, name: str) -> None:
-        """The gradient average: scale, reduce own segment, gather the others."""
-        comm, r, n = self.comm, self.rank, self.comm.size
+        """The gradient average sum_k w_k g_k: reduce own segment, gather the others.
+
+        Each rank's weight w_k (n_k / N) goes through shared memory and is applied inside
+        the reduction, piece by piece in cache, instead of as a pass of its own over every
+        rank's whole buffer. Equal weights (every batch but a short last one): the sum in
+        rank order, then one multiply: w (g_0 + g_1) is exactly w g_0 + w g_1 for w = 1/2,
+        and within rounding of it otherwise."""
+        comm, r, n, sh = self.comm, self.rank, self.comm.size, self.comm._sh
         name = f"{name} (shared reduction of {sum(s.size for s in self.slots)} " \
                f"{'/'.join(sorted({str(s.dtype) for s in self.slots}))} values)"
-        for g in self.mine:
-            if weight != 1.0:
-                g *= g.dtype.type(weight)
+        sh.weights[r] = weight
         comm._wait(name)
+        ws = [float(w) for w in sh.weights]
+        equal = all(w == ws[0] for w in ws)
         for g, segs in zip(self.grads, self.segments):
             s = segs[r]
-            own = g[r, s]
-            # in rank order; with more than two ranks into scratch first, since this rank's
-            # own term (read after the first two) must not be overwritten before it is read
-            acc = own if n == 2 else np.empty_like(own)
-            np.add(g[0, s], g[1, s], out=acc)
-            for k in range(2, n):
-                np.add(acc, g[k, s], out=acc)
-            if acc is not own:
-                own[...] = acc
+            t = g.dtype.type
+            scratch = np.empty(min(REDUCE_PIECE, s.stop - s.start), dtype=g.dtype)
+            for lo in range(s.start, s.stop, REDUCE_PIECE):
+                hi = min(lo + REDUCE_PIECE, s.stop)
+                own = g[r, lo:hi]
+                # with more than two ranks, or weights applied term by term, the sum goes
+                # into scratch: this rank's own term must not be overwritten before it is read
+                acc = own if (equal and n == 2) else scratch[:hi - lo]
+                if equal:
+                    np.add(g[0, lo:hi], g[1, lo:hi], out=acc)
+                    for k in range(2, n):
+                        np.add(acc, g[k, lo:hi], out=acc)
+                    if ws[0] != 1.0:
+                        acc *= t(ws[0])
+                else:
+                    tmp = np.empty_like(acc)
+                    np.multiply(g[0, lo:hi], t(ws[0]), out=acc)
+                    for k in range(1, n):
+                        acc += np.multiply(g[k, lo:hi], t(ws[k]), out=tmp)
+                if acc is not own:
+                    own[...] = acc
         comm._wait(name)
         for g, segs in zip(self.grads, self.segments):
             for k in range(n):
