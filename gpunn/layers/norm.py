@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module
+from ..backend import backend_of, get_array_module
 from ..errors import ShapeError
 from ..backend import check_dtype
 from ..ops.norm import batchnorm_backward, batchnorm_forward
@@ -157,6 +157,8 @@ class SyncBatchNorm(_BatchNorm):
             return gamma * xhat + beta
         comm = self._world()
         m_local = x.size // C
+        if not backend_of(x).kernels:        # the NumPy bodies (not a GPU, not emulated)
+            return self._forward_cpu(x, comm, m_local)
         s = xp.empty(C + 1, dtype=np.float64)
         s[:C] = x.sum(axis=axes, dtype=np.float64)
         s[C] = m_local
@@ -181,7 +183,65 @@ class SyncBatchNorm(_BatchNorm):
         self._cache = (xhat, inv_std, True, (m_local, count))
         return gamma * xhat + beta
 
+    # -- the CPU path: gpunn/ops/norm.py's chunked passes, the ranks' sums combined between --
+    def _forward_cpu(self, x, comm, m_local):
+        """One read of x for the statistics (per chunk, combined in float64), the ranks'
+        (count, mean, sum of squared deviations) gathered and combined in rank order (Chan
+        et al.), then one normalising pass."""
+        C = self.num_features
+        me = self
+
+        def combine(m, mean, m2):
+            table = np.zeros((comm.size, 2 * C + 1))
+            table[comm.rank] = np.concatenate([[m], mean, m2])
+            comm.allreduce(table, "sum", name=f"{me!r}: the batch statistics")
+            count, mu, q = 0.0, np.zeros(C), np.zeros(C)
+            for row in table:                   # rank order: every rank gets the same bits
+                n_r, mu_r, q_r = row[0], row[1:C + 1], row[C + 1:]
+                if n_r == 0:
+                    continue
+                total = count + n_r
+                delta = mu_r - mu
+                mu = mu + delta * (n_r / total)
+                q = q + q_r + delta * delta * (count * n_r / total)
+                count = total
+            if count < 2:
+                raise ShapeError(f"{me!r}: training needs more than one value per feature over "
+                                 f"all ranks, got {int(count)} (input shape {tuple(x.shape)} "
+                                 f"here)")
+            me._counts = (m_local, count)
+            return count, mu, q
+        x4 = x if x.ndim == 4 else x.reshape(x.shape[0], C, 1)
+        y, cache = batchnorm_forward(x4, self.params["gamma"], self.params["beta"],
+                                     self.buffers["running_mean"], self.buffers["running_var"],
+                                     self.eps, self.momentum, True, combine=combine)
+        self._cache = ("cpu", cache, x.shape)
+        return y.reshape(x.shape)
+
+    def _backward_cpu(self, dout):
+        _, cache, shape = self._cache
+        if dout.shape != shape:
+            raise ShapeError(f"{self!r}: backward expected dout of shape {tuple(shape)}, "
+                             f"got {tuple(dout.shape)}")
+        C, comm = self.num_features, self._world()
+        m_local, count = self._counts
+        w = self.grad_weight if self.grad_weight is not None else m_local / count
+        me = self
+
+        def combine(dbeta, dgamma, m):
+            g = np.concatenate([dbeta * w, dgamma * w])
+            comm.allreduce(g, "sum", name=f"{me!r}: the backward sums")
+            scale = 1 / (w * count)
+            return g[:C] * scale, g[C:] * scale
+        d = dout if dout.ndim == 4 else dout.reshape(dout.shape[0], C, 1)
+        dx, dgamma, dbeta = batchnorm_backward(d, cache, self.params["gamma"], combine=combine)
+        self.store_grad("gamma", dgamma)
+        self.store_grad("beta", dbeta)
+        return dx.reshape(shape)
+
     def backward(self, dout):
+        if self._cache is not None and isinstance(self._cache[0], str):
+            return self._backward_cpu(dout)
         xhat, inv_std, batch_stats, counts = self._need_cache("_cache")
         if dout.shape != xhat.shape:
             raise ShapeError(f"{self!r}: backward expected dout of shape {tuple(xhat.shape)}, "

@@ -57,11 +57,14 @@ def _update_running(rm, rv, mean, var, m, momentum):
 # -- forward ------------------------------------------------------------------------------------
 @op
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, eps: float, momentum: float,
-                      train: bool):
+                      train: bool, combine=None):
     """x: (N, C, ...) -> (y of x's shape, cache for :func:`batchnorm_backward`).
 
     train: batch statistics, and running_mean / running_var updated in place; else the
-    running estimates normalise.
+    running estimates normalise. ``combine(count, mean, m2) -> (count, mean, m2)``: this
+    process's statistics (float64 (C,) mean and sum of squared deviations over ``count``
+    values) to those of the whole batch over every rank (SyncBatchNorm); None: this process's
+    batch is the batch.
     """
     x3 = _as3(x)
     n, c, s = x3.shape
@@ -79,6 +82,8 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, eps: float, mom
         parts = parallel_chunks(stats, n, chunk, work=_WORK * x3.size)
         mean = sum(cnt * mu for cnt, mu, _ in parts) / m            # float64 (C,)
         m2 = sum(q + cnt * (mu - mean) ** 2 for cnt, mu, q in parts)
+        if combine is not None:
+            m, mean, m2 = combine(m, mean, m2)
         var64 = m2 / m
         mean_t, var_t = mean.astype(x.dtype), var64.astype(x.dtype)
         _update_running(running_mean, running_var, mean_t, var_t, m, momentum)
@@ -97,7 +102,11 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, eps: float, mom
 
 
 @batchnorm_forward.cuda
-def _batchnorm_forward_cuda(b, x, gamma, beta, running_mean, running_var, eps, momentum, train):
+def _batchnorm_forward_cuda(b, x, gamma, beta, running_mean, running_var, eps, momentum, train,
+                            combine=None):
+    if combine is not None:
+        raise NotImplementedError("batchnorm_forward: combine= is the CPU body's (SyncBatchNorm "
+                                  "computes its GPU statistics itself)")
     xp = b.xp
     T = x.dtype.type
     bshape = (1, -1) + (1,) * (x.ndim - 2)
@@ -123,8 +132,11 @@ def _batchnorm_forward_cuda(b, x, gamma, beta, running_mean, running_var, eps, m
 
 # -- backward -----------------------------------------------------------------------------------
 @op
-def batchnorm_backward(dout, cache, gamma):
-    """dout: the output's gradient -> (dx, dgamma (C,), dbeta (C,))."""
+def batchnorm_backward(dout, cache, gamma, combine=None):
+    """dout: the output's gradient -> (dx, dgamma (C,), dbeta (C,)). ``combine(dbeta, dgamma,
+    m) -> (s1, s2)``: this process's float64 sums over its m values to the two means the
+    gradient subtracts, over the whole batch of every rank (SyncBatchNorm); None: dbeta / m
+    and dgamma / m."""
     kind, x3, mean, inv_std, batch_stats = cache
     d3 = _as3(dout)
     n, c, s = d3.shape
@@ -149,8 +161,12 @@ def batchnorm_backward(dout, cache, gamma):
         parallel_chunks(scale_only, n, chunk, work=_WORK * d3.size)
         return dx.reshape(dout.shape), dgamma, dbeta
     m = n * s
-    b1 = (dbeta / T(m))[None, :, None]
-    b2 = (dgamma / T(m))[None, :, None]
+    if combine is not None:
+        s1, s2 = combine(sum(p[0] for p in parts), sum(p[1] for p in parts), m)
+        b1, b2 = s1.astype(dout.dtype)[None, :, None], s2.astype(dout.dtype)[None, :, None]
+    else:
+        b1 = (dbeta / T(m))[None, :, None]
+        b2 = (dgamma / T(m))[None, :, None]
 
     def grad(lo, hi):
         xhat = (x3[lo:hi] - mu) * istd
@@ -164,7 +180,9 @@ def batchnorm_backward(dout, cache, gamma):
 
 
 @batchnorm_backward.cuda
-def _batchnorm_backward_cuda(b, dout, cache, gamma):
+def _batchnorm_backward_cuda(b, dout, cache, gamma, combine=None):
+    if combine is not None:
+        raise NotImplementedError("batchnorm_backward: combine= is the CPU body's")
     _, xhat, _, inv_std, batch_stats = cache
     axes = (0,) + tuple(range(2, dout.ndim))
     bshape = (1, -1) + (1,) * (dout.ndim - 2)
