@@ -71,7 +71,7 @@ def test_quick_bench_end_to_end(tmp_path):
     from gpunn.cli import main
     r = CliRunner().invoke(main, ["bench", "--quick", "--models", "cnn-bn", "--batch", "8",
                                   "--seconds", "0.05", "--device", "cpu", "--out",
-                                  str(tmp_path), "--json"])
+                                  str(tmp_path), "--json", "--procs", "2"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
     assert res["meta"]["threads"] >= 1 and "commit" in res["meta"]     # None outside git
@@ -82,16 +82,19 @@ def test_quick_bench_end_to_end(tmp_path):
         assert g["epoch_s"] == pytest.approx(g["step_ms"] / 1e3 * 7500)
         assert g["peak_bytes"] > 0, g
         assert c["floor"]["flops"] > 0 and c["floor"]["floor_ms"] > 0
+        p = c["impls"]["gpunn-procs"]                 # 2 forked processes x 4 samples
+        assert p["step_ms"] > 0 and p["rounds"] >= 3 and "peak_bytes" not in p
         try:
             import torch  # noqa: F401
         except ImportError:
             assert "torch" not in c["impls"]
         else:
             assert c["impls"]["torch"]["step_ms"] > 0 and "gpunn/torch" in c["ratios"]
+            assert "gpunn-procs/torch" in c["ratios"]
     written = sorted(p.suffix for p in tmp_path.iterdir())
     assert written == [".json", ".md"]
     md = next(tmp_path.glob("*.md")).read_text()
-    assert "| cnn-bn | cpu | 8 |" in md and "Floors" in md
+    assert "| cnn-bn | cpu | 8 |" in md and "Floors" in md and "gpunn --procs ms" in md
 
 
 def test_bench_errors_name_the_problem():

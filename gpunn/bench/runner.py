@@ -54,6 +54,7 @@ class BenchConfig:
     torch: bool = True
     quick: bool = False
     log: object = None                 # callable(str) for progress lines
+    procs: int | None = None           # the gpunn --procs column's processes (None: threads)
 
 
 @dataclass
@@ -70,12 +71,12 @@ class Case:
                 "impls": self.impls, "ratios": self.ratios, "floor": self.floor}
 
 
-def _impls_for(device: str, with_torch: bool) -> list:
+def _impls_for(device: str, with_torch: bool, procs: int | None = None) -> list:
     from ..threads import get_num_threads
     impls = ["gpunn"]
     if device.startswith("cuda"):
         impls.append("gpunn-graph")
-    elif get_num_threads() > 1:
+    elif (procs or get_num_threads()) > 1:
         impls.append("gpunn-procs")             # gpunn train --procs: one process per thread
     if with_torch:
         impls.append("torch")
@@ -144,11 +145,11 @@ def run_case(model: str, device: str, batch: int, cfg: BenchConfig, rates: dict)
     from ..zoo import build_model
     case = Case(model, device, batch)
     cuda = device.startswith("cuda")
-    names = _impls_for(device, cfg.torch)
+    names = _impls_for(device, cfg.torch, cfg.procs)
     steps = {}
     for name in names:
         try:
-            steps[name] = make_step(name, model, batch, device)
+            steps[name] = make_step(name, model, batch, device, procs=cfg.procs)
         except Unavailable as e:
             case.impls[name] = {"error": str(e)}
         except Exception as e:                         # a failure is a result, not a crash

@@ -42,12 +42,13 @@ def _batch(model, batch, seed=0):
     return x, y
 
 
-def make_step(impl: str, model: str, batch: int, device: str) -> Step:
-    """A ready (built, on ``device``, not yet warmed up) step of ``impl`` in IMPLS."""
+def make_step(impl: str, model: str, batch: int, device: str, procs: int | None = None) -> Step:
+    """A ready (built, on ``device``, not yet warmed up) step of ``impl`` in IMPLS
+    (``procs``: gpunn-procs's process count; None: one per gpunn thread)."""
     if impl in ("gpunn", "gpunn-graph"):
         return _gpunn_step(model, batch, device, graph=impl == "gpunn-graph")
     if impl == "gpunn-procs":
-        return _gpunn_procs_step(model, batch, device)
+        return _gpunn_procs_step(model, batch, device, procs)
     if impl in ("torch", "torch-graph"):
         return _torch_step(model, batch, device, graph=impl == "torch-graph")
     raise ValueError(f"unknown implementation {impl!r}; choose one of {', '.join(IMPLS)}")
@@ -101,9 +102,10 @@ def _gpunn_procs_step(model, batch, device, procs=None):
     threads = get_num_threads()
     procs = int(procs or threads)
     if procs < 2:
-        raise Unavailable("one thread: nothing to split between processes")
-    comm = launch(procs)
-    set_num_threads(max(1, threads // procs))
+        raise Unavailable("one process: nothing to split between processes")
+    if batch < procs:
+        raise Unavailable(f"a batch of {batch} cannot be split between {procs} processes")
+    comm = launch(procs)                        # splits the threads between the processes
     try:
         m = build_model(model, input_shape(model), 10, seed=0)
         SyncBatchNorm.convert_sync_batchnorm(m, comm)   # the whole batch's statistics
@@ -137,7 +139,7 @@ def _gpunn_procs_step(model, batch, device, procs=None):
         cmd[0] = 0
         comm.broadcast(cmd, name="the bench's step command")
         comm.finish()
-        set_num_threads(threads)
+        set_num_threads(threads)                # launch() gave each process its share
     return Step(run, lambda: None, close, notes=[f"{procs} processes x batch "
                                                  f"{hi - lo} (SyncBatchNorm)"])
 

@@ -38,12 +38,15 @@ def _split(s):
               help="Write the results into --out.")
 @click.option("--profile", is_flag=True,
               help="Instead: per-layer forward/backward times of gpunn's step for each model.")
+@click.option("--procs", type=click.IntRange(min=1), default=None,
+              help="Processes for the 'gpunn --procs' column (gpunn train --procs: the batch split "
+                   "between forked processes sharing the model) [one per thread; 1: no such column].")
 @click.option("--ranks", type=click.IntRange(min=2), default=None,
               help="Instead: data-parallel scaling on the CPU over N MPI ranks (mlp1000, model4, cnn-bn "
                    "by default): 1 rank x 1 thread, 1 rank x N threads, N ranks x 1 thread; needs the "
                    "mpi extra (gpunn/distributed/bench.py).")
 def bench(models, devices, batches, threads, seconds, quick, memory, with_torch, as_json, out,
-          save, profile, ranks):
+          save, profile, procs, ranks):
     """Time each zoo model's training step in gpunn and in PyTorch (the same network, weights
     copied) on each device, print one table with gpunn/PyTorch ratios and each model's floor,
     and write the results to docs/benchmarks/."""
@@ -98,7 +101,7 @@ def bench(models, devices, batches, threads, seconds, quick, memory, with_torch,
     cfg = BenchConfig(models=models, devices=devs, batches=bs, threads=threads,
                       seconds=seconds if seconds is not None else (1.0 if quick else 4.0),
                       min_rounds=3 if quick else 7, warmup=2 if quick else 3, memory=memory,
-                      torch=with_torch, quick=quick, log=log)
+                      torch=with_torch, quick=quick, log=log, procs=procs)
     result = run_bench(cfg)
     if save:
         paths = write_results(result, out)
