@@ -433,6 +433,10 @@ def launch(size: int, *, timeout: float | None = None,
     t = timeout_from_env() if timeout is None else float(timeout)
     if t < 0:
         raise ValueError(f"timeout must be >= 0 seconds (0: none), got {t}")
+    if size > 1 and not sys.platform.startswith("linux"):
+        # macOS's Accelerate and Windows have no safe fork of a process holding NumPy's BLAS
+        raise RuntimeError(f"--procs / GPUNN_PROCS forks processes, which gpunn supports on "
+                           f"Linux only (this is {sys.platform}); use mpiexec -n {size} instead")
     shared = _Shared(size, int(slot_bytes))
     sys.stdout.flush()
     sys.stderr.flush()
