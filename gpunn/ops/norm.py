@@ -45,6 +45,17 @@ def _as3(x):
     return x.reshape(x.shape[0], x.shape[1], -1)
 
 
+def _channel_dots(a, b):
+    """sum over n and s of a * b for each channel c; a, b: (n, C, S). For images (S >= 16) one
+    dot product per (sample, channel) row through matmul: measured 0.2-0.75x the time of
+    np.einsum("ncs,ncs->c"), which is an element-wise loop; for (N, F) inputs (S = 1) the
+    einsum (a matmul per element would be far slower)."""
+    if a.shape[2] < 16:
+        return np.einsum("ncs,ncs->c", a, b)
+    n, c, _ = a.shape
+    return np.matmul(a[:, :, None, :], b[:, :, :, None]).reshape(n, c).sum(axis=0)
+
+
 def _update_running(rm, rv, mean, var, m, momentum):
     T = rm.dtype.type
     mom = T(momentum)
@@ -78,7 +89,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, eps: float, mom
             cnt = (hi - lo) * s
             mu = xc.sum(axis=2).sum(axis=0) / T(cnt)                 # (C,)
             d = xc - mu[None, :, None]
-            return cnt, mu.astype(np.float64), np.einsum("ncs,ncs->c", d, d).astype(np.float64)
+            return cnt, mu.astype(np.float64), _channel_dots(d, d).astype(np.float64)
         parts = parallel_chunks(stats, n, chunk, work=_WORK * x3.size)
         mean = sum(cnt * mu for cnt, mu, _ in parts) / m            # float64 (C,)
         m2 = sum(q + cnt * (mu - mean) ** 2 for cnt, mu, q in parts)
@@ -147,9 +158,10 @@ def batchnorm_backward(dout, cache, gamma, combine=None):
 
     def sums(lo, hi):
         dc = d3[lo:hi]
-        xhat = (x3[lo:hi] - mu) * istd
+        # sum dout * xhat = inv_std * sum dout * (x - mean): the centred x, not xhat, per chunk
+        xc = x3[lo:hi] - mu
         return (dc.sum(axis=2).sum(axis=0).astype(np.float64),
-                np.einsum("ncs,ncs->c", dc, xhat).astype(np.float64))
+                _channel_dots(dc, xc).astype(np.float64) * inv_std.astype(np.float64))
     parts = parallel_chunks(sums, n, chunk, work=_WORK * d3.size)
     dbeta = sum(p[0] for p in parts).astype(dout.dtype)
     dgamma = sum(p[1] for p in parts).astype(dout.dtype)
@@ -168,13 +180,18 @@ def batchnorm_backward(dout, cache, gamma, combine=None):
         b1 = (dbeta / T(m))[None, :, None]
         b2 = (dgamma / T(m))[None, :, None]
 
+    # dx = k (dout - b1 - xhat b2) = k dout - k b1 - (x - mean) (k inv_std b2): per channel
+    # constants folded, so a chunk takes five passes in cache instead of six
+    kb1 = k * b1
+    c2 = k * istd * b2
+
     def grad(lo, hi):
-        xhat = (x3[lo:hi] - mu) * istd
-        xhat *= b2
+        t = x3[lo:hi] - mu
+        t *= c2
         out = dx[lo:hi]
-        np.subtract(d3[lo:hi], b1, out=out)
-        out -= xhat
-        out *= k
+        np.multiply(d3[lo:hi], k, out=out)
+        out -= t
+        out -= kb1
     parallel_chunks(grad, n, chunk, work=_WORK * d3.size)
     return dx.reshape(dout.shape), dgamma, dbeta
 
