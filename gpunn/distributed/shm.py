@@ -481,12 +481,13 @@ class SharedTraining:
     Per flat buffer: the parameter values and the optimizer's state once, for all ranks;
     gradients once per rank. A step is then (DistributedTrainStep):
 
-      backward  each rank writes its own gradient buffer (scaled by its weight n_r / N)
+      backward  each rank writes its own gradient buffer
       barrier   every gradient is complete
-      reduce    rank r sums segment r of every rank's gradients, in rank order, into its own
-      barrier   every segment is reduced
-      gather    each rank copies the other segments from their owners: now every rank holds
-                the whole averaged gradient, as after an MPI all-reduce (hooks see the same)
+      reduce    rank r sums segment r of every rank's gradients (weighted n_k / N), in rank
+                order, piece by piece, and writes each reduced piece into every rank's
+                buffer: now every rank holds the whole averaged gradient, as after an MPI
+                all-reduce (hooks see the same). Only rank r touches segment r, anywhere.
+      barrier   every segment is in every buffer
       update    rank r updates segment r of the shared parameters and state
       barrier   the parameters are complete for the next forward
 
@@ -550,7 +551,7 @@ class SharedTraining:
                    for j, slot in enumerate(self.slots)) and opt.slots == self.slots
 
     def reduce(self, weight: float, name: str) -> None:
-        """The gradient average sum_k w_k g_k: reduce own segment, gather the others.
+        """The gradient average sum_k w_k g_k: reduce own segment into every rank's buffer.
 
         Each rank's weight w_k (n_k / N) goes through shared memory and is applied inside
         the reduction, piece by piece in cache, instead of as a pass of its own over every
@@ -587,11 +588,10 @@ class SharedTraining:
                         acc += np.multiply(g[k, lo:hi], t(ws[k]), out=tmp)
                 if acc is not own:
                     own[...] = acc
-        comm._wait(name)
-        for g, segs in zip(self.grads, self.segments):
-            for k in range(n):
-                if k != r:
-                    g[r, segs[k]] = g[k, segs[k]]
+                for k in range(n):                # every rank's copy of segment r, now
+                    if k != r:
+                        g[k, lo:hi] = acc
+        comm._wait(name)                          # every segment is in every rank's buffer
 
     def update(self, name: str) -> None:
         """The optimizer's step on this rank's segment of every buffer, then a barrier."""
