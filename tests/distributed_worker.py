@@ -50,7 +50,7 @@ def optimizer(name, model):
     return gpunn.Adam(model.parameters(), lr=1e-2)
 
 
-def train(model, opt, x, y, per_rank_batch, steps, comm, hook=None, grad_hook=None):
+def train(model, opt, x, y, per_rank_batch, steps, comm, hook=None):
     """``steps`` steps at per-rank batch ``per_rank_batch``: data-parallel when comm has
     several ranks, the plain single-process loader and step otherwise."""
     loss = gpunn.CrossEntropyLoss()
@@ -59,8 +59,6 @@ def train(model, opt, x, y, per_rank_batch, steps, comm, hook=None, grad_hook=No
         dist.broadcast_optimizer(opt, comm)
         loader = dist.ShardedLoader(x, y, per_rank_batch, comm=comm, seed=3)
         step = dist.DistributedTrainStep(model, loss, opt, comm=comm, loader=loader)
-        if grad_hook is not None and grad_hook(comm):
-            step.after_backward.append(grad_hook(comm))
     else:
         loader = DataLoader(x, y, per_rank_batch, seed=3)
         step = TrainStep(model, loss, opt)
@@ -80,21 +78,12 @@ def save(out, name, comm, arrays):
     np.savez(os.path.join(out, f"{name}-rank{comm.rank}-of{comm.size}.npz"), **arrays)
 
 
-def equiv(out, per_rank_batch, steps="50", hooks="none"):
-    """hooks: "none"; "all": every rank adds an after_backward hook that may change the
-    gradient (here it does not), so forked ranks update after the hooks, not inside the
-    reduction; "rank0": only rank 0 adds it (the ranks must agree on one way)."""
+def equiv(out, per_rank_batch, steps="50"):
     comm = dist.init()
     x, y = data()
-
-    def grad_hook(comm):
-        if hooks == "all" or (hooks == "rank0" and comm.rank == 0):
-            return lambda step: None
-        return None
     for opt_name in ("sgd", "adam"):
         model = mlp()
-        train(model, optimizer(opt_name, model), x, y, int(per_rank_batch), int(steps), comm,
-              grad_hook=grad_hook)
+        train(model, optimizer(opt_name, model), x, y, int(per_rank_batch), int(steps), comm)
         save(out, f"equiv-{opt_name}", comm, model.state_dict())
 
 

@@ -63,11 +63,10 @@ class _Shared:
         ctx = mp.get_context("fork")
         self.size, self.slot_bytes = size, slot_bytes
         self.stride = _HEADER + slot_bytes
-        self.ctl = 24 * size + 512       # counts, each rank's weight and wish, then `failed`
+        self.ctl = 16 * size + 512               # counts, each rank's weight, then `failed`
         self.mem = mmap.mmap(-1, self.ctl + size * self.stride)   # MAP_SHARED | ANONYMOUS
         self.counts = np.frombuffer(self.mem, dtype=np.int64, count=size)
         self.weights = np.frombuffer(self.mem, dtype=np.float64, count=size, offset=8 * size)
-        self.wishes = np.frombuffer(self.mem, dtype=np.int64, count=size, offset=16 * size)
         self.spin = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
         try:
             cores = len(os.sched_getaffinity(0))
@@ -91,13 +90,13 @@ class _Shared:
 
     @property
     def failed(self) -> str:
-        raw = self.mem[24 * self.size:24 * self.size + 512]
+        raw = self.mem[16 * self.size:16 * self.size + 512]
         return raw.split(b"\0", 1)[0].decode(errors="replace")
 
     def fail(self, why: str) -> None:
         if not self.failed:
             b = why.encode()[:511]
-            self.mem[24 * self.size:24 * self.size + len(b)] = b
+            self.mem[16 * self.size:16 * self.size + len(b)] = b
         if self.mp_barrier is not None:
             try:
                 self.mp_barrier.abort()
@@ -551,12 +550,8 @@ class SharedTraining:
                    and all(opt.state[b][j] is a for b, a in self.state[j].items())
                    for j, slot in enumerate(self.slots)) and opt.slots == self.slots
 
-    def reduce(self, weight: float, name: str, update: bool = False) -> bool:
+    def reduce(self, weight: float, name: str) -> None:
         """The gradient average sum_k w_k g_k: reduce own segment into every rank's buffer.
-        ``update``: this rank would like the optimizer's step taken on each reduced piece
-        while it is in cache (nothing between the reduction and the update may change the
-        gradient here); done only if every rank wishes it, so all take the same barriers.
-        Returns whether it was done (then :meth:`finish_update` instead of :meth:`update`).
 
         Each rank's weight w_k (n_k / N) goes through shared memory and is applied inside
         the reduction, piece by piece in cache, instead of as a pass of its own over every
@@ -567,15 +562,10 @@ class SharedTraining:
         name = f"{name} (shared reduction of {sum(s.size for s in self.slots)} " \
                f"{'/'.join(sorted({str(s.dtype) for s in self.slots}))} values)"
         sh.weights[r] = weight
-        sh.wishes[r] = 1 if update else 0
         comm._wait(name)
         ws = [float(w) for w in sh.weights]
         equal = all(w == ws[0] for w in ws)
-        update = bool(sh.wishes.min())
-        opt = self.optimizer
-        if update:
-            opt.t += 1
-        for j, (g, segs) in enumerate(zip(self.grads, self.segments)):
+        for g, segs in zip(self.grads, self.segments):
             s = segs[r]
             t = g.dtype.type
             scratch = np.empty(min(REDUCE_PIECE, s.stop - s.start), dtype=g.dtype)
@@ -601,16 +591,7 @@ class SharedTraining:
                 for k in range(n):                # every rank's copy of segment r, now
                     if k != r:
                         g[k, lo:hi] = acc
-                if update:
-                    opt._update(self.values[j][lo:hi], own,
-                                {b: a[lo:hi] for b, a in self.state[j].items()})
         comm._wait(name)                          # every segment is in every rank's buffer
-        return update
-
-    def finish_update(self) -> None:
-        """After a :meth:`reduce` that updated: nothing left to wait for. Its barrier already
-        saw every rank's update, the next forward reads complete parameters, and no rank
-        reads another's gradient buffer until the next step's reduction."""
 
     def update(self, name: str) -> None:
         """The optimizer's step on this rank's segment of every buffer, then a barrier."""

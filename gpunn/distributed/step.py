@@ -63,7 +63,6 @@ class DistributedTrainStep(TrainStep):
         self.samples = 0
         self._calls = 0                   # steps by this object (names the collectives)
         self._shared = None               # SharedTraining (ranks on one machine, --procs)
-        self._fused = False               # this step's update was done by the reduction
         self._share_asked = False
         self.after_backward.append(self.average_gradients)
         set_rank(model, self.comm.rank)
@@ -86,13 +85,7 @@ class DistributedTrainStep(TrainStep):
             return
         name = f"the gradient all-reduce (step {self._calls} of this process)"
         if self._shared is not None:
-            # the update rides along with the reduction when every hook after this one only
-            # reads the gradient (the non-finite check): it sees the same averaged gradient
-            hooks = self.after_backward
-            later = hooks[hooks.index(self.average_gradients) + 1:] \
-                if self.average_gradients in hooks else hooks
-            wish = all(getattr(h, "reads_gradients_only", False) for h in later)
-            self._fused = self._shared.reduce(self.weight, name, update=wish)
+            self._shared.reduce(self.weight, name)
             return
         for g in self.grad_buffers():
             if self.weight != 1.0:
@@ -101,9 +94,7 @@ class DistributedTrainStep(TrainStep):
 
     def update(self) -> None:
         """The optimizer's step: split between the ranks when they share the model."""
-        if self._shared is not None and self._fused:
-            self._shared.finish_update()
-        elif self._shared is not None:
+        if self._shared is not None:
             self._shared.update(f"the shared update (step {self._calls} of this process)")
         else:
             self.optimizer.step()

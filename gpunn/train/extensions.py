@@ -506,8 +506,6 @@ class NonFiniteGuard(Extension):
         for p, old in zip(positions, s["pos"]):
             old[...] = xp.where(newly, p, old)
 
-    _record.reads_gradients_only = True      # a data-parallel step may update before it runs
-
     def check(self, trainer) -> None:
         """Raise NonFiniteError if a step so far had a non-finite loss or gradient."""
         if self._state is None:
