@@ -394,6 +394,20 @@ def test_three_forked_ranks_take_the_steps_of_one_process(tmp_path):
             assert rel(ranks[0][k], one[k]) <= 1e-12, (opt, k, rel(ranks[0][k], one[k]))
 
 
+def test_forked_ranks_without_the_shared_arena_all_reduce_instead(tmp_path):
+    """GPUNN_SHM_ARENA_BYTES=0 (or a system that refuses the mapping): every rank keeps its own
+    model and the gradients go through the slots' all-reduce; the same steps, the same bits
+    on both replicas."""
+    launch(2, "equiv", tmp_path, 50, 20, launcher="procs", env={"GPUNN_SHM_ARENA_BYTES": "0"})
+    launch(0, "equiv", tmp_path, 100, 20)
+    for opt in ("sgd", "adam"):
+        r0, r1 = load(tmp_path, f"equiv-{opt}", 0, 2), load(tmp_path, f"equiv-{opt}", 1, 2)
+        one = load(tmp_path, f"equiv-{opt}", 0, 1)
+        for k in one:
+            assert np.array_equal(r0[k], r1[k]), (opt, k)
+            assert rel(r0[k], one[k]) <= 1e-12, (opt, k, rel(r0[k], one[k]))
+
+
 def test_sync_batchnorm_on_two_ranks_is_batchnorm_on_the_joined_batch(tmp_path, launcher):
     """Conv + SyncBatchNorm (4-d) + Linear + SyncBatchNorm (2-d), 2 ranks x 50, against the
     same network with BatchNorm2d/1d in one process at batch 100: weights and running

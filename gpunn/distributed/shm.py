@@ -149,8 +149,17 @@ class _Shared:
 def _arena():
     """Shared memory for the model (parameters, optimizer state, every rank's gradients),
     mapped before the fork: a quarter of the RAM, at most ARENA_MAX (an anonymous mapping
-    only takes memory for the pages touched); None if the system refuses (then the step
-    all-reduces through the slots instead)."""
+    only takes memory for the pages touched), or GPUNN_SHM_ARENA_BYTES (0: none); None if the
+    system refuses (then each rank keeps its own model and the step all-reduces the gradients
+    through the slots, as over MPI)."""
+    v = os.environ.get("GPUNN_SHM_ARENA_BYTES", "").strip()
+    if v:
+        try:
+            size = int(v)
+        except ValueError:
+            raise ValueError(f"GPUNN_SHM_ARENA_BYTES must be a number of bytes, got {v!r}") \
+                from None
+        return mmap.mmap(-1, size) if size > 0 else None
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
