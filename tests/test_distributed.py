@@ -531,7 +531,9 @@ def test_the_scaling_benchmark_runs(monkeypatch):
     res = run_scaling(("model1",), batch=20, ranks=2, steps=1, rounds=1, repeats=1)
     (row,) = res["rows"]
     assert set(row["configs"]) == {"1 rank x 1 thread", "1 rank x 2 threads",
-                                   "2 ranks x 1 thread", "2 independent processes"}
+                                   "2 ranks x 1 thread", "2 forked processes x 1 thread",
+                                   "2 independent processes"}
+    assert row["configs"]["2 forked processes x 1 thread"]["global_batch"] == 40
     assert row["configs"]["2 independent processes"]["global_batch"] == 40
     assert row["configs"]["2 ranks x 1 thread"]["global_batch"] == 40
     assert row["configs"]["1 rank x 1 thread"]["grad_mb"] == pytest.approx(7850 * 4 / 1e6,

@@ -6,6 +6,7 @@ For each model, three ways to train at the same per-core batch B:
     1 rank  x 1 thread    batch B       the per-core baseline
     1 rank  x N threads   batch N*B     one process using all N cores (gpunn.threads, BLAS)
     N ranks x 1 thread    batch B each  data-parallel over MPI (global batch N*B)
+    N forked x 1 thread   batch B each  the same, forked ranks sharing memory (--procs)
     N independent copies  batch B each  no communication at all: the machine's ceiling
                                         (cores that share a physical core or memory
                                         bandwidth slow each other down without any MPI)
@@ -51,15 +52,19 @@ def _env(threads: int) -> dict:
             "OPENBLAS_NUM_THREADS": t, "MKL_NUM_THREADS": t}
 
 
-def _launch(model, batch, threads, ranks, steps, rounds, mpiexec, copies=1):
-    """One configuration's worker(s): under mpiexec for several ranks, or ``copies``
-    independent single processes at once (the machine's ceiling: no communication at all)."""
+def _launch(model, batch, threads, ranks, steps, rounds, mpiexec, copies=1, forked=False):
+    """One configuration's worker(s): under mpiexec for several ranks (``forked``: forked by
+    the worker itself, GPUNN_PROCS, sharing memory), or ``copies`` independent single
+    processes at once (the machine's ceiling: no communication at all)."""
     cmd = [sys.executable, "-m", "gpunn.distributed.bench", "--worker", model, str(batch),
            str(steps), str(rounds)]
-    if ranks > 1:
+    env = _env(threads)
+    if ranks > 1 and forked:
+        env["GPUNN_PROCS"] = str(ranks)
+    elif ranks > 1:
         cmd = [mpiexec, "-n", str(ranks), *cmd]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=_env(threads)) for _ in range(copies)]
+                              env=env) for _ in range(copies)]
     outs = []
     for p in procs:
         out, err = p.communicate(timeout=900)
@@ -74,14 +79,13 @@ def run_scaling(models=DEFAULT_MODELS, batch: int = 100, ranks: int = 2, *, step
                 rounds: int = 5, repeats: int = 3, log=None) -> dict:
     """Measure the three configurations for each model; returns the raw and the summary."""
     mpiexec = find_mpiexec()
-    if mpiexec is None:
-        from .env import INSTALL_HINT
-        raise RuntimeError(f"no mpiexec found beside {sys.executable} or on PATH: "
-                           f"{INSTALL_HINT}")
     configs = [("1 rank x 1 thread", 1, 1, batch), (f"1 rank x {ranks} threads", 1, ranks,
                                                       batch * ranks),
                (f"{ranks} ranks x 1 thread", ranks, 1, batch),
+               (f"{ranks} forked processes x 1 thread", ranks, 1, batch),
                (f"{ranks} independent processes", 1, 1, batch)]
+    if mpiexec is None:                  # forked ranks need no MPI: measure those
+        configs = [c for c in configs if c[0] != f"{ranks} ranks x 1 thread"]
     raw = {m: {c[0]: [] for c in configs} for m in models}
     load_before = os.getloadavg()[0]
     for rep in range(repeats):
@@ -91,7 +95,7 @@ def run_scaling(models=DEFAULT_MODELS, batch: int = 100, ranks: int = 2, *, step
                     log(f"{m}: {name}, batch {b} (repeat {rep + 1}/{repeats})")
                 copies = ranks if name.endswith("independent processes") else 1
                 raw[m][name].append(_launch(m, b, threads, nranks, steps, rounds, mpiexec,
-                                            copies))
+                                            copies, forked="forked" in name))
     rows = []
     for m in models:
         med = {}
@@ -104,12 +108,19 @@ def run_scaling(models=DEFAULT_MODELS, batch: int = 100, ranks: int = 2, *, step
                          "images_per_s": b * procs / step,
                          "allreduce_ms": float(min(r["allreduce_s"] for r in runs)) * 1e3,
                          "grad_mb": runs[0]["grad_bytes"] / 1e6}
-        base, multi, dp, alone = (med[c[0]] for c in configs)
-        rows.append({"model": m, "configs": med,
-                     "efficiency": dp["images_per_s"] / (ranks * base["images_per_s"]),
-                     "of_ceiling": dp["images_per_s"] / alone["images_per_s"],
-                     "threads_efficiency": multi["images_per_s"] / (ranks * base["images_per_s"]),
-                     "ranks_vs_threads": dp["images_per_s"] / multi["images_per_s"]})
+        base, multi = med["1 rank x 1 thread"], med[f"1 rank x {ranks} threads"]
+        alone = med[f"{ranks} independent processes"]
+        fork = med[f"{ranks} forked processes x 1 thread"]
+        dp = med.get(f"{ranks} ranks x 1 thread")
+        row = {"model": m, "configs": med,
+               "forked_efficiency": fork["images_per_s"] / (ranks * base["images_per_s"]),
+               "threads_efficiency": multi["images_per_s"] / (ranks * base["images_per_s"]),
+               "forked_vs_threads": fork["images_per_s"] / multi["images_per_s"]}
+        if dp is not None:
+            row.update({"efficiency": dp["images_per_s"] / (ranks * base["images_per_s"]),
+                        "of_ceiling": dp["images_per_s"] / alone["images_per_s"],
+                        "ranks_vs_threads": dp["images_per_s"] / multi["images_per_s"]})
+        rows.append(row)
     # the machine's load average (1 min) before and after: other work on the cores skews
     # every figure, the multithreaded ones most (a thread that waits for a busy core)
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "ranks": ranks, "batch": batch,
@@ -125,17 +136,27 @@ def format_scaling(result: dict) -> str:
              f"median of {result['rounds']} rounds of {result['steps']} steps; {result['date']}; load "
              f"average {result['load'][0]} before, {result['load'][1]} after)", "",
              f"| model | gradient | 1 rank x 1 thread | 1 rank x {n} threads (batch "
-             f"{n * result['batch']}) | {n} ranks x 1 thread | {n} independent processes | "
-             f"all-reduce alone | scaling efficiency, {n} ranks | of the ceiling | {n} threads "
-             f"| {n} ranks / {n} threads |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{n * result['batch']}) | {n} MPI ranks x 1 thread | {n} forked x 1 thread "
+             f"(--procs) | {n} independent processes | MPI all-reduce alone | scaling, {n} MPI "
+             f"ranks | scaling, {n} forked | scaling, {n} threads | forked / threads |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in result["rows"]:
-        c = list(row["configs"].values())
-        cell = [f"{x['images_per_s']:,.0f} img/s ({x['step_ms']:.1f} ms)" for x in c]
-        lines.append(f"| {row['model']} | {c[0]['grad_mb']:.2f} MB | {cell[0]} | {cell[1]} | "
-                     f"{cell[2]} | {cell[3]} | {c[2]['allreduce_ms']:.2f} ms | "
-                     f"{row['efficiency']:.0%} | {row['of_ceiling']:.0%} | "
-                     f"{row['threads_efficiency']:.0%} | {row['ranks_vs_threads']:.2f}x |")
+        cfg = row["configs"]
+
+        def cell(name):
+            x = cfg.get(name)
+            return "-" if x is None else f"{x['images_per_s']:,.0f} img/s ({x['step_ms']:.1f} ms)"
+        mpi = cfg.get(f"{n} ranks x 1 thread")
+        first = next(iter(cfg.values()))
+        lines.append(
+            f"| {row['model']} | {first['grad_mb']:.2f} MB | {cell('1 rank x 1 thread')} | "
+            f"{cell(f'1 rank x {n} threads')} | {cell(f'{n} ranks x 1 thread')} | "
+            f"{cell(f'{n} forked processes x 1 thread')} | "
+            f"{cell(f'{n} independent processes')} | "
+            f"{'-' if mpi is None else format(mpi['allreduce_ms'], '.2f') + ' ms'} | "
+            f"{'-' if 'efficiency' not in row else format(row['efficiency'], '.0%')} | "
+            f"{row['forked_efficiency']:.0%} | {row['threads_efficiency']:.0%} | "
+            f"{row['forked_vs_threads']:.2f}x |")
     return "\n".join(lines)
 
 
