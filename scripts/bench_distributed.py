@@ -4,8 +4,9 @@
     python scripts/bench_distributed.py [--ranks 2] [--batch 100] [--models mlp1000,model4,cnn-bn]
 
 Prints a markdown table (docs/DISTRIBUTED.md holds a measured one): images/s of one rank on
-one thread, one rank on N threads at N times the batch, and N MPI ranks on one thread each,
-with the scaling efficiencies. Needs the mpi extra (pip install 'gpunn[mpi]').
+one thread, one rank on N threads at N times the batch, N MPI ranks (with the mpi extra, pip
+install 'gpunn[mpi]') and N forked ranks (gpunn train --procs) on one thread each, with the
+scaling efficiencies.
 """
 import argparse
 import json

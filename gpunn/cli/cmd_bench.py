@@ -42,9 +42,9 @@ def _split(s):
               help="Processes for the 'gpunn --procs' column (gpunn train --procs: the batch split "
                    "between forked processes sharing the model) [one per thread; 1: no such column].")
 @click.option("--ranks", type=click.IntRange(min=2), default=None,
-              help="Instead: data-parallel scaling on the CPU over N MPI ranks (mlp1000, model4, cnn-bn "
-                   "by default): 1 rank x 1 thread, 1 rank x N threads, N ranks x 1 thread; needs the "
-                   "mpi extra (gpunn/distributed/bench.py).")
+              help="Instead: data-parallel scaling on the CPU over N ranks (mlp1000, model4, cnn-bn "
+                   "by default): 1 rank x 1 thread, 1 rank x N threads, N MPI ranks x 1 thread (with "
+                   "the mpi extra), N forked ranks x 1 thread (--procs) (gpunn/distributed/bench.py).")
 def bench(models, devices, batches, threads, seconds, quick, memory, with_torch, as_json, out,
           save, profile, procs, ranks):
     """Time each zoo model's training step in gpunn and in PyTorch (the same network, weights
