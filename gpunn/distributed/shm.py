@@ -9,12 +9,14 @@ the flat gradient buffer per step, batch-norm per rank or SyncBatchNorm), with t
 communicator replaced by one that needs nothing installed:
 
 - :func:`launch` forks ``size - 1`` children before the model is built; each child continues
-  from the same point as rank r, exactly like an MPI rank, and ends with ``os._exit``;
-- the ranks share one anonymous ``mmap`` (a slot of SLOT_BYTES per rank) and one
-  ``multiprocessing.Barrier``; an all-reduce copies each rank's piece into its slot, waits at
-  the barrier, and every rank sums the slots *in rank order* (so every replica gets the same
-  bits), then waits again before the slots are reused; arrays larger than a slot go piece by
-  piece;
+  from the same point as rank r, exactly like an MPI rank, and leaves Python normally
+  (without the parent's exit handlers);
+- the ranks share one anonymous ``mmap``: a barrier (each rank counts its arrivals in its own
+  word), a slot of SLOT_BYTES per rank for the collectives (each rank copies its piece into
+  its slot, and every rank sums the slots *in rank order*, so every replica gets the same
+  bits; arrays larger than a slot go piece by piece), and an arena where
+  :class:`SharedTraining` keeps the model's parameters and optimizer state once and every
+  rank's gradients (the step reduces segments of them and splits the update between ranks);
 - every wait has the deadline of the MPI communicator (``timeout``, GPUNN_DIST_TIMEOUT); the
   parent watches its children, and a child that dies breaks the barrier, so the others stop
   at once with a message naming the rank and how it ended; a child dies with its parent
@@ -208,11 +210,8 @@ class ShmComm(Communicator):
         self._sh.fail(why)
 
     def _end(self, code: int):
-        if self.rank == 0:
-            for pid in self._children.values():
-                _kill(pid)
-            sys.stderr.flush()
-            os._exit(code)
+        for pid in self._children.values():           # rank 0's; none elsewhere
+            _kill(pid)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -238,9 +237,7 @@ class ShmComm(Communicator):
             self._wait(what)
             # every rank sums the slots in the same order: the replicas get the same bits
             slot = lambda r: self._sh.slot(r, piece.nbytes, piece.dtype)     # noqa: E731
-            if self.size == 1:
-                pass
-            else:
+            if self.size > 1:
                 ufunc(slot(0), slot(1), out=piece)
                 for r in range(2, self.size):
                     ufunc(piece, slot(r), out=piece)
@@ -325,12 +322,11 @@ class ShmComm(Communicator):
     def finish(self, code: int = 0):
         """A child: leave the process (never returns). Rank 0: wait for every child and
         return the first non-zero exit status (0 when all ended well)."""
+        self._finished = True
         if self.rank != 0:
-            self._finished = True
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
-        self._finished = True
         worst = 0
         for r, pid in sorted(self._children.items()):
             status = _reap(pid)
@@ -511,6 +507,7 @@ class SharedTraining:
                        for slot in self.slots]
         n, rank = comm.size, comm.rank
         self.values, self.grads, self.mine, self.state, self.segments = [], [], [], [], []
+        self.scratch = []                              # per buffer: one reduction piece
         self.ready = True
         for j, slot in enumerate(self.slots):
             dt, total = slot.dtype, slot.size
@@ -528,7 +525,11 @@ class SharedTraining:
             cuts = [min(total, -(-(total * r // n) // 16) * 16) for r in range(n + 1)]
             cuts[-1] = total
             self.segments.append([slice(cuts[r], cuts[r + 1]) for r in range(n)])
+            own = self.segments[-1][rank]
+            self.scratch.append(np.empty(min(REDUCE_PIECE, own.stop - own.start), dtype=dt))
         self.rank = rank
+        self.what = (f"shared reduction of {sum(s.size for s in self.slots)} "
+                     f"{'/'.join(sorted({str(s.dtype) for s in self.slots}))} values")
 
     def _take(self, count, dtype):
         mv = self.comm._sh.take(count * np.dtype(dtype).itemsize)
@@ -568,16 +569,14 @@ class SharedTraining:
         rank order, then one multiply: w (g_0 + g_1) is exactly w g_0 + w g_1 for w = 1/2,
         and within rounding of it otherwise."""
         comm, r, n, sh = self.comm, self.rank, self.comm.size, self.comm._sh
-        name = f"{name} (shared reduction of {sum(s.size for s in self.slots)} " \
-               f"{'/'.join(sorted({str(s.dtype) for s in self.slots}))} values)"
+        name = f"{name} ({self.what})"
         sh.weights[r] = weight
         comm._wait(name)
         ws = [float(w) for w in sh.weights]
         equal = all(w == ws[0] for w in ws)
-        for g, segs in zip(self.grads, self.segments):
+        for g, segs, scratch in zip(self.grads, self.segments, self.scratch):
             s = segs[r]
             t = g.dtype.type
-            scratch = np.empty(min(REDUCE_PIECE, s.stop - s.start), dtype=g.dtype)
             for lo in range(s.start, s.stop, REDUCE_PIECE):
                 hi = min(lo + REDUCE_PIECE, s.stop)
                 own = g[r, lo:hi]
