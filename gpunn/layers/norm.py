@@ -189,12 +189,12 @@ class SyncBatchNorm(_BatchNorm):
         (count, mean, sum of squared deviations) gathered and combined in rank order (Chan
         et al.), then one normalising pass."""
         C = self.num_features
-        me = self
+        counts = []                             # (this rank's, every rank's) values per feature
 
         def combine(m, mean, m2):
             table = np.zeros((comm.size, 2 * C + 1))
             table[comm.rank] = np.concatenate([[m], mean, m2])
-            comm.allreduce(table, "sum", name=f"{me!r}: the batch statistics")
+            comm.allreduce(table, "sum", name=f"{self!r}: the batch statistics")
             count, mu, q = 0.0, np.zeros(C), np.zeros(C)
             for row in table:                   # rank order: every rank gets the same bits
                 n_r, mu_r, q_r = row[0], row[1:C + 1], row[C + 1:]
@@ -206,38 +206,35 @@ class SyncBatchNorm(_BatchNorm):
                 q = q + q_r + delta * delta * (count * n_r / total)
                 count = total
             if count < 2:
-                raise ShapeError(f"{me!r}: training needs more than one value per feature over "
-                                 f"all ranks, got {int(count)} (input shape {tuple(x.shape)} "
-                                 f"here)")
-            me._counts = (m_local, count)
+                raise ShapeError(f"{self!r}: training needs more than one value per feature "
+                                 f"over all ranks, got {int(count)} (input shape "
+                                 f"{tuple(x.shape)} here)")
+            counts.append((m_local, count))
             return count, mu, q
-        x4 = x if x.ndim == 4 else x.reshape(x.shape[0], C, 1)
-        y, cache = batchnorm_forward(x4, self.params["gamma"], self.params["beta"],
+        # (N, F) and (N, C, H, W) alike: the ops work on (N, C, S)
+        y, cache = batchnorm_forward(x, self.params["gamma"], self.params["beta"],
                                      self.buffers["running_mean"], self.buffers["running_var"],
                                      self.eps, self.momentum, True, combine=combine)
-        self._cache = ("cpu", cache, x.shape)
-        return y.reshape(x.shape)
+        self._cache = ("cpu", cache, x.shape, counts[0])
+        return y
 
     def _backward_cpu(self, dout):
-        _, cache, shape = self._cache
+        _, cache, shape, (m_local, count) = self._cache
         if dout.shape != shape:
             raise ShapeError(f"{self!r}: backward expected dout of shape {tuple(shape)}, "
                              f"got {tuple(dout.shape)}")
         C, comm = self.num_features, self._world()
-        m_local, count = self._counts
         w = self.grad_weight if self.grad_weight is not None else m_local / count
-        me = self
 
         def combine(dbeta, dgamma, m):
             g = np.concatenate([dbeta * w, dgamma * w])
-            comm.allreduce(g, "sum", name=f"{me!r}: the backward sums")
+            comm.allreduce(g, "sum", name=f"{self!r}: the backward sums")
             scale = 1 / (w * count)
             return g[:C] * scale, g[C:] * scale
-        d = dout if dout.ndim == 4 else dout.reshape(dout.shape[0], C, 1)
-        dx, dgamma, dbeta = batchnorm_backward(d, cache, self.params["gamma"], combine=combine)
+        dx, dgamma, dbeta = batchnorm_backward(dout, cache, self.params["gamma"], combine=combine)
         self.store_grad("gamma", dgamma)
         self.store_grad("beta", dbeta)
-        return dx.reshape(shape)
+        return dx
 
     def backward(self, dout):
         if self._cache is not None and isinstance(self._cache[0], str):
@@ -268,4 +265,3 @@ class SyncBatchNorm(_BatchNorm):
         s1 = (g[:C] * scale).astype(dout.dtype).reshape(bshape)
         s2 = (g[C:] * scale).astype(dout.dtype).reshape(bshape)
         return (dout - s1 - xhat * s2) * (gamma * inv_std)
-
