@@ -38,10 +38,9 @@ launch of several ranks) then says what to install.
 """
 from __future__ import annotations
 
-import os
-
 from ..backend import Device, cuda_status, resolve_device
-from .comm import DEFAULT_TIMEOUT, Communicator, LocalComm, MPIComm, timeout_from_env
+from .comm import (DEFAULT_TIMEOUT, Communicator, LocalComm, MPIComm, number_from_env,
+                   timeout_from_env)
 from .data import ShardedLoader, shard
 from .env import INSTALL_HINT, MPINotAvailable, import_mpi, launched_by_mpi
 from .evaluate import evaluate, evaluate_shard
@@ -63,16 +62,7 @@ BACKENDS = ("auto", "mpi", "procs", "local")
 
 def procs_from_env() -> int | None:
     """GPUNN_PROCS as a process count (None when unset)."""
-    v = os.environ.get("GPUNN_PROCS", "").strip()
-    if not v:
-        return None
-    try:
-        n = int(v)
-    except ValueError:
-        raise ValueError(f"GPUNN_PROCS must be a whole number of processes, got {v!r}") from None
-    if n < 1:
-        raise ValueError(f"GPUNN_PROCS must be at least 1, got {n}")
-    return n
+    return number_from_env("GPUNN_PROCS", int, "a whole number of processes", 1)
 
 
 def init(backend: str = "auto", *, procs: int | None = None,

@@ -37,18 +37,27 @@ DEFAULT_TIMEOUT = 300.0          # seconds; a checkpoint write on rank 0 must fi
 OPS = ("sum", "mean", "max", "min")
 
 
+def number_from_env(name: str, kind, what: str, minimum, meaning: str = ""):
+    """Environment variable ``name`` as ``kind`` (int or float) of at least ``minimum``, or
+    None when unset; a clear ValueError naming it otherwise. ``what``: the unit, for the
+    message ("a number of seconds"); ``meaning``: what the minimum means, if anything."""
+    v = os.environ.get(name, "").strip()
+    if not v:
+        return None
+    try:
+        x = kind(v)
+    except ValueError:
+        raise ValueError(f"{name} must be {what}, got {v!r}") from None
+    if x < minimum:
+        raise ValueError(f"{name} must be >= {minimum}{f' ({meaning})' if meaning else ''}, "
+                         f"got {x}")
+    return x
+
+
 def timeout_from_env(default: float = DEFAULT_TIMEOUT) -> float:
     """GPUNN_DIST_TIMEOUT (seconds; 0 = wait forever) or ``default``."""
-    v = os.environ.get("GPUNN_DIST_TIMEOUT", "").strip()
-    if not v:
-        return float(default)
-    try:
-        t = float(v)
-    except ValueError:
-        raise ValueError(f"GPUNN_DIST_TIMEOUT must be a number of seconds, got {v!r}") from None
-    if t < 0:
-        raise ValueError(f"GPUNN_DIST_TIMEOUT must be >= 0 (0: no timeout), got {t}")
-    return t
+    t = number_from_env("GPUNN_DIST_TIMEOUT", float, "a number of seconds", 0, "0: no timeout")
+    return float(default) if t is None else t
 
 
 def _check_op(op, x):

@@ -154,13 +154,9 @@ def _arena():
     only takes memory for the pages touched), or GPUNN_SHM_ARENA_BYTES (0: none); None if the
     system refuses (then each rank keeps its own model and the step all-reduces the gradients
     through the slots, as over MPI)."""
-    v = os.environ.get("GPUNN_SHM_ARENA_BYTES", "").strip()
-    if v:
-        try:
-            size = int(v)
-        except ValueError:
-            raise ValueError(f"GPUNN_SHM_ARENA_BYTES must be a number of bytes, got {v!r}") \
-                from None
+    from .comm import number_from_env
+    size = number_from_env("GPUNN_SHM_ARENA_BYTES", int, "a number of bytes", 0, "0: none")
+    if size is not None:
         return mmap.mmap(-1, size) if size > 0 else None
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
