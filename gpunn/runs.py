@@ -114,20 +114,51 @@ def _write_json(path, obj) -> None:
         raise
 
 
+# A data set loaded ahead of a fork (preload_data): (the load's arguments, Dataset), or None
+_preloaded = None
+
+
+def _data_args(cfg: RunConfig) -> tuple:
+    """What load_dataset is called with for ``cfg`` (the data set's path made absolute)."""
+    from .data.registry import absolute_dataset
+    return (absolute_dataset(cfg.dataset), cfg.data_dir, cfg.val_size, cfg.seed,
+            np.dtype(cfg.dtype).str, bool(cfg.standardize))
+
+
+def _load_data(args: tuple):
+    from .data import load_dataset
+    name, data_dir, val_size, seed, dtype, standardize = args
+    return load_dataset(name, data_dir=data_dir, val_size=val_size, seed=seed,
+                        dtype=np.dtype(dtype), standardize=standardize)
+
+
+def preload_data(cfg: RunConfig) -> None:
+    """Load ``cfg``'s data set now, for the run that follows in this process *or in the
+    processes forked from it*: the first :func:`data_and_model` with the same data settings
+    takes it instead of reading the files again (once; a later call loads anew).
+
+    ``gpunn train --procs N`` calls it before forking the ranks, so every rank trains from
+    the same pages of memory (copy-on-write: nothing writes the arrays) instead of each
+    holding its own copy: N ranks need the data set's memory once, not N times."""
+    global _preloaded
+    args = _data_args(cfg)
+    _preloaded = (args, _load_data(args))
+
+
 def data_and_model(cfg: RunConfig):
     """The data set and the (host) model a config names (a zoo name, a .py or a .toml file:
     gpunn/specs.py); the model is checked against the data's input shape before anything
     trains. A new config records here the model's source and the data's shape, classes and
     scaling (``model_source``, ``data_info``); a saved one is rebuilt from those records."""
-    from .data import load_dataset
     from .data.registry import absolute_dataset
     from .specs import build_from_source, model_source
 
+    global _preloaded
     cfg.dataset = absolute_dataset(cfg.dataset)     # own data: config.json works from anywhere
     if cfg.model_source is None:
         cfg.model_source = model_source(cfg.model, cfg.dropout)  # None: zoo
-    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, seed=cfg.seed,
-                        dtype=np.dtype(cfg.dtype), standardize=cfg.standardize)
+    args, (ahead, _preloaded) = _data_args(cfg), (_preloaded, None)
+    data = ahead[1] if ahead is not None and ahead[0] == args else _load_data(args)
     model = build_from_source(cfg.model, cfg.model_source, data.input_shape, data.num_classes,
                               seed=cfg.seed, dtype=np.dtype(cfg.dtype), dropout=cfg.dropout)
     if cfg.data_info is None:

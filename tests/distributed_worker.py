@@ -226,6 +226,48 @@ def collectives(out):
             json.dump({"size": n, "backend": comm.backend, **checks}, f)
 
 
+def _shared_bytes(address, nbytes):
+    """Bytes of the memory mappings overlapping [address, address + nbytes) that this
+    process shares with another (/proc/self/smaps: Shared_Clean + Shared_Dirty; NumPy's
+    madvise for huge pages splits a large array's mapping in several)."""
+    inside, total = False, 0
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo < address + nbytes and address < hi
+            elif inside and head in ("Shared_Clean:", "Shared_Dirty:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def preloaded(out):
+    """gpunn train --procs's data set, loaded once before the fork (gpunn.runs.preload_data):
+    every rank's data_and_model takes the arrays the parent loaded (same address, pages
+    shared with the other ranks) without reading the set again; the next call reads anew."""
+    from gpunn import runs
+    cfg = runs.RunConfig(model="mlp1000", dataset="synthetic", seed=4, val_size=500)
+    runs.preload_data(cfg)
+    address = runs._preloaded[1].x_train.__array_interface__["data"][0]
+    comm = dist.init()                                  # GPUNN_PROCS: the ranks fork here
+    reads = []
+    load = runs._load_data
+    runs._load_data = lambda args: reads.append(args) or load(args)
+    data, _ = runs.data_and_model(cfg)
+    first = {"same_address": data.x_train.__array_interface__["data"][0] == address,
+             "reads": len(reads), "nbytes": int(data.x_train.nbytes)}
+    comm.barrier()                                      # every rank holds the pages now
+    first["shared_bytes"] = _shared_bytes(address, first["nbytes"])
+    comm.barrier()
+    again, _ = runs.data_and_model(cfg)
+    first["reads_after_second_call"] = len(reads)
+    first["second_equal"] = bool(np.array_equal(again.x_train, data.x_train))
+    with open(os.path.join(out, f"preloaded-rank{comm.rank}.json"), "w") as f:
+        json.dump(first, f)
+    comm.barrier()
+
+
 def fake_nccl(out):
     """The NCCL bootstrap and calls over real MPI ranks, with CuPy and NCCL replaced by the
     stand-ins of tests/fake_cuda.py (their all-reduce goes through MPI on host arrays)."""
@@ -323,4 +365,4 @@ def fit(out, name, *settings):
 if __name__ == "__main__":
     scenario, out, *args = sys.argv[1:]
     {"collectives": collectives, "equiv": equiv, "syncbn": syncbn, "gradcheck": gradcheck, "dropout": dropout,
-     "die": die, "fake_nccl": fake_nccl, "fit": fit, "nccl_gpu": nccl_gpu}[scenario](out, *args)
+     "die": die, "fake_nccl": fake_nccl, "preloaded": preloaded, "fit": fit, "nccl_gpu": nccl_gpu}[scenario](out, *args)

@@ -408,6 +408,38 @@ def test_forked_ranks_without_the_shared_arena_all_reduce_instead(tmp_path):
             assert rel(r0[k], one[k]) <= 1e-12, (opt, k, rel(r0[k], one[k]))
 
 
+def test_forked_ranks_share_the_data_set_loaded_before_the_fork(tmp_path):
+    """gpunn train --procs loads the data set once, before forking: no rank reads it again,
+    and the pages are shared between the ranks (N ranks: the data set's memory once)."""
+    launch(2, "preloaded", tmp_path, launcher="procs")
+    for r in range(2):
+        got = json.loads((tmp_path / f"preloaded-rank{r}.json").read_text())
+        assert got["same_address"] and got["reads"] == 0, got
+        assert got["shared_bytes"] >= got["nbytes"] // 2, got
+        assert got["reads_after_second_call"] == 1 and got["second_equal"], got
+
+
+def test_gpunn_train_procs_loads_the_data_before_forking(tmp_path, monkeypatch):
+    """The CLI preloads the run's data set (a new run and a resumed one) before the fork."""
+    from click.testing import CliRunner
+    from gpunn import runs
+    from gpunn.cli import main
+    seen = []
+
+    def init(backend, **kw):
+        seen.append((backend, runs._preloaded))
+        raise SystemExit(7)
+    monkeypatch.setattr("gpunn.distributed.init", init)
+    args = ["train", "--model", "mlp1000", "--dataset", "synthetic", "--seed", "5", "--procs",
+            "2", "--out", str(tmp_path / "r")]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 7 and not (tmp_path / "r").exists(), r.output
+    backend, (key, data) = seen.pop()
+    assert backend == "procs" and key[0] == "synthetic" and key[3] == 5
+    assert data.x_train.shape[1:] == (1, 28, 28)
+    runs._preloaded = None
+
+
 def test_sync_batchnorm_on_two_ranks_is_batchnorm_on_the_joined_batch(tmp_path, launcher):
     """Conv + SyncBatchNorm (4-d) + Linear + SyncBatchNorm (2-d), 2 ranks x 50, against the
     same network with BatchNorm2d/1d in one process at batch 100: weights and running

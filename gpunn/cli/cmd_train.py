@@ -123,7 +123,8 @@ def train(ctx, resume, overwrite, debug, distributed, procs, dist_timeout, **kw)
     from ..rundir import RunFinished
 
     with one_line_errors(debug):
-        comm = _join(distributed, dist_timeout, procs, kw.get("device"))
+        comm = _join(distributed, dist_timeout, procs, kw.get("device"),
+                     before_fork=lambda: _preload(ctx, resume, kw))
     try:
         _train(ctx, resume, overwrite, debug, comm, kw)
     except PeerError as e:                  # rank 0 failed and said why; end as it did
@@ -131,9 +132,10 @@ def train(ctx, resume, overwrite, debug, distributed, procs, dist_timeout, **kw)
             sys.exit(describe_error(e.error)[0])
 
 
-def _join(distributed, timeout, procs=None, device=None):
+def _join(distributed, timeout, procs=None, device=None, before_fork=None):
     """The data-parallel world (gpunn.distributed) when asked for, launched by MPI with
-    several ranks, or forked here (--procs / GPUNN_PROCS), else None."""
+    several ranks, or forked here (--procs / GPUNN_PROCS; ``before_fork()`` first), else
+    None."""
     from .. import distributed as dist
 
     n = procs if procs is not None else dist.procs_from_env()
@@ -145,11 +147,41 @@ def _join(distributed, timeout, procs=None, device=None):
         if device is not None and str(device).strip().lower().startswith("cuda"):
             raise click.UsageError(f"--procs {n} runs on the CPU only (CUDA does not survive a fork); "
                              f"for several GPUs use mpiexec -n N gpunn train (NCCL)")
+        if before_fork is not None:
+            before_fork()
         return dist.init("procs", procs=n, timeout=timeout)
     if distributed is False:
         return None
     comm = dist.init("mpi" if distributed else "auto", timeout=timeout)
     return comm if (comm.size > 1 or distributed) else None
+
+
+def _resume_overrides(ctx, kw) -> dict:
+    """The settings given explicitly on a --resume command line (and --out, if given)."""
+    given = {("model" if k == "model_name" else k): v for k, v in kw.items()
+             if ctx.get_parameter_source(k) not in (click.core.ParameterSource.DEFAULT,
+                                                    click.core.ParameterSource.DEFAULT_MAP)}
+    given["progress"] = kw["progress"]              # display only: always as given now
+    return given
+
+
+def _preload(ctx, resume, kw):
+    """--procs: the run's data set loaded once, before the fork, so that every rank trains
+    from the same memory instead of a copy of its own (gpunn.runs.preload_data). Only a
+    saving: a run that cannot start is reported after the fork by the run's own checks, on
+    rank 0, with their messages, exactly as without it."""
+    from ..rundir import resume_config
+    from ..runs import preload_data
+    try:
+        if resume:
+            given = _resume_overrides(ctx, kw)
+            given.pop("out", None)
+            cfg = resume_config(resume, given)
+        else:
+            cfg = RunConfig.from_cli(kw)
+        preload_data(cfg)
+    except Exception:                       # noqa: BLE001 (reported after the fork, above)
+        pass
 
 
 def _train(ctx, resume, overwrite, debug, comm, kw):
@@ -160,11 +192,8 @@ def _train(ctx, resume, overwrite, debug, comm, kw):
 
     main_rank = comm is None or comm.rank == 0
     if resume:
-        given = {("model" if k == "model_name" else k): v for k, v in kw.items()
-                 if ctx.get_parameter_source(k) not in (click.core.ParameterSource.DEFAULT,
-                                                        click.core.ParameterSource.DEFAULT_MAP)}
+        given = _resume_overrides(ctx, kw)
         out = given.pop("out", None)
-        given["progress"] = kw["progress"]          # display only: always as given now
         if out is not None and os.path.abspath(out) != os.path.abspath(resume):
             echo_err(f"error: --out {out} and --resume {resume} name different runs; give one")
             sys.exit(2)
