@@ -52,17 +52,26 @@ class Sequential(Layer):
             x = layer.forward(x, train=train)
         return x
 
-    def backward(self, dout, *, input_grad: bool = True):
+    def backward(self, dout, *, input_grad: bool = True, after_step=None):
         """dL/dx of the model's input; with ``input_grad=False`` (a training step: the data
         needs no gradient) the backward pass stops at the first layer that has parameters,
         which skips its own input gradient (Conv2d and Linear: a GEMM and, for a convolution,
-        the scatter back to pixels, as PyTorch skips it), and returns None."""
+        the scatter back to pixels, as PyTorch skips it), and returns None.
+
+        ``after_step(step, steps)``, if given, is called after each top-level layer's (or
+        fused pair's) backward: its parameters' gradients are then final, unless an earlier
+        layer shares them (gpunn/distributed/buckets.py starts all-reducing them there)."""
         steps = self._steps()
         first = None if input_grad else _first_with_parameters(steps)
         for i in reversed(range(len(steps))):
             if i == first:
-                return _without_input_grad(steps[i], dout)
+                _without_input_grad(steps[i], dout)
+                if after_step is not None:
+                    after_step(steps[i], steps)
+                return None
             dout = steps[i].backward(dout)
+            if after_step is not None:
+                after_step(steps[i], steps)
         return dout
 
     def _steps(self):

@@ -32,7 +32,8 @@ RUN_FILES = ("config.json", "history.json", "metrics.json", "metrics.csv", "weig
              "best.npz", "checkpoint.npz", "report.md", "curves.png", "confusion.png",
              "misclassified.png", "filters.png", "tensorboard", ".gpunn.lock")
 # run settings a resume may change; any other option must agree with config.json
-RESUMABLE = ("epochs", "max_steps", "device", "data_dir", "progress", "tensorboard", "graph")
+RESUMABLE = ("epochs", "max_steps", "device", "data_dir", "progress", "tensorboard", "graph",
+             "bucket_mb")
 # OSErrors that mean "could not write here" (a missing file to read is not one of them)
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO,
                 errno.EFBIG}

@@ -58,6 +58,7 @@ class RunConfig:
     data_info: dict | None = field(default=None, metadata={"recorded": True})
     tensorboard: bool = False        # also write TensorBoard event files (tensorboardX extra)
     sync_bn: bool = False            # data-parallel: batch-norm over all ranks (SyncBatchNorm)
+    bucket_mb: float = 25.0          # data-parallel: gradient all-reduce buckets (MiB; 0: one)
     # recorded: the ranks the run started with (mpiexec -n N); batch_size is per rank, so the
     # run's global batch is batch_size x ranks, kept by every resume (gpunn/distributed/run.py)
     ranks: int = field(default=1, metadata={"recorded": True})
@@ -286,7 +287,8 @@ def _train(cfg, out, built, dev, resume, log, lock, logs) -> dict:
                        seed=cfg.seed, patience=cfg.patience, progress=cfg.progress,
                        save_best=cfg.save_best,
                        max_steps=cfg.max_steps, augment=_augment(cfg),
-                       global_batch=cfg.batch_size * cfg.ranks, graph=cfg.graph)
+                       global_batch=cfg.batch_size * cfg.ranks, graph=cfg.graph,
+                       bucket_mb=cfg.bucket_mb)
     result = fit(model, loss, opt, data, tcfg, out_dir=out, device=dev, scheduler=sched,
                  resume=resume, log=log, extensions=[lock, *logs])
     if is_main():                           # data-parallel: rank 0 writes the run's files

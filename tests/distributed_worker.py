@@ -50,7 +50,7 @@ def optimizer(name, model):
     return gpunn.Adam(model.parameters(), lr=1e-2)
 
 
-def train(model, opt, x, y, per_rank_batch, steps, comm, hook=None):
+def train(model, opt, x, y, per_rank_batch, steps, comm, hook=None, **step_kw):
     """``steps`` steps at per-rank batch ``per_rank_batch``: data-parallel when comm has
     several ranks, the plain single-process loader and step otherwise."""
     loss = gpunn.CrossEntropyLoss()
@@ -58,7 +58,8 @@ def train(model, opt, x, y, per_rank_batch, steps, comm, hook=None):
         dist.broadcast_model(model, comm)
         dist.broadcast_optimizer(opt, comm)
         loader = dist.ShardedLoader(x, y, per_rank_batch, comm=comm, seed=3)
-        step = dist.DistributedTrainStep(model, loss, opt, comm=comm, loader=loader)
+        step = dist.DistributedTrainStep(model, loss, opt, comm=comm, loader=loader, **step_kw)
+        model.last_step = step
     else:
         loader = DataLoader(x, y, per_rank_batch, seed=3)
         step = TrainStep(model, loss, opt)
@@ -85,6 +86,31 @@ def equiv(out, per_rank_batch, steps="50"):
         model = mlp()
         train(model, optimizer(opt_name, model), x, y, int(per_rank_batch), int(steps), comm)
         save(out, f"equiv-{opt_name}", comm, model.state_dict())
+
+
+def deep_mlp():
+    return gpunn.Sequential(gpunn.Linear(20, 32, rng=1, dtype=np.float64), gpunn.ReLU(),
+                            gpunn.Linear(32, 16, rng=2, dtype=np.float64), gpunn.Tanh(),
+                            gpunn.Linear(16, 5, rng=3, dtype=np.float64))
+
+
+def buckets(out, per_rank_batch, steps="40"):
+    """The gradient all-reduce in buckets of 256 bytes started during the backward pass, and in
+    one piece after it (bucket_mb=0); how many buckets there were and how many started
+    before the backward pass ended."""
+    comm = dist.init()
+    x, y = data()
+    counts = {}
+    for tag, mb in (("small", 1 / 4096), ("none", 0)):
+        model = deep_mlp()
+        train(model, optimizer("sgd", model), x, y, int(per_rank_batch), int(steps), comm,
+              bucket_mb=mb)
+        save(out, f"buckets-{tag}", comm, model.state_dict())
+        b = getattr(getattr(model, "last_step", None), "buckets", None)
+        counts[tag] = None if b is None else [len(b), b.early]
+    if comm.rank == 0:
+        with open(os.path.join(out, f"buckets-of{comm.size}.json"), "w") as f:
+            json.dump(counts, f)
 
 
 def syncbn(out, per_rank_batch, steps="50"):
@@ -365,4 +391,4 @@ def fit(out, name, *settings):
 if __name__ == "__main__":
     scenario, out, *args = sys.argv[1:]
     {"collectives": collectives, "equiv": equiv, "syncbn": syncbn, "gradcheck": gradcheck, "dropout": dropout,
-     "die": die, "fake_nccl": fake_nccl, "preloaded": preloaded, "fit": fit, "nccl_gpu": nccl_gpu}[scenario](out, *args)
+     "die": die, "fake_nccl": fake_nccl, "preloaded": preloaded, "buckets": buckets, "fit": fit, "nccl_gpu": nccl_gpu}[scenario](out, *args)

@@ -41,15 +41,24 @@ class FakeArray:
         return self
 
 
+# What the streams were asked to do, in order: ("record", stream ptr, event id),
+# ("wait", stream ptr, event id), ("enter", stream ptr) / ("exit", stream ptr); NCCL calls are
+# logged here too by FakeNccl (("allReduce", stream ptr) ...), so tests can check the order.
+stream_log = []
+_event_ids = itertools.count(1)
+
+
 class FakeEvent:
     """A CUDA event; ``never`` makes it stay unfinished (a collective whose peer died)."""
     never = False
 
     def __init__(self, block=False, disable_timing=True):
         self.recorded = False
+        self.id = next(_event_ids)
 
     def record(self, stream=None):
         self.recorded = True
+        stream_log.append(("record", getattr(stream, "ptr", None), self.id))
 
     @property
     def done(self):
@@ -57,11 +66,31 @@ class FakeEvent:
 
 
 class _Stream:
+    """The current (null) stream is 0x5EA; Stream() makes others with pointers of their own."""
     ptr = 0x5EA
+
+    def wait_event(self, event):
+        stream_log.append(("wait", self.ptr, event.id))
+
+    def __enter__(self):
+        stream_log.append(("enter", self.ptr))
+        return self
+
+    def __exit__(self, *a):
+        stream_log.append(("exit", self.ptr))
+
+
+_stream_ptrs = itertools.count(0x51DE)
+
+
+class FakeStream(_Stream):
+    def __init__(self, non_blocking=False):
+        self.ptr = next(_stream_ptrs)
 
 
 class _Cuda:
     Event = FakeEvent
+    Stream = FakeStream
 
     def __init__(self):
         self.devices = []
@@ -106,6 +135,7 @@ class FakeNccl:
 
             def allReduce(self, send, recv, count, dtype, op, stream):
                 fake.calls.append(["allReduce", count, dtype, op, send == recv, stream])
+                stream_log.append(("allReduce", stream))
                 a = _by_ptr[recv]
                 if fake.mpi is not None:
                     name = {fake.NCCL_SUM: "sum", fake.NCCL_MAX: "max", fake.NCCL_MIN: "min"}[op]
@@ -113,6 +143,7 @@ class FakeNccl:
 
             def bcast(self, buff, count, dtype, root, stream):
                 fake.calls.append(["bcast", count, dtype, root, stream])
+                stream_log.append(("bcast", stream))
                 if fake.mpi is not None:
                     fake.mpi.broadcast(_by_ptr[buff].host, root)
 

@@ -30,6 +30,7 @@ from gpunn.train import TrainStep
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from distributed_worker import mlp  # noqa: E402
+import fake_cuda  # noqa: E402
 from fake_cuda import FakeArray, FakeCupy, FakeEvent, FakeNccl  # noqa: E402
 
 
@@ -239,10 +240,12 @@ def test_nccl_bootstrap_and_calls():
     comm, nccl, cupy = _nccl()
     assert nccl.made == [(1, nccl.get_unique_id(), 0)] and cupy.cuda.devices == [0]
     x = FakeArray(np.ones(5, dtype=np.float32))
+    side = comm.stream.ptr
+    assert side != 0x5EA                                   # a stream of its own
     assert comm.allreduce(x, "mean") is x
-    assert nccl.calls == [["allReduce", 5, nccl.NCCL_FLOAT32, nccl.NCCL_SUM, True, 0x5EA]]
+    assert nccl.calls == [["allReduce", 5, nccl.NCCL_FLOAT32, nccl.NCCL_SUM, True, side]]
     comm.broadcast(FakeArray(np.zeros(3, np.float64)), root=0)
-    assert nccl.calls[-1] == ["bcast", 3, nccl.NCCL_FLOAT64, 0, 0x5EA]
+    assert nccl.calls[-1] == ["bcast", 3, nccl.NCCL_FLOAT64, 0, side]
     comm.allreduce(FakeArray(np.zeros(2, np.int64)), "max")
     assert nccl.calls[-1][2:4] == [nccl.NCCL_INT64, nccl.NCCL_MAX]
     with pytest.raises(TypeError, match="NCCL collectives take"):
@@ -251,6 +254,29 @@ def test_nccl_bootstrap_and_calls():
         comm.allreduce(FakeArray(np.zeros(2, np.float32), device=1))
     comm.synchronize()
     assert not comm._pending
+
+
+def test_nccl_runs_on_its_own_stream_between_two_device_waits():
+    """The all-reduce starts after what the compute stream queued before it (the gradients'
+    writes) and the compute stream waits for its end only at ``wait()``: in between, work
+    queued on the compute stream (the rest of the backward pass) runs beside it. No host
+    wait anywhere."""
+    comm, nccl, _ = _nccl()
+    side, compute = comm.stream.ptr, 0x5EA
+    fake_cuda.stream_log.clear()
+    x = FakeArray(np.ones(4, dtype=np.float32))
+    handle = comm.iallreduce(x, "mean")
+    log = list(fake_cuda.stream_log)
+    (rec, s0, ready), (wait, s1, ready2), call = log[:3]
+    assert (rec, s0, wait, s1, ready2) == ("record", compute, "wait", side, ready)
+    assert call == ("allReduce", side)
+    assert ("enter", side) in log and ("exit", side) in log  # the mean's division there too
+    assert log[-1][:2] == ("record", side)                 # the end of the collective
+    assert not any(e[0] == "wait" and e[1] == compute for e in log)   # not waited for yet
+    done = log[-1][2]
+    handle.wait()
+    assert fake_cuda.stream_log[-1] == ("wait", compute, done)
+    assert handle.test()
 
 
 def test_nccl_collective_past_its_deadline_aborts_with_a_message(capsys, monkeypatch):
@@ -406,6 +432,31 @@ def test_forked_ranks_without_the_shared_arena_all_reduce_instead(tmp_path):
         for k in one:
             assert np.array_equal(r0[k], r1[k]), (opt, k)
             assert rel(r0[k], one[k]) <= 1e-12, (opt, k, rel(r0[k], one[k]))
+
+
+@pytest.mark.parametrize("how", [pytest.param("mpi", marks=needs_mpi), "procs"])
+def test_gradient_buckets_started_during_backward_are_the_one_all_reduce(tmp_path, how):
+    """The gradient all-reduce in 256-byte buckets started as the backward pass goes (four
+    per step, every one before the backward pass ends) gives the same bits as one all-reduce
+    after it, on both ranks, and the single process's weights at twice the batch (1025
+    samples: short last batches weighted exactly). Forked ranks without the shared arena
+    all-reduce like MPI ranks; with it they share one model and have no buckets at all."""
+    env = {"GPUNN_SHM_ARENA_BYTES": "0"} if how == "procs" else None
+    launch(2, "buckets", tmp_path, 50, 40, launcher=how, env=env)
+    launch(0, "buckets", tmp_path, 100, 40)
+    counts = json.loads((tmp_path / "buckets-of2.json").read_text())
+    assert counts["none"] is None
+    n, early = counts["small"]
+    assert n == 4 and early == n, counts
+    one = load(tmp_path, "buckets-none", 0, 1)
+    for k in one:
+        a, b = load(tmp_path, "buckets-small", 0, 2)[k], load(tmp_path, "buckets-small", 1, 2)[k]
+        whole = load(tmp_path, "buckets-none", 0, 2)[k]
+        assert np.array_equal(a, b) and np.array_equal(a, whole), k
+        assert rel(a, one[k]) <= 1e-12, (k, rel(a, one[k]))
+    launch(2, "buckets", tmp_path, 50, 2, launcher="procs")   # the shared model: no buckets
+    assert json.loads((tmp_path / "buckets-of2.json").read_text()) == \
+        {"small": None, "none": None}
 
 
 def test_forked_ranks_share_the_data_set_loaded_before_the_fork(tmp_path):

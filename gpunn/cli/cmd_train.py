@@ -79,6 +79,11 @@ def _train_options(f):
                      help="Data-parallel (--procs, mpiexec): batch-norm statistics over every rank's samples "
                           "(SyncBatchNorm: the single-process batch-norm of the global batch) instead of per rank "
                           "(PyTorch DDP's default). Alone it changes nothing."),
+        click.option("--bucket-mb", type=click.FloatRange(min=0), default=DEFAULTS["bucket_mb"],
+                     show_default=True,
+                     help="Data-parallel (mpiexec, NCCL): all-reduce the gradients in buckets of this many MiB, each "
+                          "started as soon as its layers' backward has run, so that it overlaps the rest of the "
+                          "backward pass (PyTorch DDP's bucket_cap_mb); 0: one all-reduce after it."),
         click.option("--tensorboard/--no-tensorboard", default=DEFAULTS["tensorboard"], show_default=True,
                      help="Also write TensorBoard event files to RUN/tensorboard (needs: pip install 'gpunn[tensorboard]')."),
     ]

@@ -5,6 +5,8 @@ Both have the same small interface, so code written for many ranks runs unchange
 
     rank, size, local_rank, local_size, timeout
     allreduce(x, op="sum")      x: NumPy or CuPy array, reduced in place over all ranks; returns x
+    iallreduce(x, op="sum")     the same, started now and finished by the returned handle's
+                                wait() (test(): done yet?); x must not be touched until then
     broadcast(x, root=0)        x overwritten in place with root's values; returns x
                                 (both take name="...": what a timeout message calls the call)
     broadcast_object(obj, root=0) -> root's obj on every rank (pickled)
@@ -31,7 +33,7 @@ import numpy as np
 from ..backend import is_cuda_array
 
 __all__ = ["Communicator", "LocalComm", "MPIComm", "DEFAULT_TIMEOUT", "timeout_from_env",
-           "OPS"]
+           "OPS", "DONE"]
 
 DEFAULT_TIMEOUT = 300.0          # seconds; a checkpoint write on rank 0 must fit in it
 OPS = ("sum", "mean", "max", "min")
@@ -94,6 +96,12 @@ class Communicator:
         _check_op(op, x)
         return x
 
+    def iallreduce(self, x, op: str = "sum", *, name: str = ""):
+        """A non-blocking :meth:`allreduce`: a handle whose ``wait()`` finishes it. Here,
+        and for communicators without one of their own, it runs to the end at once."""
+        self.allreduce(x, op, name=name)
+        return DONE
+
     def broadcast(self, x, root: int = 0, *, name: str = ""):
         _check_buffer(x, "broadcast")
         self._check_root(root)
@@ -144,6 +152,51 @@ class Communicator:
 
 class LocalComm(Communicator):
     """One process, no MPI: every collective returns its input."""
+
+
+class _Done:
+    """The handle of a collective that has already finished."""
+
+    def test(self) -> bool:
+        return True
+
+    def wait(self) -> None:
+        pass
+
+
+DONE = _Done()
+
+
+class _MPIRequest:
+    """The handle of an MPI non-blocking collective: ``test()`` lets MPI progress it (MPICH
+    moves a non-blocking collective along only inside MPI calls), ``wait()`` finishes it with
+    the communicator's deadline; ``after`` runs once it is done (op="mean"'s division)."""
+
+    def __init__(self, comm, request, what, after=None):
+        self.comm, self.request, self.what, self.after = comm, request, what, after
+
+    def test(self) -> bool:
+        if self.request is None:
+            return True
+        try:
+            done = self.request.Test()
+        except self.comm.MPI.Exception as e:
+            self.comm._failed(self.what, e)
+            return False
+        if done:
+            self._finish()
+        return bool(done)
+
+    def wait(self) -> None:
+        if self.request is not None:
+            self.comm._wait(self.request, self.what)
+            self._finish()
+
+    def _finish(self):
+        self.request = None
+        if self.after is not None:
+            self.after, after = None, self.after
+            after()
 
 
 def _what(kind: str, x, name: str) -> str:
@@ -204,9 +257,12 @@ class MPIComm(Communicator):
                     time.sleep(nap)
                     nap = min(nap * 2, 0.001)
         except self.MPI.Exception as e:
-            self.abort(f"gpunn.distributed: rank {self.rank} of {self.size}: {what} failed: "
-                       f"{e.Get_error_string().strip()} -- another rank has probably died; "
-                       f"aborting all ranks")
+            self._failed(what, e)
+
+    def _failed(self, what, e):
+        self.abort(f"gpunn.distributed: rank {self.rank} of {self.size}: {what} failed: "
+                   f"{e.Get_error_string().strip()} -- another rank has probably died; "
+                   f"aborting all ranks")
 
     def abort(self, message: str, code: int = 1):
         _say(message)
@@ -217,16 +273,18 @@ class MPIComm(Communicator):
 
     # -- collectives on arrays ----------------------------------------------------------------
     def allreduce(self, x, op: str = "sum", *, name: str = ""):
+        self.iallreduce(x, op, name=name).wait()
+        return x
+
+    def iallreduce(self, x, op: str = "sum", *, name: str = ""):
         _check_buffer(x, "allreduce")
         _check_op(op, x)
         if is_cuda_array(x):
-            return self._gpu(x).allreduce(x, op, name=name)
-        if x.size:
-            req = self.comm.Iallreduce(self.MPI.IN_PLACE, x, op=getattr(self.MPI, _MPI_OPS[op]))
-            self._wait(req, _what("allreduce", x, name))
-        if op == "mean":
-            x /= x.dtype.type(self.size)
-        return x
+            return self._gpu(x).iallreduce(x, op, name=name)
+        req = self.comm.Iallreduce(self.MPI.IN_PLACE, x, op=getattr(self.MPI, _MPI_OPS[op])) \
+            if x.size else None
+        after = (lambda: x.__itruediv__(x.dtype.type(self.size))) if op == "mean" else None
+        return _MPIRequest(self, req, _what("allreduce", x, name), after)
 
     def broadcast(self, x, root: int = 0, *, name: str = ""):
         _check_buffer(x, "broadcast")

@@ -6,8 +6,9 @@ rank builds its communicator for its GPU with ``NcclCommunicator(size, uid, rank
 rank must agree on NCCL or host staging, so availability is all-gathered first: one rank
 without NCCL sends every rank down the host path (with the reason in ``nccl_off_reason``).
 
-NCCL calls are queued on the current CUDA stream and return at once; they finish on the GPU
-later. To keep the step free of host synchronisation and still put a deadline on a
+NCCL calls are queued on a stream of the communicator's own (after the work the caller's
+stream has queued, which then waits for them on the device) and return at once; they finish
+on the GPU later. To keep the step free of host synchronisation and still put a deadline on a
 collective, each call records a CUDA event, and later calls *query* (never wait on) the
 events still pending: an event that stays unfinished past the timeout means a rank has died
 (its peers' NCCL kernels spin forever), and the job is aborted with a message. At most
@@ -81,7 +82,16 @@ def make_nccl(mpi, device_id: int, *, nccl=None, cupy=None):
 
 
 class NCCLComm:
-    """NCCL all-reduce and broadcast of CuPy arrays, in place, on the current stream."""
+    """NCCL all-reduce and broadcast of CuPy arrays, in place, on the communicator's stream.
+
+    Every collective runs on one stream of its own (``self.stream``), as PyTorch's NCCL
+    process group does: it starts after the work queued so far on the caller's current stream
+    (a CUDA event the stream waits for) and the caller's stream waits for its end when the
+    handle's ``wait()`` is called (for :meth:`allreduce` and :meth:`broadcast`, at once). Both
+    waits are on the device: the host never blocks. One stream for all of them keeps NCCL's
+    calls in the order they were made, the same on every rank, while the compute stream
+    goes on with the backward pass under an all-reduce started with :meth:`iallreduce`.
+    """
 
     backend = "nccl"
 
@@ -94,6 +104,7 @@ class NCCLComm:
         uid = mpi.broadcast_object(uid, root=0)
         with cupy.cuda.Device(self.device_id):
             self.comm = nccl.NcclCommunicator(self.size, uid, self.rank)
+            self.stream = cupy.cuda.Stream(non_blocking=True)
         self._pending = deque()             # (event, what, t_enqueued)
 
     def _codes(self, x, op):
@@ -108,18 +119,24 @@ class NCCLComm:
                              f"communicator is for cuda:{self.device_id} (one GPU per rank)")
 
     def allreduce(self, x, op: str = "sum", *, name: str = ""):
+        self.iallreduce(x, op, name=name).wait()
+        return x
+
+    def iallreduce(self, x, op: str = "sum", *, name: str = ""):
+        """Queue the all-reduce of ``x`` on the NCCL stream; the handle's ``wait()`` makes the
+        then-current stream wait for it (on the device)."""
         self._check_device(x, "allreduce")
         dtype, nop = self._codes(x, op)
         what = _what("NCCL allreduce", x, name)
         self._before(what)
         with self.cupy.cuda.Device(self.device_id):
-            stream = self.cupy.cuda.get_current_stream()
+            self._follow_current()
             if x.size:
-                self.comm.allReduce(x.data.ptr, x.data.ptr, x.size, dtype, nop, stream.ptr)
+                self.comm.allReduce(x.data.ptr, x.data.ptr, x.size, dtype, nop, self.stream.ptr)
             if op == "mean":
-                x /= x.dtype.type(self.size)
-            self._after(stream, what)
-        return x
+                with self.stream:
+                    x /= x.dtype.type(self.size)
+            return _StreamHandle(self, self._after(what))
 
     def broadcast(self, x, root: int = 0, *, name: str = ""):
         self._check_device(x, "broadcast")
@@ -127,17 +144,25 @@ class NCCLComm:
         what = _what(f"NCCL broadcast from rank {root}", x, name)
         self._before(what)
         with self.cupy.cuda.Device(self.device_id):
-            stream = self.cupy.cuda.get_current_stream()
+            self._follow_current()
             if x.size:
-                self.comm.bcast(x.data.ptr, x.size, dtype, int(root), stream.ptr)
-            self._after(stream, what)
+                self.comm.bcast(x.data.ptr, x.size, dtype, int(root), self.stream.ptr)
+            _StreamHandle(self, self._after(what)).wait()
         return x
 
+    def _follow_current(self):
+        """The NCCL stream waits for what the current stream has queued (the data's writes)."""
+        ready = self.cupy.cuda.Event(block=False, disable_timing=True)
+        ready.record(self.cupy.cuda.get_current_stream())
+        self.stream.wait_event(ready)
+
     # -- deadlines without host synchronisation --------------------------------------------
-    def _after(self, stream, what):
+    def _after(self, what):
+        """An event at the end of the NCCL stream's queue, watched for the deadline."""
         ev = self.cupy.cuda.Event(block=False, disable_timing=True)
-        ev.record(stream)
+        ev.record(self.stream)
         self._pending.append((ev, what, time.monotonic()))
+        return ev
 
     def _before(self, what):
         """Forget finished collectives; abort on one past its deadline; wait for the oldest
@@ -192,6 +217,21 @@ class NCCLComm:
         return f"NCCLComm(rank={self.rank}, size={self.size}, cuda:{self.device_id})"
 
 
+class _StreamHandle:
+    """An NCCL collective in flight: ``wait()`` makes the current stream wait for it (on the
+    device; the host goes on), ``test()`` asks whether the GPU has finished it."""
+
+    def __init__(self, comm, event):
+        self.comm, self.event = comm, event
+
+    def test(self) -> bool:
+        return bool(self.event.done)
+
+    def wait(self) -> None:
+        with self.comm.cupy.cuda.Device(self.comm.device_id):
+            self.comm.cupy.cuda.get_current_stream().wait_event(self.event)
+
+
 class HostStaging:
     """GPU arrays through host memory and MPI: the fallback when NCCL cannot be used."""
 
@@ -206,6 +246,11 @@ class HostStaging:
         self.mpi.allreduce(host, op, name=name)
         x.set(host)
         return x
+
+    def iallreduce(self, x, op: str = "sum", *, name: str = ""):
+        from .comm import DONE
+        self.allreduce(x, op, name=name)
+        return DONE
 
     def broadcast(self, x, root: int = 0, *, name: str = ""):
         import cupy

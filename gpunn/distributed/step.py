@@ -1,8 +1,11 @@
 """The data-parallel training step, and the broadcasts that make every replica start equal.
 
 :class:`DistributedTrainStep` is a :class:`~gpunn.train.step.TrainStep` whose first
-``after_backward`` hook averages the gradients over all ranks, one all-reduce per flat
-gradient buffer (one buffer per (device, dtype): usually exactly one call per step). Every
+``after_backward`` hook averages the gradients over all ranks. The flat gradient buffer (one
+per (device, dtype)) is all-reduced in buckets of about ``bucket_mb`` MiB started during the
+backward pass, as each bucket's layers finish (gpunn/distributed/buckets.py: the all-reduce
+overlaps the rest of the backward pass, as PyTorch DDP's does), and the hook waits for what is
+left; ``bucket_mb=0`` makes it one all-reduce per buffer after the backward pass. Every
 rank then applies the same update to the same weights, so the replicas never drift.
 
 The average is the gradient of the *global* batch. With a mean-reduced loss each rank's
@@ -20,7 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..model import Sequential
+from ..parameter import FlatBuffer
 from ..train.step import TrainStep
+from .buckets import DEFAULT_BUCKET_MB, GradientBuckets
 
 __all__ = ["DistributedTrainStep", "broadcast_model", "broadcast_optimizer", "sync_buffers",
            "set_rank"]
@@ -52,13 +58,22 @@ class DistributedTrainStep(TrainStep):
     (sum of n_r over the ranks). Without ``total`` the step asks ``loader.last_total`` (a
     :class:`~gpunn.distributed.ShardedLoader` knows it for free), and failing that all-reduces
     the count (one small collective more). ``samples`` is the global count of the last step.
-    ``weight`` is n_r / total (mean loss) or 1 (sum loss).
+    ``weight`` is n_r / total (mean loss) or 1 (sum loss). ``bucket_mb``: the size of the
+    gradient buckets all-reduced while the backward pass goes on (default 25 MiB, PyTorch
+    DDP's ``bucket_cap_mb``); 0 or None: one all-reduce after the backward pass. Ranks that
+    share one model (``--procs``) reduce after the backward pass in any case.
     """
 
-    def __init__(self, model, loss_fn, optimizer, *, comm=None, loader=None):
+    def __init__(self, model, loss_fn, optimizer, *, comm=None, loader=None,
+                 bucket_mb: float | None = DEFAULT_BUCKET_MB):
         super().__init__(model, loss_fn, optimizer)
         self.comm = _world(comm)
         self.loader = loader
+        if bucket_mb is not None and not bucket_mb >= 0:
+            raise ValueError(f"DistributedTrainStep: bucket_mb must be >= 0 (0: one all-reduce "
+                             f"after the backward pass), got {bucket_mb}")
+        self.bucket_mb = bucket_mb or 0
+        self.buckets = None               # GradientBuckets, when the all-reduce overlaps
         self.weight = 1.0
         self.samples = 0
         self._calls = 0                   # steps by this object (names the collectives)
@@ -87,6 +102,9 @@ class DistributedTrainStep(TrainStep):
         if self._shared is not None:
             self._shared.reduce(self.weight, name)
             return
+        if self.buckets is not None:      # started during the backward pass: finish it
+            self.buckets.finish()
+            return
         for g in self.grad_buffers():
             if self.weight != 1.0:
                 g *= g.dtype.type(self.weight)
@@ -107,11 +125,23 @@ class DistributedTrainStep(TrainStep):
             self._share_asked = True
             if self.comm.size > 1:
                 self._shared = self.comm.shared_training(self.model, self.optimizer)
+            if self.comm.size > 1 and self._shared is None and self.bucket_mb:
+                self._overlap()
         elif self._shared is not None and not self._shared.intact():
             raise RuntimeError(
                 "DistributedTrainStep: the model's parameters, gradients or the optimizer's "
                 "state were replaced after the ranks started sharing them (model.to(), "
                 "load_state_dict with new buffers, a new optimizer): build the step again")
+
+    def _overlap(self) -> None:
+        """All-reduce the gradients in buckets started during the backward pass
+        (gpunn/distributed/buckets.py), when the optimizer's gradients are flat buffers and
+        the model reports its layers' backward (a Sequential); else one all-reduce after it."""
+        slots = self.optimizer.slots
+        if isinstance(self.model, Sequential) and slots \
+                and all(isinstance(s, FlatBuffer) for s in slots):
+            self.buckets = GradientBuckets(self.comm, slots, self.bucket_mb * 2 ** 20)
+            self.after_layer = self.buckets.step_done
 
     def _total(self, n: int) -> int:
         if self.comm.size == 1:
@@ -133,6 +163,9 @@ class DistributedTrainStep(TrainStep):
         for bn in self._sync_bn:
             bn.grad_weight = self.weight
         self._share()
+        if self.buckets is not None:
+            self.buckets.begin(self.weight, f"the gradient all-reduce (step {self._calls} of "
+                                            f"this process)")
         if n == 0:
             loss = self._sit_out()
         else:

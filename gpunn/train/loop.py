@@ -68,6 +68,8 @@ class TrainConfig:
     #                                  (default batch_size x ranks; gpunn/distributed)
     graph: bool = False              # replay the step from a CUDA graph (GraphedTrainStep;
     #                                  CUDA only; off until proven on a GPU: docs/GRAPHS.md)
+    bucket_mb: float = 25.0          # data-parallel: gradient buckets all-reduced during the
+    #                                  backward pass (MiB; 0: one all-reduce after it)
 
 
 @dataclass
@@ -387,7 +389,8 @@ def fit(model, loss_fn, optimizer, data, config: TrainConfig, *, out_dir=None, d
             step = TrainStep(model, loss_fn, optimizer)
     else:                         # writers on rank 0, rank 0's state everywhere at the start
         from ..distributed.extensions import distribute
-        step = dist.DistributedTrainStep(model, loss_fn, optimizer, comm=comm, loader=loader)
+        step = dist.DistributedTrainStep(model, loss_fn, optimizer, comm=comm, loader=loader,
+                                         bucket_mb=cfg.bucket_mb)
         exts = distribute(exts, comm)
     trainer = Trainer(step, loader, cfg.epochs, extensions=exts, max_steps=cfg.max_steps,
                       log=log)

@@ -22,12 +22,15 @@ class TrainStep:
     xb: (N, ...) inputs, yb: (N,) integer labels. ``after_backward`` holds callables
     ``hook(step)`` run between backward and the update (gradients are in the model's grads,
     the batch's loss, a device scalar, in ``step.loss``: the place for an all-reduce or a
-    non-finite check).
+    non-finite check). ``after_layer``, None or ``hook(layer, layers)``, runs after each
+    top-level layer's backward of a Sequential model (a data-parallel step starts all-reducing
+    the gradients that are final there).
     """
 
     def __init__(self, model, loss_fn, optimizer):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.after_backward: list = []
+        self.after_layer = None      # Sequential.backward's after_step (a data-parallel step's)
         self.loss_sum = self.correct = self.loss = None
         self.seen = 0
 
@@ -41,7 +44,8 @@ class TrainStep:
         logits = self.model.forward(xb, train=True)
         loss = self.loss = self.loss_fn.forward(logits, yb)
         if isinstance(self.model, Sequential):       # the data needs no gradient
-            self.model.backward(self.loss_fn.backward(), input_grad=False)
+            self.model.backward(self.loss_fn.backward(), input_grad=False,
+                                after_step=self.after_layer)
         else:
             self.model.backward(self.loss_fn.backward())
         for hook in self.after_backward:
