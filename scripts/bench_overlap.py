@@ -8,14 +8,17 @@ after the backward pass; else buckets of that many MiB started as their layers f
 gpunn/distributed/buckets.py), all from the same weights, and times them in interleaved
 rounds (each round runs every configuration once, in a rotating order), so the machine's
 drift hits all alike. Rank 0 prints the median step time per configuration, the ratio to
-bucket 0, how many buckets there were, and the all-reduce of the whole buffer alone.
+bucket 0, how many buckets there were, how long the step waited for the all-reduce after the
+backward pass (median; the part of it the buckets did not hide), and the all-reduce of the
+whole buffer alone.
 Synthetic data; one thread per rank (set GPUNN_THREADS / OPENBLAS_NUM_THREADS yourself to
 change that).
 
 On one machine the ranks' own cores do both the backward pass and the reduction, so there is
 little to hide. ``--link-gbps G`` models a network between the ranks instead: each all-reduce
-also takes its ring transfer time on a G Gbit/s link, 2 (N-1)/N x bytes / bandwidth, which
-passes while the rank computes (as a NIC's or NCCL's transfers do) and is waited out only
+also takes its ring transfer time on a G Gbit/s link, 2 (N-1)/N x bytes / bandwidth, after
+the transfers started before it (one link carries one at a time), which passes while the rank
+computes (as a NIC's or NCCL's transfers do) and is waited out only
 when the step needs the result. It shows how much of that time the buckets hide; the
 reduction's real cost on this machine is paid in both cases.
 """
@@ -45,12 +48,14 @@ class Link(dist.Communicator):
     def __init__(self, comm, gbps):
         self.comm, self.bytes_per_s = comm, gbps * 1e9 / 8
         self.rank, self.size, self.backend = comm.rank, comm.size, f"{comm.backend} + link"
+        self.free_at = 0.0                    # the link carries one transfer after another
 
     def wire(self, x):
         return 2 * (self.size - 1) / self.size * x.nbytes / self.bytes_per_s
 
     def iallreduce(self, x, op="sum", *, name=""):
-        return _Delayed(self.comm.iallreduce(x, op, name=name), time.perf_counter() + self.wire(x))
+        self.free_at = max(time.perf_counter(), self.free_at) + self.wire(x)
+        return _Delayed(self.comm.iallreduce(x, op, name=name), self.free_at)
 
     def allreduce(self, x, op="sum", *, name=""):
         self.iallreduce(x, op, name=name).wait()
@@ -74,6 +79,18 @@ class _Delayed:
             time.sleep(left)
 
 
+class _Timed:
+    """The gradient hook, timed: what the step waits for the all-reduce after backward."""
+
+    def __init__(self, hook):
+        self.hook, self.spent = hook, []
+
+    def __call__(self, step):
+        t = time.perf_counter()
+        self.hook(step)
+        self.spent.append(time.perf_counter() - t)
+
+
 def measure(comm, model, batch, buckets, rounds, steps):
     rng = np.random.default_rng(comm.rank)
     x = rng.random((batch, *input_shape(model)), dtype=np.float32)
@@ -84,10 +101,13 @@ def measure(comm, model, batch, buckets, rounds, steps):
         opt = gpunn.SGD(net.parameters(), lr=0.01, momentum=0.9)
         step = dist.DistributedTrainStep(net, gpunn.CrossEntropyLoss(), opt, comm=comm,
                                          bucket_mb=mb)
+        step.after_backward[0] = _Timed(step.after_backward[0])
         runs[mb] = step
         for _ in range(3):
             step(x, y, total=batch * comm.size)
     times = {mb: [] for mb in buckets}
+    for step in runs.values():
+        step.after_backward[0].spent.clear()
     for r in range(rounds):
         order = buckets[r % len(buckets):] + buckets[:r % len(buckets)]
         for mb in order:
@@ -105,8 +125,9 @@ def measure(comm, model, batch, buckets, rounds, steps):
         comm.allreduce(g)
         ar.append(time.perf_counter() - t)
     n_buckets = {mb: (len(s.buckets) if s.buckets is not None else 1) for mb, s in runs.items()}
+    waits = {mb: float(np.median(s.after_backward[0].spent)) for mb, s in runs.items()}
     return {mb: float(np.median(v)) for mb, v in times.items()}, n_buckets, \
-        float(np.median(ar)), g.nbytes
+        float(np.median(ar)), g.nbytes, waits
 
 
 def main():
@@ -125,8 +146,7 @@ def main():
     buckets = [float(b) for b in a.buckets.split(",")]
     rows = []
     for model in a.models.split(","):
-        t, n, ar, nbytes = measure(comm, model, a.batch, buckets, a.rounds, a.steps)
-        rows.append((model, t, n, ar, nbytes))
+        rows.append((model, *measure(comm, model, a.batch, buckets, a.rounds, a.steps)))
     if comm.rank != 0:
         return
     print(f"{comm.size} ranks ({comm.backend}), batch {a.batch} per rank, "
@@ -136,11 +156,11 @@ def main():
         f"bucket {b:g} MiB" if b else "after backward" for b in buckets) + " |"
     print(head)
     print("|" + "---|" * (3 + len(buckets)))
-    for model, t, n, ar, nbytes in rows:
+    for model, t, n, ar, nbytes, waits in rows:
         base = t[buckets[0]]
         cells = [f"{t[b] * 1e3:.2f} ms" + ("" if b == buckets[0] else
                                            f" ({t[b] / base:.3f}x, {n[b]} buckets)")
-                 for b in buckets]
+                 + f", waits {waits[b] * 1e3:.2f}" for b in buckets]
         print(f"| {model} | {nbytes / 1e6:.1f} MB | {ar * 1e3:.2f} ms | " + " | ".join(cells) + " |")
 
 
