@@ -70,6 +70,16 @@ def test_events_fire_in_order(data, tmp_path):
                            "evaluate@1000", "epoch_end2", "finish"])
 
 
+def test_max_steps_on_a_periodic_evaluation_evaluates_that_step_once(data, tmp_path):
+    rec = Recorder()
+    _, res = _fit(data, tmp_path, 2, rec, max_steps=3)     # the periodic evaluation's step
+    assert rec.events == ["start", "step1", "step2", "evaluate@300", "step3", "finish"]
+    assert res.history["samples"] == [300] and res.history["step"] == [3]
+    rec = Recorder()
+    _fit(data, tmp_path / "b", 2, rec, max_steps=4)        # inside an epoch, off the period
+    assert rec.events[-2:] == ["evaluate@400", "finish"]
+
+
 def test_extension_state_and_train_state_round_trip_through_the_checkpoint(data, tmp_path):
     rec = Recorder()
     _fit(data, tmp_path, 2, rec, max_steps=7)

@@ -103,7 +103,8 @@ def _new_history():
 
 class Evaluation(Extension):
     """Evaluates every ``every`` training samples (0: only at epoch ends), at every epoch end,
-    and once more when ``max_steps`` ends the run inside an epoch; appends a row to
+    and once more when ``max_steps`` ends the run inside an epoch (unless a periodic
+    evaluation just measured that step); appends a row to
     ``history`` and emits ``evaluate(row)``.
 
     The evaluation sets move to the device once: a fixed random ``train_fraction`` of the
@@ -156,7 +157,10 @@ class Evaluation(Extension):
         self.run(trainer)
 
     def on_finish(self, trainer):
-        if trainer.max_steps_reached and trainer.state.batch != 0:
+        st = trainer.state
+        steps = self.history["step"]
+        # a periodic evaluation may have just measured this very step: not twice
+        if trainer.max_steps_reached and st.batch != 0 and not (steps and steps[-1] == st.step):
             self.run(trainer)
 
     def run(self, trainer):
