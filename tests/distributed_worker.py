@@ -337,23 +337,42 @@ def nccl_gpu(out):
         report[np.dtype(dtype).name] = cupy.asnumpy(x).tolist()
     report["backend"] = comm.nccl.backend
     report["nccl_off_reason"] = comm.nccl_off_reason
-    finals = []
-    for through_nccl in (False, True):
+    # every variant halves the gradients (exact), then: nothing; one NCCL all-reduce per
+    # buffer after backward; NCCL all-reduces of 2 KiB buckets started on NCCL's own stream
+    # as the layers finish (gpunn/distributed/buckets.py). A bucket read before its layer's
+    # kernels wrote it, or an update before its all-reduce, would change the weights.
+    from gpunn.distributed.buckets import GradientBuckets
+    finals = {}
+    for variant in ("plain", "nccl", "buckets"):
         model = gpunn.build_model("model4", (1, 28, 28), 10, seed=0, dtype=np.float64).to(dev)
         opt = gpunn.SGD(model.parameters(), lr=0.05, momentum=0.9)
         step = TrainStep(model, gpunn.CrossEntropyLoss(), opt)
-        if through_nccl:
+        buckets = None
+        if variant == "plain":
             step.after_backward.append(
-                lambda s: [comm.allreduce(g, "sum", name="gradients") for g in
-                           (slot.grads for slot in s.optimizer.slots)])
+                lambda s: [g.__imul__(0.5) for g in (slot.grads for slot in s.optimizer.slots)])
+        elif variant == "nccl":
+            step.after_backward.append(
+                lambda s: [comm.allreduce(g.__imul__(0.5), "sum", name="gradients")
+                           for g in (slot.grads for slot in s.optimizer.slots)])
+        else:
+            buckets = GradientBuckets(comm, opt.slots, bucket_bytes=2048)
+            step.after_layer = buckets.step_done
+            step.after_backward.append(lambda s: buckets.finish())
         rng = np.random.default_rng(0)
         xb = cupy.asarray(rng.random((32, 1, 28, 28)))
         yb = cupy.asarray(rng.integers(0, 10, 32))
         for _ in range(20):
+            if buckets is not None:
+                buckets.begin(0.5)
             step(xb, yb)
         comm.synchronize()
-        finals.append(model.state_dict())
-    report["bitwise_equal"] = all(np.array_equal(finals[0][k], finals[1][k]) for k in finals[0])
+        finals[variant] = model.state_dict()
+        if buckets is not None:
+            report["buckets"], report["early"] = len(buckets), buckets.early
+    for variant in ("nccl", "buckets"):
+        report[f"{variant}_equal"] = all(np.array_equal(finals["plain"][k], finals[variant][k])
+                                         for k in finals["plain"])
     with open(os.path.join(out, "nccl_gpu.json"), "w") as f:
         json.dump(report, f)
 

@@ -629,13 +629,15 @@ def test_the_scaling_benchmark_runs(monkeypatch):
 @pytest.mark.gpu
 def test_nccl_on_one_gpu_with_one_rank(tmp_path):
     """The real NCCL path (a lent GPU): collectives on CuPy arrays through NCCL, and a step
-    all-reducing its gradient buffers through it trains like the plain step, bit for bit."""
+    all-reducing its gradient buffers through it, after backward or in buckets on NCCL's own
+    stream during backward, trains like the plain step, bit for bit."""
     launch(0, "nccl_gpu", tmp_path, env={"GPUNN_DEVICE": ""})
     got = json.loads((tmp_path / "nccl_gpu.json").read_text())
     assert got["backend"] == "nccl", got["nccl_off_reason"]
     for dtype in ("float32", "float64"):
         assert got[dtype] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
-    assert got["bitwise_equal"]
+    assert got["nccl_equal"] and got["buckets_equal"]
+    assert got["buckets"] > 2 and got["early"] == got["buckets"]
 
 
 # -- gpunn train under mpiexec ------------------------------------------------------------------
