@@ -25,8 +25,9 @@ What is kept equal, and how (PyTorch DDP's semantics, with an exact short last b
 - each epoch's order is the same on every rank (from seed and epoch); global batch k is
   batch k of one process at the global batch size, and rank r takes its r-th piece, so
   N ranks x batch B take exactly the steps of 1 rank x batch N*B;
-- one all-reduce per step per flat gradient buffer, weighted by each rank's share of the
-  batch (a short last batch split unevenly is averaged exactly);
+- the flat gradient buffer all-reduced once per step, in buckets started during the backward
+  pass (``bucket_mb``, as DDP), each rank's gradient weighted by its share of the batch (a
+  short last batch split unevenly is averaged exactly);
 - batch-norm statistics per rank (BatchNorm1d/2d, as DDP) or over all ranks (SyncBatchNorm);
 - dropout masks differ per rank (the rank is folded into the mask stream's key; rank 0 draws
   the single-process masks) and are reproducible;
