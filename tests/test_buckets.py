@@ -165,3 +165,29 @@ def test_a_bad_bucket_size_is_refused(bad):
     with pytest.raises(ValueError, match="bucket_mb must be >= 0"):
         DistributedTrainStep(model, gpunn.CrossEntropyLoss(),
                              gpunn.SGD(model.parameters(), lr=0.1), comm=Mirror(), bucket_mb=bad)
+
+
+@pytest.mark.parametrize("name", ["cnn-bn", "resnet-small"])
+def test_fused_and_residual_models_start_every_bucket_during_backward_and_train_alike(name):
+    """Fused steps (Conv2d+ReLU, ReLU+MaxPool2d: gpunn.fuse) and residual blocks report their
+    parameters through the steps that run them: every bucket starts before the backward pass
+    ends, and the step is the plain step of the global batch, bit for bit."""
+    from gpunn.fuse import fuse, fused_pairs
+
+    def make():
+        m = fuse(gpunn.build_model(name, (1, 12, 12), 10, seed=0, dtype=np.float64))
+        return m, gpunn.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    ref, ref_opt = make()
+    plain = TrainStep(ref, gpunn.CrossEntropyLoss(), ref_opt)
+    model, opt = make()
+    assert fused_pairs(model)
+    step = DistributedTrainStep(model, gpunn.CrossEntropyLoss(), opt, comm=Mirror(),
+                                bucket_mb=1 / 1024)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        x, y = rng.standard_normal((8, 1, 12, 12)), rng.integers(0, 10, 8)
+        plain(x, y)
+        step(x, y, total=16)
+    assert len(step.buckets) > 2 and step.buckets.early == len(step.buckets)
+    for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
+        assert np.array_equal(a, b), k
