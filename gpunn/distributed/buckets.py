@@ -26,6 +26,8 @@ cut, so the result is the unbucketed one bit for bit.
 """
 from __future__ import annotations
 
+from .comm import DONE
+
 __all__ = ["GradientBuckets", "DEFAULT_BUCKET_MB", "FIRST_BUCKET_BYTES"]
 
 DEFAULT_BUCKET_MB = 25.0            # PyTorch DDP's bucket_cap_mb
@@ -58,13 +60,12 @@ def plan_buckets(flats, bucket_bytes: float, first_bytes: float = FIRST_BUCKET_B
     buckets = []
     for flat in reversed(flats):
         itemsize = flat.dtype.itemsize
-        hi, members, nbytes = flat.total, [], 0
+        hi, members = flat.total, []
         cap = min(first_bytes, bucket_bytes) if not buckets else bucket_bytes
         for i in reversed(range(len(flat.params))):
             members.append(flat.params[i])
             lo = flat.offsets[i] if i else 0
-            nbytes = (hi - lo) * itemsize
-            if nbytes >= cap or i == 0:
+            if (hi - lo) * itemsize >= cap or i == 0:
                 buckets.append(_Bucket(flat, lo, hi, members))
                 hi, members, cap = lo, [], bucket_bytes
     return buckets
@@ -80,10 +81,10 @@ class GradientBuckets:
 
     def __init__(self, comm, flats, bucket_bytes: float, name: str = "the gradient all-reduce"):
         self.comm = comm
-        self.flats = list(flats)
-        self.buckets = plan_buckets(self.flats, bucket_bytes)
+        self.buckets = plan_buckets(list(flats), bucket_bytes)
         self._bucket_of = {id(p): b for b in self.buckets for p in b.params}
         self._plan_key, self._finishes = None, {}
+        self._plan_checked = False             # this step's layers checked against the plan
         self.name = name
         self.weight = 1.0
         self.started = 0                       # buckets started this step (they go in order)
@@ -97,6 +98,7 @@ class GradientBuckets:
         if name is not None:
             self.name = name
         self.started = self.early = 0
+        self._plan_checked = False
         for b in self.buckets:
             b.waiting, b.handle = len(b.params), None
 
@@ -104,7 +106,11 @@ class GradientBuckets:
     def _plan(self, steps) -> dict:
         """id(step) -> the parameters whose gradients are final once that step's backward
         has run: a parameter used by several steps (weights shared between layers) is final
-        after the earliest of them, which runs its backward last."""
+        after the earliest of them, which runs its backward last. The layers are checked
+        against the plan once per step (at its first layer), not after every layer."""
+        if self._plan_checked:
+            return self._finishes
+        self._plan_checked = True
         key = tuple(map(id, steps))
         if key != self._plan_key:
             from ..model import _layers_of
@@ -127,7 +133,7 @@ class GradientBuckets:
         self._start(ready_only=True)
         for b in self.buckets[:self.started]:          # let MPI move the started ones along
             if b.handle is not None and b.handle.test():
-                b.handle = _FINISHED
+                b.handle = DONE
 
     def _start(self, ready_only: bool) -> None:
         while self.started < len(self.buckets):
@@ -150,14 +156,3 @@ class GradientBuckets:
         for b in self.buckets:
             b.handle.wait()
             b.handle = None
-
-
-class _Finished:
-    def test(self):
-        return True
-
-    def wait(self):
-        pass
-
-
-_FINISHED = _Finished()

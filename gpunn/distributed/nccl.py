@@ -28,7 +28,7 @@ from collections import deque
 
 import numpy as np
 
-from .comm import _what
+from .comm import DONE, _what
 
 __all__ = ["NCCLComm", "HostStaging", "make_nccl", "nccl_status"]
 
@@ -248,7 +248,6 @@ class HostStaging:
         return x
 
     def iallreduce(self, x, op: str = "sum", *, name: str = ""):
-        from .comm import DONE
         self.allreduce(x, op, name=name)
         return DONE
 

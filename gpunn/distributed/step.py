@@ -125,8 +125,8 @@ class DistributedTrainStep(TrainStep):
             self._share_asked = True
             if self.comm.size > 1:
                 self._shared = self.comm.shared_training(self.model, self.optimizer)
-            if self.comm.size > 1 and self._shared is None and self.bucket_mb:
-                self._overlap()
+                if self._shared is None and self.bucket_mb:
+                    self._overlap()
         elif self._shared is not None and not self._shared.intact():
             raise RuntimeError(
                 "DistributedTrainStep: the model's parameters, gradients or the optimizer's "
