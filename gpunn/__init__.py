@@ -12,6 +12,9 @@ Importing gpunn imports neither CuPy (until a CUDA device is asked for) nor clic
 """
 __version__ = "0.1.0"
 
+# first: gpunn.threads loads NumPy with OpenBLAS's idle spin shortened (it reads the
+# setting only when it loads; gpunn/threads.py says why)
+from . import threads as _threads  # noqa: F401,I001
 from . import gradcheck
 from .backend import Device, DeviceError, resolve_device, to_device, to_numpy
 from .data import DataLoader, Dataset, RandomAugment, load_dataset

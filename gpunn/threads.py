@@ -32,7 +32,50 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["default_threads", "get_num_threads", "set_num_threads", "parallel_chunks",
-           "chunk_bounds", "blas_threads", "gemm_threads"]
+           "chunk_bounds", "blas_threads", "gemm_threads", "blas_spin"]
+
+
+# -- OpenBLAS's idle spin: set before NumPy loads it --------------------------------------------
+# After a multithreaded GEMM, OpenBLAS's workers spin for 2**OPENBLAS_THREAD_TIMEOUT cycles
+# before they sleep (its default, 28: about 0.1 s). The pool regions that follow a GEMM then
+# share their cores with a spinning thread: cnn-bn's max-pool, batch-norm and conv backward
+# run after its Linear's weight-gradient GEMM. 2**22 cycles (about 1.5 ms at 2.7 GHz) keeps
+# the workers awake between the GEMMs of one layer and of one small step, and lets them sleep
+# during the chunked ops. Whole steps at two threads, batch 100, on the 2-vCPU Xeon
+# (docs/benchmarks/README.md): cnn-bn 52.5 -> 44.5 ms, mlp1000 and model4 unchanged; a
+# shorter spin (2**20 and below) makes mlp1000 slower (its GEMMs wait for woken workers).
+# OpenBLAS reads the variable once, when it loads, so gpunn loads NumPy with it set (and
+# takes it out of the environment again: no child process inherits it unasked); a value the
+# user set is theirs, and a NumPy imported before gpunn keeps the library's default.
+BLAS_SPIN_EXPONENT = 22
+_SPIN_VAR = "OPENBLAS_THREAD_TIMEOUT"
+
+
+def _load_numpy_with_short_blas_spin() -> str:
+    import sys
+    if os.environ.get(_SPIN_VAR, "") != "":
+        return "user"
+    if "numpy" in sys.modules:
+        return "late"
+    os.environ[_SPIN_VAR] = str(BLAS_SPIN_EXPONENT)
+    try:
+        import numpy  # noqa: F401  (loads OpenBLAS, which reads the variable now)
+    finally:
+        del os.environ[_SPIN_VAR]
+    return "set"
+
+
+_spin_how = _load_numpy_with_short_blas_spin()
+
+
+def blas_spin() -> str:
+    """How long NumPy's OpenBLAS lets idle workers spin, in words (for reports)."""
+    if _spin_how == "user":
+        return f"{_SPIN_VAR}={os.environ.get(_SPIN_VAR)} (the user's)"
+    if _spin_how == "late":
+        return (f"OpenBLAS's default (NumPy was imported before gpunn; set {_SPIN_VAR}="
+                f"{BLAS_SPIN_EXPONENT} before it for gpunn's)")
+    return f"2**{BLAS_SPIN_EXPONENT} cycles (gpunn's {_SPIN_VAR})"
 
 _lock = threading.Lock()
 _count: int | None = None

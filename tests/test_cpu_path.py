@@ -253,3 +253,41 @@ def test_train_threads_option(tmp_path, restore_threads):
     assert threads.get_num_threads() == 1
     r = CliRunner().invoke(main, ["train", "--threads", "0", "--out", str(tmp_path / "s")])
     assert r.exit_code == 2 and "--threads" in r.output
+
+
+_SPIN_PROBE = """
+import os, sys, ctypes
+{first}
+import gpunn
+from threadpoolctl import threadpool_info
+libs = [i["filepath"] for i in threadpool_info() if i["internal_api"] == "openblas"]
+read = getattr(ctypes.CDLL(libs[0]), "openblas_thread_timeout", None) if libs else None
+print(gpunn.threads.blas_spin())
+print(read() if read is not None else "n/a")
+print(os.environ.get("OPENBLAS_THREAD_TIMEOUT"))
+"""
+
+
+@pytest.mark.parametrize("case", ["gpunn first", "the user's value", "numpy first"])
+def test_numpy_loads_with_a_short_openblas_spin(case):
+    # OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, as NumPy loads it: importing gpunn first
+    # must hand it gpunn's 22 and leave the environment as it found it; a user's own value
+    # wins; a NumPy loaded before gpunn keeps the default, and the report says so
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if case == "the user's value":
+        env["OPENBLAS_THREAD_TIMEOUT"] = "25"
+    first = "import numpy" if case == "numpy first" else ""
+    out = subprocess.run([sys.executable, "-c", _SPIN_PROBE.format(first=first)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    said, read, left = out.stdout.strip().splitlines()
+    expect = {"gpunn first": ("2**22 cycles", "22", "None"),
+              "the user's value": ("OPENBLAS_THREAD_TIMEOUT=25 (the user's)", "25", "25"),
+              "numpy first": ("NumPy was imported before gpunn", "0", "None")}[case]
+    assert expect[0] in said
+    if read != "n/a":                     # an OpenBLAS that says what it read
+        assert read == expect[1]
+    assert left == expect[2]
