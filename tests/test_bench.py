@@ -97,6 +97,37 @@ def test_quick_bench_end_to_end(tmp_path):
     assert "| cnn-bn | cpu | 8 |" in md and "Floors" in md and "gpunn --procs ms" in md
 
 
+def test_procs_column_leaves_the_other_columns_their_threads(monkeypatch):
+    # the gpunn --procs step splits the threads between its processes; the bench's own
+    # process times the gpunn and PyTorch columns too, which must keep the full count (they
+    # ran at one thread of two before: cnn-bn's gpunn column 56 ms instead of 44)
+    import sys
+    if not sys.platform.startswith("linux"):
+        pytest.skip("--procs forks: Linux only")
+    import gpunn.threads as threads
+    from gpunn.distributed import DistributedTrainStep
+    before = threads.get_num_threads()
+    inside = []
+    call = DistributedTrainStep.__call__
+
+    def counting(self, *a, **k):
+        inside.append(threads.get_num_threads())
+        return call(self, *a, **k)
+    monkeypatch.setattr(DistributedTrainStep, "__call__", counting)
+    threads.set_num_threads(2)
+    try:
+        s = make_step("gpunn-procs", "model1", 8, "cpu", procs=2)
+        assert threads.get_num_threads() == 2            # after the fork, for the others
+        s.run()
+        s.run()
+        assert inside == [1, 1]                          # rank 0 steps with its share
+        assert threads.get_num_threads() == 2
+        s.close()
+        assert threads.get_num_threads() == 2
+    finally:
+        threads.set_num_threads(before)
+
+
 def test_bench_errors_name_the_problem():
     from click.testing import CliRunner
     from gpunn.backend import cuda_available

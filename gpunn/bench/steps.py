@@ -106,6 +106,11 @@ def _gpunn_procs_step(model, batch, device, procs=None):
     if batch < procs:
         raise Unavailable(f"a batch of {batch} cannot be split between {procs} processes")
     comm = launch(procs)                        # splits the threads between the processes
+    share = get_num_threads()
+    if comm.rank == 0:
+        # this process times the other implementations too, at the full count: it takes
+        # its share only while it steps as rank 0 (run() below)
+        set_num_threads(threads)
     try:
         m = build_model(model, input_shape(model), 10, seed=0)
         SyncBatchNorm.convert_sync_batchnorm(m, comm)   # the whole batch's statistics
@@ -133,13 +138,17 @@ def _gpunn_procs_step(model, batch, device, procs=None):
     def run():
         cmd[0] = 1
         comm.broadcast(cmd, name="the bench's step command")
-        ts(x, y, total=batch)
+        set_num_threads(share)
+        try:
+            ts(x, y, total=batch)
+        finally:
+            set_num_threads(threads)
 
     def close():
         cmd[0] = 0
         comm.broadcast(cmd, name="the bench's step command")
         comm.finish()
-        set_num_threads(threads)                # launch() gave each process its share
+        set_num_threads(threads)
     return Step(run, lambda: None, close, notes=[f"{procs} processes x batch "
                                                  f"{hi - lo} (SyncBatchNorm)"])
 
