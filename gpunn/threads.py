@@ -217,12 +217,16 @@ def chunk_bounds(n: int, chunk: int) -> list:
 
 # A parallel region pays ~0.1-0.2 ms before a second thread works at full speed (a halted
 # vCPU woken, cold caches; measured on the 2-core CI machine: two halves of an np.sin over
-# 200K floats took 0.11 ms against 0.09 ms for one call, over 5M 1.56 against 2.94), and
-# memory-bound passes gain little from more threads on a machine one core already saturates.
-# So an op tells parallel_chunks its work, in element-operations (a convolution's
-# multiply-adds, a few per element for batch-norm, one per element for pooling), and one under
-# PARALLEL_MIN_WORK runs its chunks inline. docs/benchmarks/README.md has the measurements.
-PARALLEL_MIN_WORK = 12_000_000
+# 200K floats took 0.11 ms against 0.09 ms for one call, over 5M 1.56 against 2.94). So an op
+# tells parallel_chunks its work, in element-operations (a convolution's multiply-adds, a few
+# per element for batch-norm, one per element for pooling and the optimizer), and one under
+# PARALLEL_MIN_WORK runs its chunks inline. The threshold was 12M while OpenBLAS's workers
+# spun ~0.1 s after every GEMM on the very cores the pool wanted (see BLAS_SPIN_EXPONENT
+# above); with that spin cut, whole steps at two threads, batch 100, 2-vCPU Xeon, 7
+# interleaved rounds: model4 8.59 ms at 12M against 7.95-8.07 at 0-2M, cnn-bn 42.7 against
+# 39.5-39.6, resnet-small 100.7 against 94.6-95.6; 4M already lost part of it.
+# docs/benchmarks/README.md has the measurements.
+PARALLEL_MIN_WORK = 1_000_000
 
 
 def parallel_chunks(fn, n: int, chunk: int, work: int | None = None) -> list:
