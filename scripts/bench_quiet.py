@@ -68,6 +68,7 @@ def main(argv=None):
                          "largest --threads), against torch at that thread count")
     a = ap.parse_args(argv)
     sys.path.insert(0, ".")
+    import gpunn  # noqa: F401  (first: it loads NumPy's OpenBLAS with its short idle spin)
     import torch
 
     from gpunn.bench.steps import make_step
