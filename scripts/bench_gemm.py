@@ -7,7 +7,7 @@ gpunn's layout (W: (in, out); forward x @ W, input gradient d @ W.T, weight grad
 x.T @ d into a preallocated buffer), the median time of NumPy and of torch at the same
 thread count. Each library runs in a child process of its own, one after the other, round
 by round (A B A B): in one process, one library's idle BLAS threads spin on the cores the
-other wants, and the second of the two looks up to 10x slower than it is.
+other wants, and the second of the two looked up to 14x slower than it is.
 
 This is what limits gpunn's GEMM-bound CPU steps (docs/benchmarks/README.md, "What limits
 the missed targets"): gpunn hands these products whole to NumPy's BLAS (OpenBLAS in the
