@@ -54,7 +54,7 @@ _SPIN_VAR = "OPENBLAS_THREAD_TIMEOUT"
 def _load_numpy_with_short_blas_spin() -> str:
     import sys
     if os.environ.get(_SPIN_VAR, "") != "":
-        return "user"
+        return f"{_SPIN_VAR}={os.environ[_SPIN_VAR]} (the user's)"
     if "numpy" in sys.modules:
         return "late"
     os.environ[_SPIN_VAR] = str(BLAS_SPIN_EXPONENT)
@@ -70,12 +70,12 @@ _spin_how = _load_numpy_with_short_blas_spin()
 
 def blas_spin() -> str:
     """How long NumPy's OpenBLAS lets idle workers spin, in words (for reports)."""
-    if _spin_how == "user":
-        return f"{_SPIN_VAR}={os.environ.get(_SPIN_VAR)} (the user's)"
     if _spin_how == "late":
         return (f"OpenBLAS's default (NumPy was imported before gpunn; set {_SPIN_VAR}="
                 f"{BLAS_SPIN_EXPONENT} before it for gpunn's)")
-    return f"2**{BLAS_SPIN_EXPONENT} cycles (gpunn's {_SPIN_VAR})"
+    if _spin_how == "set":
+        return f"2**{BLAS_SPIN_EXPONENT} cycles (gpunn's {_SPIN_VAR})"
+    return _spin_how                       # the user's own value, as it was at load
 
 _lock = threading.Lock()
 _count: int | None = None

@@ -148,7 +148,6 @@ def _gpunn_procs_step(model, batch, device, procs=None):
         cmd[0] = 0
         comm.broadcast(cmd, name="the bench's step command")
         comm.finish()
-        set_num_threads(threads)
     return Step(run, lambda: None, close, notes=[f"{procs} processes x batch "
                                                  f"{hi - lo} (SyncBatchNorm)"])
 
