@@ -435,7 +435,7 @@ def _evaluate_and_report(out, cfg, model, data, loss, dev, result) -> dict:
     report = f"""# gpunn run: {cfg.model} on {cfg.dataset}
 
 - date: {time.strftime('%Y-%m-%d %H:%M:%S')}
-- device: {dev} ({platform.processor() or platform.machine()}){_ranks(world_size())}, gpunn {__version__}, numpy {np.__version__}
+- device: {dev} ({platform.processor() or platform.machine()}){_ranks(world_size())}, gpunn {__version__}, numpy {np.__version__}{_cpu_blas(dev)}
 - data: {data.name} from {getattr(data, 'source', '?')}; train {len(data.y_train)}, validation {len(data.y_val) if data.y_val is not None else 0}, test {len(data.y_test)}
 - parameters: {model.num_parameters():,}
 - time taken: {result.seconds:.1f} s for {result.steps} steps ({result.steps * cfg.batch_size * cfg.ranks / max(result.seconds, 1e-9):,.0f} samples/s including evaluation)
@@ -474,6 +474,15 @@ def _evaluate_and_report(out, cfg, model, data, loss, dev, result) -> dict:
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(report)
     return ev
+
+
+def _cpu_blas(dev) -> str:
+    """On the CPU, which BLAS computed the products (gpunn/ops/mkl.py): it decides the last
+    bits of a float32 run."""
+    if str(dev).startswith("cuda"):
+        return ""
+    from .ops.mkl import describe
+    return f"; CPU GEMMs: {describe()}"
 
 
 def _ranks(n) -> str:

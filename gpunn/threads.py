@@ -167,15 +167,20 @@ _regions = 0                 # parallel regions running (BLAS is at one thread i
 def gemm_threads(macs: int):
     """NumPy's BLAS at one thread per MACS_PER_THREAD of a product of ``macs`` multiply-adds
     (at most the gpunn count) for the ``with`` block; inside a parallel region it stays at one.
+    The block gets the count (``with gemm_threads(macs) as threads``): a product that runs on
+    one thread may go to MKL instead (gpunn/ops/mkl.py).
     """
     n = get_num_threads()
     want = max(1, min(n, int(macs) // MACS_PER_THREAD))
-    if _regions or want == n or not _numpy_blas():
-        yield
+    if _regions or getattr(_local, "worker", False):
+        yield 1
+        return
+    if want == n or not _numpy_blas():
+        yield want
         return
     _set_blas_threads(want)
     try:
-        yield
+        yield want
     finally:
         _set_blas_threads(n)
 

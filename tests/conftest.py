@@ -42,3 +42,16 @@ def side():
     except Exception as e:          # pragma: no cover - g++ missing
         pytest.skip(f"kernel emulation unavailable: {e}")
     return Side("emulated")
+
+
+@pytest.fixture
+def numpy_blas(monkeypatch):
+    """GPUNN_BLAS=openblas for one test: every product on NumPy's own BLAS, for the tests that
+    hold gpunn's CPU results to exact bits (with MKL installed, gpunn sends the one-thread
+    products to MKL, which rounds differently: tests/test_mkl.py covers that route)."""
+    from gpunn.ops import mkl
+    monkeypatch.setenv("GPUNN_BLAS", "openblas")
+    mkl._reset()
+    yield
+    monkeypatch.undo()
+    mkl._reset()

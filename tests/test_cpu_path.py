@@ -30,10 +30,12 @@ def _train(name, nthreads, steps=3, dtype=np.float64, shape=(1, 16, 16)):
 
 
 @pytest.mark.parametrize("name", ["model4", "cnn-bn", "resnet20", "mlp1000"])
-def test_results_do_not_depend_on_the_thread_count(name, restore_threads, monkeypatch):
+def test_results_do_not_depend_on_the_thread_count(name, restore_threads, monkeypatch,
+                                                  numpy_blas):
     # chunks are cut by shape alone and summed in chunk order: 1 and 3 threads, same bits.
     # NumPy's BLAS is held at one thread in both runs: for the GEMMs gpunn hands it whole
     # (Linear), OpenBLAS itself rounds differently with another thread count for some shapes
+    # (and MKL, when installed, would take the one-thread run's products: numpy_blas)
     monkeypatch.setattr(threads, "_set_blas_threads", lambda n: None)
     monkeypatch.setattr(threads, "PARALLEL_MIN_WORK", 0)      # every region on the pool
     from threadpoolctl import threadpool_limits

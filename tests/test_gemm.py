@@ -25,7 +25,7 @@ def _expected(a, b, ta, tb):
 
 
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
-def test_numpy_body_is_the_plain_product(dt):
+def test_numpy_body_is_the_plain_product(dt, numpy_blas):
     rng = np.random.default_rng(0)
     for (m, k, n), ta, tb in itertools.product(SHAPES, (False, True), (False, True)):
         a, b = _operands(rng, m, k, n, ta, tb, dt)

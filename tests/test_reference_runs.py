@@ -49,7 +49,7 @@ def _compare(name, want, got):
 
 
 @pytest.mark.parametrize("path", ["cpu", "emulated"])
-def test_training_matches_the_recording(path, tmp_path):
+def test_training_matches_the_recording(path, tmp_path, numpy_blas):
     if path == "emulated":
         from gpunn.testing import emulated_cuda, emulated_kernel
         try:

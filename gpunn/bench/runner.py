@@ -224,8 +224,10 @@ def _versions() -> dict:
         v["blas"] = cfg["Build Dependencies"]["blas"].get("name", "")
     except Exception:
         pass
+    from ..ops.mkl import describe
     from ..threads import blas_spin
     v["blas_spin"] = blas_spin()
+    v["gemm_blas"] = describe()
     return v
 
 
@@ -313,7 +315,8 @@ def format_report(result: dict) -> str:
              f"{v['torch'] or 'not installed'}, cupy {v['cupy'] or 'not installed'}, "
              f"python {v['python']}; {meta['threads']} CPU threads "
              f"({meta['affinity']} cores usable), host CPU: {meta['host_cpu']}"
-             + (f"; OpenBLAS idle spin: {v['blas_spin']}" if v.get("blas_spin") else ""), ""]
+             + (f"; OpenBLAS idle spin: {v['blas_spin']}" if v.get("blas_spin") else "")
+             + (f"; CPU GEMMs: {v['gemm_blas']}" if v.get("gemm_blas") else ""), ""]
     for dev, d in result["devices"].items():
         lines.append(f"- {dev}: {d['name']}; float32 GEMM {d['gemm_flops_s'] / 1e9:.0f} GFLOP/s "
                      f"(n={d['gemm_n']}), copy bandwidth {d['bandwidth_b_s'] / 1e9:.1f} GB/s")

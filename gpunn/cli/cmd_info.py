@@ -35,6 +35,8 @@ def info():
             name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
             click.echo(f"  cuda:{i}  {name}  {props['totalGlobalMem'] / 2**30:.1f} GiB")
     click.echo(f"default device ('auto'): {'cuda:0' if ok else 'cpu'}")
+    from ..ops.mkl import describe
+    click.echo(f"CPU GEMMs: {describe()}")
     click.echo("data sets:")
     for name, where in dataset_status():
         click.echo(f"  {name:14s} {where}")

@@ -128,6 +128,8 @@ def train(ctx, resume, overwrite, debug, distributed, procs, dist_timeout, **kw)
     from ..rundir import RunFinished
 
     with one_line_errors(debug):
+        from ..ops import mkl
+        mkl.library()          # GPUNN_BLAS checked, and MKL (if used) loaded before any fork
         comm = _join(distributed, dist_timeout, procs, kw.get("device"),
                      before_fork=lambda: _preload(ctx, resume, kw))
     try:

@@ -5,7 +5,9 @@
     gemm(a, b, transb=True)       a @ b.T        b: (N, K)
 
 The NumPy body is exactly the product the layers wrote before this op existed (``x @ W``,
-``x.T @ dout``, ...), so CPU results stay bit for bit what they were.
+``x.T @ dout``, ...), so CPU results stay bit for bit what they were; with Intel MKL
+installed, the products that run on one thread go to MKL (gpunn/ops/mkl.py), which rounds
+float32 differently in the last bits (GPUNN_BLAS=openblas: NumPy's BLAS throughout).
 
 The CUDA body calls cuBLAS itself instead of ``cupy.matmul``: CuPy refuses every cuBLAS call
 while a stream captures a CUDA graph (its ``cublas.setStream`` raises NotImplementedError
@@ -57,14 +59,19 @@ def gemm(a, b, transa: bool = False, transb: bool = False, out=None):
     NumPy body: one BLAS call, with NumPy's BLAS held to one thread per MACS_PER_THREAD
     multiply-adds (gpunn/threads.py): a skinny product (a batch of 100 through a small
     layer) gains nothing from sixteen threads but their start and their wait for each other.
+    A product that runs on one thread goes to Intel MKL instead when it is installed
+    (gpunn/ops/mkl.py says which and why; GPUNN_BLAS=openblas keeps NumPy's BLAS).
     """
     import numpy as np
 
     from ..threads import gemm_threads
+    from . import mkl
     m, k, n = _shapes(a, b, transa, transb)
     if out is not None:
         _check_out(out, m, n, a.dtype)
-    with gemm_threads(m * n * k):
+    with gemm_threads(m * n * k) as threads:
+        if mkl.handles(a, b, transa, transb, out, threads):
+            return mkl.gemm(a, b, transb, out)
         return np.matmul(a.T if transa else a, b.T if transb else b, out=out)
 
 
