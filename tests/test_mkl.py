@@ -64,7 +64,7 @@ def _operands(rng, m, k, n, ta, tb, dt):
 def test_a_bad_gpunn_blas_names_the_variable(monkeypatch):
     monkeypatch.setenv("GPUNN_BLAS", "atlas")
     set_num_threads(1)
-    a = np.ones((4, 3), np.float32)
+    a = np.ones((200, 300), np.float32)               # 12M multiply-adds: one MKL may take
     with pytest.raises(ValueError, match=r"GPUNN_BLAS must be one of auto, mkl, openblas .*"
                                          r"got 'atlas'"):
         gemm(a, a.T.copy())
@@ -121,6 +121,7 @@ def test_openblas_is_numpys_product_bit_for_bit(monkeypatch):
 @pytest.mark.parametrize("dt,tol", [(np.float32, 2e-5), (np.float64, 1e-13)])
 def test_mkl_takes_the_one_thread_products_and_computes_them(monkeypatch, dt, tol):
     monkeypatch.setenv("GPUNN_BLAS", "mkl")
+    monkeypatch.setattr(mkl, "MIN_MACS", 0)          # the edge shapes through MKL too
     set_num_threads(1)
     calls = _spy(monkeypatch)
     rng = np.random.default_rng(1)
@@ -142,7 +143,7 @@ def test_mkl_takes_the_one_thread_products_and_computes_them(monkeypatch, dt, to
 
 
 @needs_mkl
-def test_mkl_leaves_multithreaded_non_contiguous_and_integer_products(monkeypatch):
+def test_mkl_leaves_multithreaded_tiny_non_contiguous_and_integer_products(monkeypatch):
     monkeypatch.setenv("GPUNN_BLAS", "mkl")
     calls = _spy(monkeypatch)
     rng = np.random.default_rng(2)
@@ -151,9 +152,12 @@ def test_mkl_leaves_multithreaded_non_contiguous_and_integer_products(monkeypatc
     set_num_threads(2)
     np.testing.assert_allclose(gemm(big_a, big_b), big_a @ big_b, rtol=1e-4, atol=1e-3)
     assert calls == []                                # two BLAS threads: NumPy's
-    small = rng.standard_normal((10, 20)).astype(np.float32)
-    gemm(small, small.T.copy())
+    one_thread = rng.standard_normal((50, 784)).astype(np.float32)     # 3.9M multiply-adds
+    gemm(one_thread, np.ascontiguousarray(big_b[:784, :100]))
     assert len(calls) == 1                            # one thread's worth, even at two
+    tiny = rng.standard_normal((10, 20)).astype(np.float32)
+    np.testing.assert_array_equal(gemm(tiny, tiny.T.copy()), tiny @ tiny.T)
+    assert len(calls) == 1                            # below MIN_MACS: the call costs more
     set_num_threads(1)
     strided = big_a[:, ::2]
     np.testing.assert_array_equal(gemm(strided, big_b[:1000]), strided @ big_b[:1000])

@@ -70,7 +70,7 @@ def gemm(a, b, transa: bool = False, transb: bool = False, out=None):
     if out is not None:
         _check_out(out, m, n, a.dtype)
     with gemm_threads(m * n * k) as threads:
-        if mkl.handles(a, b, transa, transb, out, threads):
+        if mkl.handles(a, b, transa, transb, out, threads, m * n * k):
             return mkl.gemm(a, b, transb, out)
         return np.matmul(a.T if transa else a, b.T if transb else b, out=out)
 

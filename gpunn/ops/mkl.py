@@ -18,6 +18,7 @@ Which products (:func:`gpunn.ops.gemm.gemm`'s NumPy body asks :func:`handles`):
   thread at all (which also makes it safe across ``--procs``'s fork);
 - not ``op(a) = a.T``: that is the weight gradient ``x.T @ dout``, whose inner size is the
   batch; there MKL measured 1.2-1.6x *slower* than OpenBLAS (6272x784 from 50-100 samples);
+- products of at least MIN_MACS (~2M) multiply-adds: below that the call's own cost wins;
 - float32 and float64, C-contiguous operands (``b`` may be used transposed), sizes that fit
   MKL's 32-bit integers. Anything else goes to NumPy as before.
 
@@ -46,6 +47,11 @@ _CHOICES = ("auto", "mkl", "openblas")
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112     # CBLAS_LAYOUT, CBLAS_TRANSPOSE
 _SEQUENTIAL = 1                                   # MKL_THREADING_SEQUENTIAL
 _INT32_MAX = 2**31 - 1
+
+# below ~2M multiply-adds MKL's call through ctypes costs more than it saves (about 5 us more
+# per call: (100, 100) @ (100, 10) 10.0 us against NumPy's 4.3; (100, 784) @ (784, 10) 30 vs
+# 25; from (50, 784) @ (784, 100) on, MKL is as fast or faster)
+MIN_MACS = 1 << 21
 
 _lock = threading.Lock()
 _lib = None            # the loaded libmkl_rt, or False once it failed / was not asked for
@@ -151,10 +157,11 @@ def describe() -> str:
             f"gradients, NumPy's BLAS for the rest")
 
 
-def handles(a, b, transa: bool, transb: bool, out, threads: int) -> bool:
-    """Whether :func:`gemm` takes op(a) @ op(b) (see the module docstring for the rules)."""
+def handles(a, b, transa: bool, transb: bool, out, threads: int, macs: int) -> bool:
+    """Whether :func:`gemm` takes op(a) @ op(b), of ``macs`` multiply-adds, run on ``threads``
+    threads (see the module docstring for the rules)."""
     import numpy as np
-    if threads != 1 or transa or a.dtype not in (np.float32, np.float64):
+    if threads != 1 or transa or macs < MIN_MACS or a.dtype not in (np.float32, np.float64):
         return False
     if not (a.flags.c_contiguous and b.flags.c_contiguous) or min(a.size, b.size) == 0:
         return False
