@@ -113,6 +113,60 @@ def buckets(out, per_rank_batch, steps="40"):
             json.dump(counts, f)
 
 
+def wide_mlp():
+    """A first Linear large enough (20 x 16384) for ranks that share the model to shard its
+    weight gradient (gpunn/distributed/weight_shards.py); the second is too small to."""
+    return gpunn.Sequential(gpunn.Linear(20, 16384, rng=1, dtype=np.float64), gpunn.ReLU(),
+                            gpunn.Linear(16384, 5, rng=2, dtype=np.float64))
+
+
+# per-rank sample counts of each step, for 3 ranks: the first step sets the stages' rows (10);
+# then a short rank (padding rows, unequal weights), a rank over the stage (it computes its
+# own gradient, the others add it), a rank without samples, all ranks over the stage
+SHARD_STEPS = [(10, 10, 10), (10, 10, 9), (12, 8, 10), (1, 1, 0), (10, 10, 10),
+               (11, 11, 11), (10, 10, 10), (3, 10, 7)]
+
+
+def shards(out):
+    """The scripted steps above: 3 forked ranks sharing the model, or one process taking each
+    step's samples at once; rank 0 writes which ranks staged their rows at each step."""
+    comm = dist.init()
+    x, y = data(n=sum(map(sum, SHARD_STEPS)))
+    model = wide_mlp()
+    opt = optimizer("sgd", model)
+    loss = gpunn.CrossEntropyLoss()
+    if comm.size > 1:
+        dist.broadcast_model(model, comm)
+        dist.broadcast_optimizer(opt, comm)
+        step = dist.DistributedTrainStep(model, loss, opt, comm=comm)
+    else:
+        step = TrainStep(model, loss, opt)
+    staged, pos = [], 0
+    for counts in SHARD_STEPS:
+        total = sum(counts)
+        if comm.size > 1:
+            lo = pos + sum(counts[:comm.rank])
+            step(x[lo:lo + counts[comm.rank]], y[lo:lo + counts[comm.rank]], total=total)
+            staged.append([[int(f) for f in sh.staged] for sh in step._shared.shards])
+        else:
+            step(x[pos:pos + total], y[pos:pos + total])
+        pos += total
+    save(out, "shards", comm, model.state_dict())
+    if comm.rank == 0:
+        # outside a step the hook stands aside: a plain backward computes the layer's dW
+        first = model.layers[0]
+        xb = x[:7]
+        h = model.forward(xb, train=True)
+        d = np.random.default_rng(5).standard_normal(h.shape)
+        model.backward(d)
+        dz = model.layers[2].backward(d) * (first.forward(xb) > 0)
+        report = {"staged": staged, "shards": len(step._shared.shards) if comm.size > 1 else 0,
+                  "outside_a_step": bool(np.allclose(first.grads["W"], xb.T @ dz,
+                                                     rtol=1e-12, atol=1e-12))}
+        with open(os.path.join(out, f"shards-of{comm.size}.json"), "w") as f:
+            json.dump(report, f)
+
+
 def syncbn(out, per_rank_batch, steps="50"):
     comm = dist.init()
     x, y = data(image=True)
@@ -410,4 +464,4 @@ def fit(out, name, *settings):
 if __name__ == "__main__":
     scenario, out, *args = sys.argv[1:]
     {"collectives": collectives, "equiv": equiv, "syncbn": syncbn, "gradcheck": gradcheck, "dropout": dropout,
-     "die": die, "fake_nccl": fake_nccl, "preloaded": preloaded, "buckets": buckets, "fit": fit, "nccl_gpu": nccl_gpu}[scenario](out, *args)
+     "die": die, "fake_nccl": fake_nccl, "shards": shards, "preloaded": preloaded, "buckets": buckets, "fit": fit, "nccl_gpu": nccl_gpu}[scenario](out, *args)

@@ -420,6 +420,31 @@ def test_three_forked_ranks_take_the_steps_of_one_process(tmp_path):
             assert rel(ranks[0][k], one[k]) <= 1e-12, (opt, k, rel(ranks[0][k], one[k]))
 
 
+def test_sharded_weight_gradients_are_the_single_process_gradients(tmp_path):
+    """Forked ranks sharing the model compute a large Linear's weight gradient a share of rows
+    each, over every rank's samples (gpunn/distributed/weight_shards.py). Through uneven
+    ranks, a rank over the stage's rows (it computes its own, the others add it), a rank
+    without samples and all ranks over the stage: 3 ranks == 1 process after every scripted
+    step, to 1e-12 in float64, replicas bit for bit; and outside a step the layer computes its
+    own weight gradient again."""
+    import distributed_worker as worker
+    launch(3, "shards", tmp_path, launcher="procs", env={"GPUNN_DIST_TIMEOUT": "60"})
+    launch(0, "shards", tmp_path)
+    got = json.loads((tmp_path / "shards-of3.json").read_text())
+    assert got["shards"] == 1 and got["outside_a_step"]
+    # which ranks staged (1) or computed their own gradient (0), per step
+    assert [s[0] for s in got["staged"]] == [
+        [1, 1, 1], [1, 1, 1], [0, 1, 1], [1, 1, 0], [1, 1, 1], [0, 0, 0], [1, 1, 1], [1, 1, 1]]
+    assert len(got["staged"]) == len(worker.SHARD_STEPS)
+    ranks = [load(tmp_path, "shards", r, 3) for r in range(3)]
+    one = load(tmp_path, "shards", 0, 1)
+    start = worker.wide_mlp().state_dict()
+    for k in one:
+        assert all(np.array_equal(ranks[0][k], x[k]) for x in ranks[1:]), k
+        assert rel(ranks[0][k], one[k]) <= 1e-12, (k, rel(ranks[0][k], one[k]))
+        assert rel(one[k], start[k]) > 1e-4, f"{k} did not train"
+
+
 def test_forked_ranks_without_the_shared_arena_all_reduce_instead(tmp_path):
     """GPUNN_SHM_ARENA_BYTES=0 (or a system that refuses the mapping): every rank keeps its own
     model and the gradients go through the slots' all-reduce; the same steps, the same bits

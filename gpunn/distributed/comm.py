@@ -117,7 +117,7 @@ class Communicator:
     def barrier(self) -> None:
         pass
 
-    def shared_training(self, model, optimizer):
+    def shared_training(self, model, optimizer, rows: int = 0):
         """Ranks that share memory may train one copy of the model (gpunn/distributed/shm.py);
         None: every rank keeps its own and the gradients are all-reduced."""
         return None

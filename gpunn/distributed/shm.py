@@ -298,16 +298,19 @@ class ShmComm(Communicator):
         self._wait("barrier")
 
     # -- the model in shared memory (DistributedTrainStep) ------------------------------------
-    def shared_training(self, model, optimizer):
+    def shared_training(self, model, optimizer, rows: int = 0):
         """Move ``model``'s parameters and ``optimizer``'s state into memory every rank
         shares (one copy) and each rank's gradients where the others can read them; returns
         the :class:`SharedTraining` the step uses, or None when that is not possible here
         (loose parameters, or the arena is full). Collective: every rank calls it with the
-        same model and optimizer, after they were made equal (broadcast_model/_optimizer)."""
+        same model and optimizer, after they were made equal (broadcast_model/_optimizer).
+        ``rows``: this rank's batch in the first step (the stages of large Linear layers'
+        weight gradients hold the largest: gpunn/distributed/weight_shards.py)."""
         ok = _shareable(optimizer) and self._sh.arena is not None
-        if not all(self.allgather_object(bool(ok))):
+        got = self.allgather_object((bool(ok), int(rows)))
+        if not all(g[0] for g in got):
             return None
-        st = SharedTraining(self, optimizer)
+        st = SharedTraining(self, optimizer, model, cap=max(g[1] for g in got))
         agreed = self.allgather_object(st.layout if st.ready else None)
         if any(a != agreed[0] or a is None for a in agreed):
             return None
@@ -496,12 +499,14 @@ class SharedTraining:
     often and splits the optimizer's pass over the parameters between the ranks.
     """
 
-    def __init__(self, comm: ShmComm, optimizer):
+    def __init__(self, comm: ShmComm, optimizer, model=None, cap: int = 0):
         self.comm, self.optimizer = comm, optimizer
         self.slots = list(optimizer.slots)
-        self.layout = [(slot.size, str(slot.dtype), sorted(optimizer.state))
-                       for slot in self.slots]
         n, rank = comm.size, comm.rank
+        self.shards = self._shards(model, cap)
+        self.layout = [(slot.size, str(slot.dtype), sorted(optimizer.state))
+                       for slot in self.slots] + [(sh.j, sh.w0, sh.rows, sh.cols, sh.cap)
+                                                  for sh in self.shards]
         self.values, self.grads, self.mine, self.state, self.segments = [], [], [], [], []
         self.scratch = []                              # per buffer: one reduction piece
         self.ready = True
@@ -517,15 +522,41 @@ class SharedTraining:
             self.grads.append(g.reshape(n, total))
             self.mine.append(self.grads[-1][rank])         # one view, kept: intact() checks it
             self.state.append(st)
-            # segment r of n, on 16-element boundaries (whole cache lines per rank)
+            # segment r of n, on 16-element boundaries (whole cache lines per rank), and on
+            # row boundaries inside a sharded weight (each of its rows is one rank's)
             cuts = [min(total, -(-(total * r // n) // 16) * 16) for r in range(n + 1)]
             cuts[-1] = total
+            for sh in self.shards:
+                if sh.j == j:
+                    cuts = [sh.snap(c) for c in cuts]
             self.segments.append([slice(cuts[r], cuts[r + 1]) for r in range(n)])
             own = self.segments[-1][rank]
             self.scratch.append(np.empty(min(REDUCE_PIECE, own.stop - own.start), dtype=dt))
         self.rank = rank
         self.what = (f"shared reduction of {sum(s.size for s in self.slots)} "
                      f"{'/'.join(sorted({str(s.dtype) for s in self.slots}))} values")
+
+    def _shards(self, model, cap: int) -> list:
+        """A :class:`WeightShard` for each large Linear (with its stage in shared memory), or
+        none when the first step had no rows or the arena has no room for the stages."""
+        from .weight_shards import WeightShard, find_shards
+        n, rank = self.comm.size, self.comm.rank
+        shards = []
+        for layer, j, w0 in (find_shards(model, self.slots) if cap > 0 else []):
+            dt = self.slots[j].dtype
+            X = self._take(n * cap * layer.in_features, dt)
+            D = self._take(n * cap * layer.out_features, dt)
+            flags = self._take(n, np.int64)
+            if X is None or D is None or flags is None:
+                break
+            shards.append(WeightShard(layer, j, w0, X.reshape(n * cap, -1),
+                                      D.reshape(n * cap, -1), flags, rank, n, cap))
+        return shards
+
+    def begin(self, weight: float) -> None:
+        """A step starts on this rank with weight n_r / N: its large Linears may stage."""
+        for sh in self.shards:
+            sh.begin(weight)
 
     def _take(self, count, dtype):
         mv = self.comm._sh.take(count * np.dtype(dtype).itemsize)
@@ -547,6 +578,8 @@ class SharedTraining:
             slot._bind_views()
             for b, a in self.state[j].items():
                 opt.state[b][j] = a
+        for sh in self.shards:
+            sh.layer.defer_weight_grad = sh.defer
         self.comm.barrier()
 
     def intact(self) -> bool:
@@ -567,35 +600,67 @@ class SharedTraining:
         comm, r, n, sh = self.comm, self.rank, self.comm.size, self.comm._sh
         name = f"{name} ({self.what})"
         sh.weights[r] = weight
+        for shard in self.shards:
+            shard.before_barrier()
         comm._wait(name)
         ws = [float(w) for w in sh.weights]
         equal = all(w == ws[0] for w in ws)
-        for g, segs, scratch in zip(self.grads, self.segments, self.scratch):
+        for shard in self.shards:
+            shard.staged = [bool(f) for f in shard.flags]   # stable until the next barrier
+        for j, (g, segs, scratch) in enumerate(zip(self.grads, self.segments, self.scratch)):
             s = segs[r]
             t = g.dtype.type
-            for lo in range(s.start, s.stop, REDUCE_PIECE):
-                hi = min(lo + REDUCE_PIECE, s.stop)
-                own = g[r, lo:hi]
-                # with more than two ranks, or weights applied term by term, the sum goes
-                # into scratch: this rank's own term must not be overwritten before it is read
-                acc = own if (equal and n == 2) else scratch[:hi - lo]
-                if equal:
-                    np.add(g[0, lo:hi], g[1, lo:hi], out=acc)
-                    for k in range(2, n):
-                        np.add(acc, g[k, lo:hi], out=acc)
-                    if ws[0] != 1.0:
-                        acc *= t(ws[0])
-                else:
-                    tmp = np.empty_like(acc)
-                    np.multiply(g[0, lo:hi], t(ws[0]), out=acc)
-                    for k in range(1, n):
-                        acc += np.multiply(g[k, lo:hi], t(ws[k]), out=tmp)
-                if acc is not own:
-                    own[...] = acc
-                for k in range(n):                # every rank's copy of segment r, now
-                    if k != r:
-                        g[k, lo:hi] = acc
+            for lo, hi, shard in self._ranges(j, s):
+                if shard is not None:             # summed by its GEMM over every rank's rows
+                    shard.reduce(g, lo, hi, ws)
+                    for k in range(n):
+                        if k != r:
+                            g[k, lo:hi] = g[r, lo:hi]
+                    continue
+                self._reduce_range(g, lo, hi, r, n, ws, equal, scratch, t)
         comm._wait(name)                          # every segment is in every rank's buffer
+
+    def _ranges(self, j: int, s: slice) -> list:
+        """This rank's segment ``s`` of buffer j as (lo, hi, shard or None) pieces: the rows
+        of sharded weights, and what lies between them."""
+        out, pos = [], s.start
+        for sh in sorted((sh for sh in self.shards if sh.j == j), key=lambda sh: sh.w0):
+            lo, hi = max(sh.span[0], s.start), min(sh.span[1], s.stop)
+            if lo >= hi:
+                continue
+            if pos < lo:
+                out.append((pos, lo, None))
+            out.append((lo, hi, sh))
+            pos = hi
+        if pos < s.stop:
+            out.append((pos, s.stop, None))
+        return out
+
+    def _reduce_range(self, g, start, stop, r, n, ws, equal, scratch, t) -> None:
+        """The weighted sum of every rank's g[:, start:stop] into every rank's buffer, piece
+        by piece in cache."""
+        for lo in range(start, stop, REDUCE_PIECE):
+            hi = min(lo + REDUCE_PIECE, stop)
+            own = g[r, lo:hi]
+            # with more than two ranks, or weights applied term by term, the sum goes
+            # into scratch: this rank's own term must not be overwritten before it is read
+            acc = own if (equal and n == 2) else scratch[:hi - lo]
+            if equal:
+                np.add(g[0, lo:hi], g[1, lo:hi], out=acc)
+                for k in range(2, n):
+                    np.add(acc, g[k, lo:hi], out=acc)
+                if ws[0] != 1.0:
+                    acc *= t(ws[0])
+            else:
+                tmp = np.empty_like(acc)
+                np.multiply(g[0, lo:hi], t(ws[0]), out=acc)
+                for k in range(1, n):
+                    acc += np.multiply(g[k, lo:hi], t(ws[k]), out=tmp)
+            if acc is not own:
+                own[...] = acc
+            for k in range(n):                # every rank's copy of segment r, now
+                if k != r:
+                    g[k, lo:hi] = acc
 
     def update(self, name: str) -> None:
         """The optimizer's step on this rank's segment of every buffer, then a barrier."""

@@ -117,14 +117,14 @@ class DistributedTrainStep(TrainStep):
         else:
             self.optimizer.step()
 
-    def _share(self) -> None:
+    def _share(self, rows: int = 0) -> None:
         """On the first step (after any resume and the broadcasts): ranks that share memory
         (gpunn train --procs) train one shared copy of the model; checked every step after,
         since a replaced buffer (model.to(), a new optimizer state) would silently split it."""
         if not self._share_asked:
             self._share_asked = True
             if self.comm.size > 1:
-                self._shared = self.comm.shared_training(self.model, self.optimizer)
+                self._shared = self.comm.shared_training(self.model, self.optimizer, rows)
                 if self._shared is None and self.bucket_mb:
                     self._overlap()
         elif self._shared is not None and not self._shared.intact():
@@ -162,7 +162,9 @@ class DistributedTrainStep(TrainStep):
         self.weight = n / total if mean else 1.0
         for bn in self._sync_bn:
             bn.grad_weight = self.weight
-        self._share()
+        self._share(n)
+        if self._shared is not None:
+            self._shared.begin(self.weight)
         if self.buckets is not None:
             self.buckets.begin(self.weight, f"the gradient all-reduce (step {self._calls} of "
                                             f"this process)")

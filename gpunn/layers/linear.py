@@ -35,6 +35,9 @@ class Linear(Layer):
         # False: backward skips dL/dx and returns None (Sequential.backward(input_grad=False)
         # sets it on the model's first layer for the call: the data needs no gradient)
         self.input_grad = True
+        # None, or hook(x, dout) -> bool: True when it took the weight gradient over, to be
+        # computed later already summed over data-parallel ranks (gpunn/distributed/weight_shards.py)
+        self.defer_weight_grad = None
 
     def forward(self, x, *, train=None):
         self.check_input(x, 2, feature_axis=1, features=self.in_features)
@@ -49,7 +52,8 @@ class Linear(Layer):
         if dout.shape != (x.shape[0], self.out_features):
             raise ShapeError(f"{self!r}: backward expected dout of shape "
                              f"{(x.shape[0], self.out_features)}, got {tuple(dout.shape)}")
-        gemm(x, dout, transa=True, out=self.grads["W"])           # x.T @ dout, in place
+        if self.defer_weight_grad is None or not self.defer_weight_grad(x, dout):
+            gemm(x, dout, transa=True, out=self.grads["W"])       # x.T @ dout, in place
         if "b" in self.params:
             self.store_grad("b", dout.sum(axis=0))
         if not self.input_grad:          # the model's first layer in a training step
