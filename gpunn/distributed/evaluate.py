@@ -18,7 +18,7 @@ from .step import _world, sync_buffers
 __all__ = ["evaluate", "evaluate_shard"]
 
 
-def evaluate_shard(model, loss_fn, x, y, batch_size: int = 1000, *, comm=None,
+def evaluate_shard(model, loss_fn, x, y, batch_size: int | None = None, *, comm=None,
                    predictions: bool = False):
     """(loss, accuracy, predictions or None) over the union of every rank's (x, y).
 
@@ -43,7 +43,7 @@ def evaluate_shard(model, loss_fn, x, y, batch_size: int = 1000, *, comm=None,
     return float(sums[0] / total), float(sums[1] / total), out_pred
 
 
-def evaluate(model, loss_fn, x, y, batch_size: int = 1000, *, comm=None,
+def evaluate(model, loss_fn, x, y, batch_size: int | None = None, *, comm=None,
              predictions: bool = True):
     """:func:`gpunn.train.evaluate` with the work split over the ranks: every rank passes the
     whole set and evaluates its piece; returns (loss, accuracy, predictions of the whole set

@@ -113,8 +113,9 @@ class Evaluation(Extension):
     name = "evaluation"
 
     def __init__(self, data, loss_fn, device, *, every: int, train_fraction: float,
-                 batch_size: int, seed: int):
-        self.loss_fn, self.every, self.batch_size = loss_fn, int(every), int(batch_size)
+                 batch_size: int | None, seed: int):
+        self.loss_fn, self.every = loss_fn, int(every)
+        self.batch_size = None if batch_size is None else int(batch_size)   # None: eval_batch()
         x_train, y_train = data.x_train, data.y_train
         self.n_train = len(x_train)
         rng = np.random.default_rng(seed + 1)
