@@ -496,7 +496,10 @@ class SharedTraining:
       barrier   the parameters are complete for the next forward
 
     Against an all-reduce through the slots this reads and writes each gradient about half as
-    often and splits the optimizer's pass over the parameters between the ranks.
+    often and splits the optimizer's pass over the parameters between the ranks. A large
+    Linear's weight gradient skips the sum altogether: its rows in segment r are computed by
+    rank r at reduce time from every rank's staged (x, w dout), already summed
+    (gpunn/distributed/weight_shards.py; the segments are cut on its row boundaries).
     """
 
     def __init__(self, comm: ShmComm, optimizer, model=None, cap: int = 0):
