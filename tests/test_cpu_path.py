@@ -293,3 +293,42 @@ def test_numpy_loads_with_a_short_openblas_spin(case):
     if read != "n/a":                     # an OpenBLAS that says what it read
         assert read == expect[1]
     assert left == expect[2]
+
+
+_HUGEPAGE_PROBE = """
+import os
+{first}
+import gpunn
+import numpy as np
+print(gpunn.threads.numpy_hugepages())
+print(np._core.multiarray._get_madvise_hugepage())
+print(os.environ.get("NUMPY_MADVISE_HUGEPAGE"))
+"""
+
+
+@pytest.mark.parametrize("case", ["gpunn first", "the user's value", "numpy first"])
+def test_numpy_loads_without_huge_page_advice(case):
+    # NumPy reads NUMPY_MADVISE_HUGEPAGE once, as it loads: importing gpunn first turns the
+    # advice off and leaves the environment as it found it; a user's own value wins; a NumPy
+    # loaded before gpunn keeps its default, and the report says so
+    import os
+    import subprocess
+    import sys
+    np_ = pytest.importorskip("numpy")
+    if not hasattr(np_._core.multiarray, "_get_madvise_hugepage"):
+        pytest.skip("this NumPy has no huge-page switch")
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    if case == "the user's value":
+        env["NUMPY_MADVISE_HUGEPAGE"] = "1"
+    first = "import numpy" if case == "numpy first" else ""
+    out = subprocess.run([sys.executable, "-c", _HUGEPAGE_PROBE.format(first=first)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    said, advice, left = out.stdout.strip().splitlines()
+    expect = {"gpunn first": ("off (gpunn's NUMPY_MADVISE_HUGEPAGE=0)", "False", "None"),
+              "the user's value": ("on (NUMPY_MADVISE_HUGEPAGE=1 (the user's))", "True", "1"),
+              "numpy first": ("NumPy was imported before gpunn", None, "None")}[case]
+    assert expect[0] in said, said
+    if expect[1] is not None:
+        assert advice == expect[1]
+    assert left == expect[2]
