@@ -93,10 +93,11 @@ def _time_interleaved(steps: dict, cfg: BenchConfig, cuda: bool) -> dict:
 
     GPU: a round is enough steps between two syncs to last ~20 ms. CPU: a round is a block of
     steps (~50 ms of them, at most 20) after a pause of CPU_PAUSE and one untimed step. The
-    pause matters: OpenBLAS's worker threads spin for ~50-100 ms after their last call, and
-    on a 2-core machine a PyTorch step that starts while they spin took 97 ms instead of 36
-    (cnn-bn, batch 100): back-to-back interleaving would charge one library's idle threads to
-    the other.
+    pause matters: a BLAS's idle worker threads spin after their last call (OpenBLAS's for
+    ~0.1 s by default; ~1.5 ms as gpunn loads it, gpunn/threads.py, but PyTorch's OpenMP
+    threads have their own spin), and on a 2-core machine a PyTorch step that started while
+    OpenBLAS's spun took 97 ms instead of 36 (cnn-bn, batch 100): back-to-back interleaving
+    would charge one library's idle threads to the other.
     """
     inner = {}
     for name, s in steps.items():
