@@ -102,6 +102,13 @@ def test_auto_leaves_other_cpus_to_numpy(monkeypatch):
     assert "not an Intel CPU (GPUNN_BLAS=mkl to use MKL anyway)" in mkl.describe()
 
 
+def test_a_numpy_built_on_mkl_keeps_its_own(monkeypatch):
+    monkeypatch.setenv("GPUNN_BLAS", "mkl")
+    monkeypatch.setattr(mkl, "_numpy_uses_mkl", lambda: True)
+    assert mkl.library() is None
+    assert "MKL not used: NumPy's own BLAS is MKL already" in mkl.describe()
+
+
 def test_openblas_is_numpys_product_bit_for_bit(monkeypatch):
     monkeypatch.setenv("GPUNN_BLAS", "openblas")
     set_num_threads(1)

@@ -116,9 +116,18 @@ def library():
     return _lib or None
 
 
+def _numpy_uses_mkl() -> bool:
+    """NumPy built against MKL (conda's): its BLAS is MKL already, and switching the shared
+    library to the sequential layer would take NumPy's own threads away."""
+    from ..threads import _numpy_blas
+    return any(getattr(lib, "internal_api", "") == "mkl" for lib in _numpy_blas())
+
+
 def _find(want: str):
     if want == "openblas":
         return False, f"{_VAR}=openblas"
+    if _numpy_uses_mkl():
+        return False, "NumPy's own BLAS is MKL already"
     if want == "auto" and not _intel_cpu():
         return False, "not an Intel CPU (GPUNN_BLAS=mkl to use MKL anyway)"
     errors = []
