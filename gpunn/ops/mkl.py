@@ -23,7 +23,9 @@ Which products (:func:`gpunn.ops.gemm.gemm`'s NumPy body asks :func:`handles`):
   MKL's 32-bit integers. Anything else goes to NumPy as before.
 
 ``GPUNN_BLAS=auto`` (the default) uses MKL when it loads and the CPU is an Intel one: MKL's
-fast paths are for Intel CPUs, and on others it is not known here to beat OpenBLAS.
+fast paths are for Intel CPUs, and on others it is not known here to beat OpenBLAS. Neither
+choice loads it when NumPy's own BLAS is MKL already (conda's NumPy): that NumPy computes
+every product with MKL anyway, and the sequential layer would take its threads away.
 
 Results: another library rounds float32 products differently in the last bits, so a run is
 reproducible bit for bit with one choice, and a run resumed with the other choice continues
