@@ -479,7 +479,7 @@ def _evaluate_and_report(out, cfg, model, data, loss, dev, result) -> dict:
 def _cpu_blas(dev) -> str:
     """On the CPU, which BLAS computed the products (gpunn/ops/mkl.py): it decides the last
     bits of a float32 run."""
-    if str(dev).startswith("cuda"):
+    if dev.is_cuda:
         return ""
     from .ops.mkl import describe
     return f"; CPU GEMMs: {describe()}"

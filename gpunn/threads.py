@@ -210,7 +210,7 @@ def gemm_threads(macs: int):
     """
     n = get_num_threads()
     want = max(1, min(n, int(macs) // MACS_PER_THREAD))
-    if _regions or getattr(_local, "worker", False):
+    if _regions:                     # a pool worker's products run inside a region
         yield 1
         return
     if want == n or not _numpy_blas():

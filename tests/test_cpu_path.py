@@ -257,6 +257,23 @@ def test_train_threads_option(tmp_path, restore_threads):
     assert r.exit_code == 2 and "--threads" in r.output
 
 
+def _probe(script, var, users_value, case) -> list:
+    """Run ``script`` in a fresh Python with ``var`` unset ("gpunn first"), set to
+    ``users_value`` ("the user's value"), or with NumPy imported before gpunn ("numpy
+    first"); returns the lines it printed."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != var}
+    if case == "the user's value":
+        env[var] = users_value
+    first = "import numpy" if case == "numpy first" else ""
+    out = subprocess.run([sys.executable, "-c", script.format(first=first)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()
+
+
 _SPIN_PROBE = """
 import os, sys, ctypes
 {first}
@@ -275,17 +292,7 @@ def test_numpy_loads_with_a_short_openblas_spin(case):
     # OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, as NumPy loads it: importing gpunn first
     # must hand it gpunn's 22 and leave the environment as it found it; a user's own value
     # wins; a NumPy loaded before gpunn keeps the default, and the report says so
-    import os
-    import subprocess
-    import sys
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    if case == "the user's value":
-        env["OPENBLAS_THREAD_TIMEOUT"] = "25"
-    first = "import numpy" if case == "numpy first" else ""
-    out = subprocess.run([sys.executable, "-c", _SPIN_PROBE.format(first=first)], env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    said, read, left = out.stdout.strip().splitlines()
+    said, read, left = _probe(_SPIN_PROBE, "OPENBLAS_THREAD_TIMEOUT", "25", case)
     expect = {"gpunn first": ("2**22 cycles", "22", "None"),
               "the user's value": ("OPENBLAS_THREAD_TIMEOUT=25 (the user's)", "25", "25"),
               "numpy first": ("NumPy was imported before gpunn", "0", "None")}[case]
@@ -311,20 +318,9 @@ def test_numpy_loads_without_huge_page_advice(case):
     # NumPy reads NUMPY_MADVISE_HUGEPAGE once, as it loads: importing gpunn first turns the
     # advice off and leaves the environment as it found it; a user's own value wins; a NumPy
     # loaded before gpunn keeps its default, and the report says so
-    import os
-    import subprocess
-    import sys
-    np_ = pytest.importorskip("numpy")
-    if not hasattr(np_._core.multiarray, "_get_madvise_hugepage"):
+    if not hasattr(np._core.multiarray, "_get_madvise_hugepage"):
         pytest.skip("this NumPy has no huge-page switch")
-    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
-    if case == "the user's value":
-        env["NUMPY_MADVISE_HUGEPAGE"] = "1"
-    first = "import numpy" if case == "numpy first" else ""
-    out = subprocess.run([sys.executable, "-c", _HUGEPAGE_PROBE.format(first=first)], env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    said, advice, left = out.stdout.strip().splitlines()
+    said, advice, left = _probe(_HUGEPAGE_PROBE, "NUMPY_MADVISE_HUGEPAGE", "1", case)
     expect = {"gpunn first": ("off (gpunn's NUMPY_MADVISE_HUGEPAGE=0)", "False", "None"),
               "the user's value": ("on (NUMPY_MADVISE_HUGEPAGE=1 (the user's))", "True", "1"),
               "numpy first": ("NumPy was imported before gpunn", None, "None")}[case]
