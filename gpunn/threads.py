@@ -272,6 +272,14 @@ def chunk_bounds(n: int, chunk: int) -> list:
 PARALLEL_MIN_WORK = 1_000_000
 
 
+def parallel_here(work: int | None = None) -> bool:
+    """Whether a region of ``work`` element-operations would run on more than one thread
+    here (the test :func:`parallel_chunks` makes, less the chunk count): a body whose best
+    piece size depends on it (the optimizer update) asks first."""
+    return not (get_num_threads() <= 1 or getattr(_local, "worker", False)
+                or (work is not None and work < PARALLEL_MIN_WORK))
+
+
 def parallel_chunks(fn, n: int, chunk: int, work: int | None = None) -> list:
     """Call ``fn(lo, hi)`` for every chunk of range(n); return the results in chunk order.
     ``work``: the region's size in element-operations; below PARALLEL_MIN_WORK the chunks
@@ -285,8 +293,7 @@ def parallel_chunks(fn, n: int, chunk: int, work: int | None = None) -> list:
     """
     bounds = chunk_bounds(n, chunk)
     threads = min(get_num_threads(), len(bounds))
-    if (threads <= 1 or getattr(_local, "worker", False)
-            or (work is not None and work < PARALLEL_MIN_WORK)):
+    if threads <= 1 or not parallel_here(work):
         return [fn(lo, hi) for lo, hi in bounds]
     results = [None] * len(bounds)
     errors = []

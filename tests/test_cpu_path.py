@@ -328,3 +328,43 @@ def test_numpy_loads_without_huge_page_advice(case):
     if expect[1] is not None:
         assert advice == expect[1]
     assert left == expect[2]
+
+
+def test_update_pieces_stay_in_cache_on_one_thread(restore_threads, monkeypatch):
+    """The optimizer update takes BIG_CHUNK pieces only where the pool really runs them on
+    several threads; on one thread (one thread set, a --procs rank, inside a pool worker,
+    below the work threshold) CHUNK pieces, whose arrays stay in L2 (2 MiB pieces there were
+    1.5x slower). Either way the values are the whole-array update's, bit for bit."""
+    import threading
+    from gpunn.ops import optim_update
+    sizes = []
+    real = threads.parallel_chunks
+
+    def spy(fn, n, chunk, work=None):
+        sizes.append((threading.current_thread() is threading.main_thread(), chunk))
+        return real(fn, n, chunk, work=work)
+    monkeypatch.setattr(threads, "parallel_chunks", spy)
+    rng = np.random.default_rng(0)
+    big = threads.PARALLEL_MIN_WORK + 12345
+    p0, g = rng.standard_normal(big).astype(np.float32), rng.standard_normal(big).astype(np.float32)
+    expect_p, expect_v = p0.copy(), np.zeros_like(p0)
+    optim_update._sgd_numpy(expect_p, g, expect_v, 0.1, 0.9, False, 0.0, False)   # whole array
+    for count, n, chunk in [(1, big, optim_update.CHUNK), (2, big, optim_update.BIG_CHUNK),
+                            (2, threads.PARALLEL_MIN_WORK - 1, optim_update.CHUNK)]:
+        threads.set_num_threads(count)
+        sizes.clear()
+        p, v = p0[:n].copy(), np.zeros(n, np.float32)
+        optim_update.sgd_update(p, g[:n], v, 0.1, momentum=0.9)
+        assert sizes == [(True, chunk)], (count, n)
+        if n == big:
+            assert np.array_equal(p, expect_p) and np.array_equal(v, expect_v)
+    threads.set_num_threads(2)                  # inside a pool worker: one thread, CHUNK
+    both = threading.Barrier(2, timeout=10)     # one piece on each thread, at the same time
+
+    def update_in(lo, hi):
+        both.wait()
+        optim_update.sgd_update(p0.copy(), g, np.zeros_like(p0), 0.1, momentum=0.9)
+    sizes.clear()
+    real(update_in, 2, 1)
+    assert sorted(sizes) == [(False, optim_update.CHUNK), (True, optim_update.BIG_CHUNK)]
+    assert optim_update.CHUNK * 4 * 4 <= 2 << 20 < optim_update.BIG_CHUNK * 4 * 4

@@ -38,22 +38,23 @@ def _in_chunks(body, arrays, *args):
     """Run an element-wise update ``body(*chunk_views, *args)`` over CHUNK-element pieces of
     the flat ``arrays`` on gpunn's thread pool (each piece's scratch stays in cache). The
     arithmetic per element is the same as one whole-array call, so the bits are too."""
-    from ..threads import parallel_chunks
     if not all(a is None or a.flags.c_contiguous for a in arrays):
         return body(*arrays, *args)
     flat = [None if a is None else a.reshape(-1) for a in arrays]
-    # one element-operation per element: a streaming update. Inline in CHUNK pieces below
-    # the pool's threshold; above it, pieces of BIG_CHUNK: two threads alternating on small
-    # pieces were slower than one (4.9M parameters: 6.0 ms against 3.8), on 2 MiB pieces
-    # faster (3.0 ms); in cnn-bn's whole step 128 KiB to 4 MiB pieces were within 3%, 2 MiB
-    # the fastest
+    # one element-operation per element: a streaming update. On one thread (below the
+    # pool's threshold, one thread set, a --procs rank) pieces of CHUNK, whose four arrays
+    # stay in L2; on the pool, pieces of BIG_CHUNK: two threads alternating on small pieces
+    # were slower than one (4.9M parameters: 6.0 ms against 3.8), on 2 MiB pieces faster
+    # (3.0 ms); in cnn-bn's whole step 128 KiB to 4 MiB pieces were within 3%, 2 MiB the
+    # fastest. On one thread 2 MiB pieces spill L2: 2.46M parameters 2.4-2.6 ms against
+    # 1.5-1.7 in 256 KiB pieces (docs/benchmarks/README.md)
+    from ..threads import parallel_chunks, parallel_here
     n = flat[0].size
-    from ..threads import PARALLEL_MIN_WORK
     parallel_chunks(lambda lo, hi: body(*[None if f is None else f[lo:hi] for f in flat], *args),
-                    n, CHUNK if n < PARALLEL_MIN_WORK else BIG_CHUNK, work=n)
+                    n, BIG_CHUNK if parallel_here(n) else CHUNK, work=n)
 
 
-CHUNK = 1 << 15            # elements per piece: 128 KiB of float32 per array
+CHUNK = 1 << 16            # elements per piece: 256 KiB of float32 per array
 BIG_CHUNK = 1 << 19        # elements per piece on the thread pool: 2 MiB per array
 
 
