@@ -12,6 +12,7 @@ import math
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.image  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -78,50 +79,92 @@ def plot_confusion_matrix(cm, class_names, path, title: str = "confusion matrix 
     return _save(fig, path)
 
 
+def _unit_range(img):
+    """An image scaled to [0, 1] by its own range (all zeros when it is constant)."""
+    lo, hi = float(img.min()), float(img.max())
+    return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img, dtype=np.float64)
+
+
+_DPI = 110
+
+
+def _tile_layout(n: int, h: int, w: int, *, cols: int, tile_in: float, caption_in: float,
+                 gap_in: float) -> dict:
+    """Where _tile_grid puts n images of h x w pixels, in the picture's pixels: ``scale``
+    (picture pixels per image pixel, a whole number), ``size`` (height, width), ``tiles``
+    [(top, left)] and ``captions`` [(x centre, bottom)] per image, ``title`` (its top)."""
+    cols = max(1, min(cols, n))
+    rows = max(1, math.ceil(n / cols))
+    scale = max(1, round(tile_in * _DPI / w))
+    th, tw = h * scale, w * scale
+    band, gap = math.ceil(caption_in * _DPI), math.ceil(gap_in * _DPI)
+    margin, title = 11, 50
+    tiles, captions = [], []
+    for i in range(n):
+        r, c = divmod(i, cols)
+        top, left = title + r * (band + th) + band, margin + c * (tw + gap)
+        tiles.append((top, left))
+        captions.append((left + tw / 2, top - 4))
+    size = (title + rows * (band + th) + margin, 2 * margin + cols * tw + (cols - 1) * gap)
+    return {"scale": scale, "size": size, "tiles": tiles, "captions": captions, "title": 12}
+
+
+def _tile_grid(tiles, captions, path, *, cols: int, tile_in: float, caption_in: float,
+               gap_in: float, fontsize: float, color: str, title: str) -> str:
+    """Images side by side in one picture with a caption above each: tiles, a list of (H, W)
+    grey or (H, W, 3) colour arrays in [0, 1], all one shape.
+
+    Matplotlib draws only the text; each image, enlarged by a whole number of pixels, is
+    copied into the drawn picture, which is written as it is. A grid of subplots took 0.49 s
+    for plot_misclassified's 25 images and 0.55 s for 32 filters, in every run's report (this
+    way 0.1 s); one imshow of all the images together took ~100 MB more peak memory (matplotlib
+    resamples pictures in floating point)."""
+    h, w = tiles[0].shape[:2]
+    lay = _tile_layout(len(tiles), h, w, cols=cols, tile_in=tile_in, caption_in=caption_in,
+                       gap_in=gap_in)
+    height, width = lay["size"]
+    fig = plt.figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
+    for text, (x, bottom) in zip(captions, lay["captions"]):
+        fig.text(x / width, 1 - bottom / height, text, ha="center", va="bottom",
+                 fontsize=fontsize, color=color, linespacing=1.1)
+    fig.suptitle(title, y=1 - lay["title"] / height, va="top")
+    fig.canvas.draw()
+    picture = np.array(fig.canvas.buffer_rgba())                  # (height, width, 4) uint8
+    plt.close(fig)
+    if picture.shape[:2] != (height, width):       # a backend that rounds the figure's size
+        raise RuntimeError(f"_tile_grid: drew {picture.shape[:2]}, laid out {(height, width)}")
+    k = lay["scale"]
+    for tile, (top, left) in zip(tiles, lay["tiles"]):
+        rgb = np.round(np.asarray(tile, dtype=np.float64) * 255).astype(np.uint8)
+        if rgb.ndim == 2:
+            rgb = rgb[..., None]
+        picture[top:top + h * k, left:left + w * k, :3] = np.repeat(np.repeat(rgb, k, 0), k, 1)
+    matplotlib.image.imsave(path, picture, dpi=_DPI)
+    return path
+
+
 def plot_filters(W, path, title: str = "first convolutional layer filters") -> str:
     """W: (O, C, kh, kw) -> a grid of O filters (channel mean when C > 3), each scaled to its
     own range so the pattern shows."""
     W = np.asarray(W, dtype=np.float64)
     o, c = W.shape[:2]
-    cols = min(8, o)
-    rows = math.ceil(o / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.3 * rows + 0.4), squeeze=False)
-    for idx, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if idx >= o:
-            continue
-        f = W[idx]
-        img = f.transpose(1, 2, 0) if c == 3 else f.mean(axis=0)
-        lo, hi = img.min(), img.max()
-        img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
-        ax.imshow(img, cmap=None if c == 3 else "gray", interpolation="nearest")
-        ax.set_title(str(idx), fontsize=7)
-    fig.suptitle(title)
-    return _save(fig, path)
+    tiles = [_unit_range(f.transpose(1, 2, 0) if c == 3 else f.mean(axis=0)) for f in W]
+    return _tile_grid(tiles, [str(i) for i in range(o)], path, cols=8, tile_in=1.0,
+                      caption_in=0.2, gap_in=0.3, fontsize=7, color="black", title=title)
 
 
 def plot_misclassified(images, y_true, y_pred, class_names, path, max_images: int = 25) -> str:
     """A grid of images (N, C, H, W) in [0, 1] with "true / predicted" captions."""
     images = np.asarray(images)[:max_images]
-    n = len(images)
-    cols = min(5, max(n, 1))
-    rows = max(1, math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
-    for idx, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if idx >= n:
-            continue
-        img = images[idx]
-        lo, hi = float(img.min()), float(img.max())
-        img = (img - lo) / (hi - lo) if hi > lo else img * 0
-        if img.shape[0] == 3:
-            ax.imshow(img.transpose(1, 2, 0))
-        else:
-            ax.imshow(img[0], cmap="gray")
-        ax.set_title(f"true: {class_names[int(y_true[idx])]}\npred: {class_names[int(y_pred[idx])]}",
-                     fontsize=8, color="darkred")
-    fig.suptitle("misclassified test images")
-    return _save(fig, path)
+    if len(images) == 0:
+        images = np.ones((1, 1, 8, 8))                  # an empty (white) panel, as before
+    tiles = [_unit_range(img.transpose(1, 2, 0) if img.shape[0] == 3 else img[0])
+             for img in images]
+    captions = [f"true: {class_names[int(t)]}\npred: {class_names[int(p)]}"
+                for t, p in zip(y_true[:len(tiles)], y_pred[:len(tiles)])]
+    return _tile_grid(tiles, captions, path, cols=5, tile_in=1.8, caption_in=0.42,
+                      gap_in=0.4, fontsize=8, color="darkred",
+                      title="misclassified test images")
 
 
 def plot_sweep_curves(histories: dict, models, settings, path) -> str:

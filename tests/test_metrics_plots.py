@@ -61,3 +61,35 @@ def test_every_plot_writes_a_png(tmp_path, rng):
         assert _is_png(p) and p.stat().st_size > 1000, p
     md = plots.sweep_table_markdown({("m1", "s1"): 0.8, ("m2", "s1"): 0.9}, ["m1", "m2"], ["s1", "s2"])
     assert "| m2 | **0.9000** | - |" in md
+
+
+def test_tile_grid_writes_each_image_where_the_layout_puts_it(tmp_path, rng):
+    """The misclassified-images and filter figures copy each image, enlarged by a whole
+    number of pixels, into the drawn picture: read the PNG back and find every image there,
+    pixel for pixel (grey and colour), with its caption drawn above it, not over it."""
+    import matplotlib.image as mpimg
+    grey = rng.random((7, 1, 28, 28))
+    path = plots.plot_misclassified(grey, [0] * 7, [1] * 7, ["a", "b"], tmp_path / "m.png")
+    lay = plots._tile_layout(7, 28, 28, cols=5, tile_in=1.8, caption_in=0.42, gap_in=0.4)
+    png = np.round(mpimg.imread(path) * 255).astype(np.uint8)
+    assert png.shape[:2] == lay["size"]
+    k = lay["scale"]
+    assert k >= 2 and len(lay["tiles"]) == 7 and lay["tiles"][5][0] > lay["tiles"][4][0]
+    for img, (top, left) in zip(grey, lay["tiles"]):
+        u = (img[0] - img[0].min()) / (img[0].max() - img[0].min())
+        want = np.repeat(np.repeat(np.round(u * 255).astype(np.uint8), k, 0), k, 1)
+        for ch in range(3):
+            assert np.array_equal(png[top:top + 28 * k, left:left + 28 * k, ch], want)
+        band = png[top - 30:top - 2, left:left + 28 * k, :3]      # the caption above it
+        assert (band < 200).any(), "no caption drawn above the image"
+    colour = rng.random((5, 3, 5, 5))
+    path = plots.plot_filters(colour, tmp_path / "f.png")
+    lay = plots._tile_layout(5, 5, 5, cols=8, tile_in=1.0, caption_in=0.2, gap_in=0.3)
+    png = np.round(mpimg.imread(path) * 255).astype(np.uint8)
+    top, left = lay["tiles"][3]
+    f = colour[3].transpose(1, 2, 0)
+    u = np.round((f - f.min()) / (f.max() - f.min()) * 255).astype(np.uint8)
+    assert np.array_equal(png[top:top + 5 * lay["scale"]:lay["scale"],
+                              left:left + 5 * lay["scale"]:lay["scale"], :3], u)
+    assert plots._unit_range(np.full((2, 2), 7.0)).max() == 0
+    assert np.allclose(plots._unit_range(np.array([[1.0, 3.0]])), [[0.0, 1.0]])
