@@ -35,9 +35,10 @@ __all__ = ["sgd_update", "adam_update"]
 
 
 def _in_chunks(body, arrays, *args):
-    """Run an element-wise update ``body(*chunk_views, *args)`` over CHUNK-element pieces of
-    the flat ``arrays`` on gpunn's thread pool (each piece's scratch stays in cache). The
-    arithmetic per element is the same as one whole-array call, so the bits are too."""
+    """Run an element-wise update ``body(*chunk_views, *args)`` over pieces of the flat
+    ``arrays`` (CHUNK elements on one thread, BIG_CHUNK on gpunn's thread pool), each piece's
+    scratch in cache. The arithmetic per element is the same as one whole-array call, so the
+    bits are too."""
     if not all(a is None or a.flags.c_contiguous for a in arrays):
         return body(*arrays, *args)
     flat = [None if a is None else a.reshape(-1) for a in arrays]
