@@ -368,3 +368,39 @@ def test_update_pieces_stay_in_cache_on_one_thread(restore_threads, monkeypatch)
     real(update_in, 2, 1)
     assert sorted(sizes) == [(False, optim_update.CHUNK), (True, optim_update.BIG_CHUNK)]
     assert optim_update.CHUNK * 4 * 4 <= 2 << 20 < optim_update.BIG_CHUNK * 4 * 4
+
+
+def test_conv_chunks_grow_on_the_pool_and_never_change_the_results(restore_threads,
+                                                                   monkeypatch):
+    """Convolution forward takes blocks of up to PARALLEL_CHUNK_BYTES when the pool runs it
+    (at least two per thread), CHUNK_BYTES on one thread: per-sample GEMMs, so the output is
+    the same bits either way. A wide convolution's backward (one weight-gradient GEMM per
+    chunk) cuts WIDE_CHUNK_BYTES blocks whatever the thread count, so dW is the same too."""
+    from gpunn.ops import conv as convops
+    seen = []
+    real = threads.parallel_chunks
+
+    def spy(fn, n, chunk, work=None):
+        seen.append(chunk)
+        return real(fn, n, chunk, work=work)
+    monkeypatch.setattr(threads, "parallel_chunks", spy)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((100, 16, 28, 28)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    d = rng.standard_normal((100, 16, 28, 28)).astype(np.float32)
+    per_sample = 16 * 9 * 28 * 28 * 4
+    out = {}
+    for count in (1, 2, 16):
+        threads.set_num_threads(count)
+        seen.clear()
+        y, cache = convops.conv2d_forward(x, w, None, (1, 1), (1, 1, 1, 1))
+        dx, dw, _ = convops.conv2d_backward(d, cache, w, (1, 1), (1, 1, 1, 1), False)
+        out[count] = (seen[:], y, dx, dw)
+    assert out[1][0][0] == max(1, convops.CHUNK_BYTES // per_sample)
+    assert out[2][0][0] == min(convops.PARALLEL_CHUNK_BYTES // per_sample, 100 // 4) > 1
+    assert out[16][0][0] == -(-100 // 32)                # two blocks per thread at least
+    wide = min(convops.WIDE_CHUNK_BYTES // per_sample, -(-100 // convops.MIN_CHUNKS))
+    assert {o[0][1] for o in out.values()} == {wide} and wide > 1
+    for count in (2, 16):
+        for a, b in zip(out[1][1:], out[count][1:]):
+            assert np.array_equal(a, b), count
