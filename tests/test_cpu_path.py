@@ -404,3 +404,35 @@ def test_conv_chunks_grow_on_the_pool_and_never_change_the_results(restore_threa
     for count in (2, 16):
         for a, b in zip(out[1][1:], out[count][1:]):
             assert np.array_equal(a, b), count
+
+
+def test_pool_chunks_grow_on_the_pool_and_never_change_the_results(restore_threads,
+                                                                  monkeypatch):
+    """Max-pooling passes take chunks of up to PARALLEL_CHUNK_BYTES on the pool (two per
+    thread at least), CHUNK_BYTES on one thread; each window is computed alone, so forward
+    and backward give the same bits either way (the 2x2 path and the general one)."""
+    from gpunn.layers import MaxPool2d
+    from gpunn.ops import pool as poolops
+    seen = []
+    real = threads.parallel_chunks
+
+    def spy(fn, n, chunk, work=None):
+        seen.append(chunk)
+        return real(fn, n, chunk, work=work)
+    monkeypatch.setattr(threads, "parallel_chunks", spy)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((100, 32, 28, 28)).astype(np.float32)
+    per_sample = 32 * 28 * 28 * 4
+    for kernel, stride in ((2, 2), (3, 2)):
+        out = {}
+        for count in (1, 2):
+            threads.set_num_threads(count)
+            seen.clear()
+            layer = MaxPool2d(kernel, stride=stride)
+            y = layer.forward(x, train=True)
+            dx = layer.backward(np.ones_like(y) * 0.5)
+            out[count] = (seen[:], y, dx)
+        assert out[1][0][0] == max(1, poolops.CHUNK_BYTES // per_sample)
+        assert out[2][0][0] == min(poolops.PARALLEL_CHUNK_BYTES // per_sample, 100 // 4) > \
+            out[1][0][0]
+        assert np.array_equal(out[1][1], out[2][1]) and np.array_equal(out[1][2], out[2][2])
