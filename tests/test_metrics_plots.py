@@ -91,5 +91,20 @@ def test_tile_grid_writes_each_image_where_the_layout_puts_it(tmp_path, rng):
     u = np.round((f - f.min()) / (f.max() - f.min()) * 255).astype(np.uint8)
     assert np.array_equal(png[top:top + 5 * lay["scale"]:lay["scale"],
                               left:left + 5 * lay["scale"]:lay["scale"], :3], u)
+    big = rng.random((3, 3, 500, 400))                # larger than a tile: decimated
+    path = plots.plot_misclassified(big, [0] * 3, [1] * 3, ["a", "b"], tmp_path / "b.png")
+    step = -(-500 // int(1.8 * 110))
+    lay = plots._tile_layout(3, -(-500 // step), -(-400 // step), cols=5, tile_in=1.8,
+                             caption_in=0.42, gap_in=0.4)
+    png = np.round(mpimg.imread(path) * 255).astype(np.uint8)
+    assert png.shape[:2] == lay["size"] and lay["scale"] == 1
+    top, left = lay["tiles"][1]
+    f = big[1].transpose(1, 2, 0)[::step, ::step]
+    u = np.round((f - big[1].min()) / (big[1].max() - big[1].min()) * 255).astype(np.uint8)
+    assert np.array_equal(png[top:top + u.shape[0], left:left + u.shape[1], :3], u)
+    empty = plots.plot_misclassified(np.zeros((0, 1, 28, 28)), [], [], ["a"], tmp_path / "e.png")
+    lay = plots._tile_layout(1, 8, 8, cols=5, tile_in=1.8, caption_in=0.42, gap_in=0.4)
+    (top, left), k = lay["tiles"][0], lay["scale"]
+    assert (mpimg.imread(empty)[top:top + 8 * k, left:left + 8 * k, :3] == 1).all()  # blank
     assert plots._unit_range(np.full((2, 2), 7.0)).max() == 0
     assert np.allclose(plots._unit_range(np.array([[1.0, 3.0]])), [[0.0, 1.0]])
