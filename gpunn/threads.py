@@ -32,7 +32,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["default_threads", "get_num_threads", "set_num_threads", "parallel_chunks",
-           "chunk_bounds", "blas_threads", "gemm_threads", "blas_spin", "numpy_hugepages"]
+           "chunk_bounds", "blas_threads", "gemm_threads", "blas_spin", "numpy_hugepages",
+           "malloc_setting"]
 
 
 # -- OpenBLAS's idle spin: set before NumPy loads it --------------------------------------------
@@ -90,6 +91,57 @@ def _load_numpy() -> dict:
 
 _numpy_how = _load_numpy()
 _spin_how = _numpy_how[_SPIN_VAR]
+
+
+# -- glibc's malloc: a step's large arrays reused, not mapped and faulted in afresh ------------
+# glibc serves an allocation above its mmap threshold (128 KiB, rising with the blocks freed
+# to at most 32 MiB) with a fresh mapping, unmapped again on free, and hands a free heap top
+# above its trim threshold back to the kernel. Each step's large activations were then
+# mapped, zero-filled a page fault per 4 KiB, and unmapped: on the 2-vCPU Xeon vgg-cifar's
+# step (batch 128, 33.5 MB activations) took 47,657 page faults and 89-95 ms of system time,
+# resnet-small's (batch 100) 7,563 faults; with both thresholds at 1 GiB, 0-2 and 46, and
+# the steps 0.93-0.96x as long (docs/benchmarks/README.md). gpunn sets them with mallopt at
+# import: arrays up to 1 GiB come from the heap and return to it for the next step, and the
+# process keeps its high-water mark (as PyTorch's caching allocators do). The user's
+# MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ / GLIBC_TUNABLES win, GPUNN_MALLOC=default
+# leaves glibc's own behaviour; another C library is left alone.
+MALLOC_THRESHOLD = 1 << 30
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3             # glibc's mallopt parameters
+
+
+def _tune_malloc() -> str:
+    """Set glibc's thresholds (see above); what was done, in words (for reports)."""
+    if os.environ.get("GPUNN_MALLOC", "") == "default":
+        return "the C library's default (GPUNN_MALLOC=default)"
+    user = [f"{v}={os.environ[v]}" for v in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+            if os.environ.get(v, "") != ""]
+    if "malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", "") or \
+            "malloc.trim_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
+        user.append("GLIBC_TUNABLES")
+    if user:
+        return f"the user's {', '.join(user)}"
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None)
+        glibc = hasattr(libc, "gnu_get_libc_version")          # musl has a mallopt stub
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        glibc = False
+    if not glibc:
+        return "the C library's default (not glibc)"
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    if mallopt(_M_MMAP_THRESHOLD, MALLOC_THRESHOLD) and \
+            mallopt(_M_TRIM_THRESHOLD, MALLOC_THRESHOLD):
+        return f"arrays up to {MALLOC_THRESHOLD >> 30} GiB kept for reuse (gpunn's mallopt)"
+    return "glibc's default (mallopt refused gpunn's thresholds)"
+
+
+_malloc_how = _tune_malloc()
+
+
+def malloc_setting() -> str:
+    """How the C library's malloc keeps freed large arrays, in words (for reports)."""
+    return _malloc_how
 
 
 def numpy_hugepages() -> str:

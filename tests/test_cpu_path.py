@@ -436,3 +436,55 @@ def test_pool_chunks_grow_on_the_pool_and_never_change_the_results(restore_threa
         assert out[2][0][0] == min(poolops.PARALLEL_CHUNK_BYTES // per_sample, 100 // 4) > \
             out[1][0][0]
         assert np.array_equal(out[1][1], out[2][1]) and np.array_equal(out[1][2], out[2][2])
+
+
+_MALLOC_PROBE = """
+import resource
+{first}
+import gpunn
+import numpy as np
+print(gpunn.threads.malloc_setting())
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+a = np.ones(12_000_000, np.float32); del a          # 48 MB: above glibc's own mmap limit
+f0 = faults()
+for _ in range(10):
+    a = np.ones(12_000_000, np.float32); del a
+print((faults() - f0) // 10)
+"""
+
+
+@pytest.mark.parametrize("case", ["gpunn", "GPUNN_MALLOC=default", "the user's value"])
+def test_large_arrays_are_reused_not_faulted_in_again(case, monkeypatch):
+    """With gpunn's malloc thresholds a 48 MB array freed and allocated again comes back from
+    the heap (no page faults); glibc's own behaviour maps and faults in all 11,719 pages each
+    time. GPUNN_MALLOC=default and the user's MALLOC_* variables leave glibc alone."""
+    import ctypes
+    import os
+    import subprocess
+    import sys
+    if not hasattr(ctypes.CDLL(None), "gnu_get_libc_version"):
+        pytest.skip("not glibc")
+    env = dict(os.environ)
+    for var in ("GPUNN_MALLOC", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        env.pop(var, None)
+    if case == "GPUNN_MALLOC=default":
+        env["GPUNN_MALLOC"] = "default"
+    elif case == "the user's value":
+        env["MALLOC_TRIM_THRESHOLD_"] = str(64 << 20)
+    out = subprocess.run([sys.executable, "-c", _MALLOC_PROBE.format(first="")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    said, faults = out.stdout.strip().splitlines()
+    if case == "gpunn":
+        assert said == "arrays up to 1 GiB kept for reuse (gpunn's mallopt)"
+        assert int(faults) < 100, faults
+    else:
+        assert ("GPUNN_MALLOC=default" in said) if case != "the user's value" else \
+            (said == f"the user's MALLOC_TRIM_THRESHOLD_={64 << 20}")
+        try:                                             # 2 MiB pages for every mapping:
+            with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:   # few faults
+                thp_always = "[always]" in f.read()
+        except OSError:
+            thp_always = False
+        assert thp_always or int(faults) > 5000, faults  # glibc maps and faults in afresh

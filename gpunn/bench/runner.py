@@ -226,9 +226,10 @@ def _versions() -> dict:
     except Exception:
         pass
     from ..ops.mkl import describe
-    from ..threads import blas_spin, numpy_hugepages
+    from ..threads import blas_spin, malloc_setting, numpy_hugepages
     v["blas_spin"] = blas_spin()
     v["numpy_hugepages"] = numpy_hugepages()
+    v["malloc"] = malloc_setting()
     v["gemm_blas"] = describe()
     return v
 
@@ -320,7 +321,8 @@ def format_report(result: dict) -> str:
              + (f"; OpenBLAS idle spin: {v['blas_spin']}" if v.get("blas_spin") else "")
              + (f"; CPU GEMMs: {v['gemm_blas']}" if v.get("gemm_blas") else "")
              + (f"; NumPy huge pages: {v['numpy_hugepages']}" if v.get("numpy_hugepages")
-                else ""), ""]
+                else "")
+             + (f"; malloc: {v['malloc']}" if v.get("malloc") else ""), ""]
     for dev, d in result["devices"].items():
         lines.append(f"- {dev}: {d['name']}; float32 GEMM {d['gemm_flops_s'] / 1e9:.0f} GFLOP/s "
                      f"(n={d['gemm_n']}), copy bandwidth {d['bandwidth_b_s'] / 1e9:.1f} GB/s")

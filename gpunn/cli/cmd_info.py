@@ -37,6 +37,8 @@ def info():
     click.echo(f"default device ('auto'): {'cuda:0' if ok else 'cpu'}")
     from ..ops.mkl import describe
     click.echo(f"CPU GEMMs: {describe()}")
+    from ..threads import malloc_setting
+    click.echo(f"CPU memory: {malloc_setting()}")
     click.echo("data sets:")
     for name, where in dataset_status():
         click.echo(f"  {name:14s} {where}")
