@@ -121,12 +121,15 @@ def _tune_malloc() -> str:
     if user:
         return f"the user's {', '.join(user)}"
     import ctypes
-    try:
-        libc = ctypes.CDLL(None)
-        glibc = hasattr(libc, "gnu_get_libc_version")          # musl has a mallopt stub
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        glibc = False
+    import sys
+    glibc = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None)
+            glibc = hasattr(libc, "gnu_get_libc_version")      # musl has a mallopt stub
+            mallopt = libc.mallopt
+        except (OSError, AttributeError, TypeError):
+            glibc = False
     if not glibc:
         return "the C library's default (not glibc)"
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
