@@ -99,8 +99,8 @@ _spin_how = _numpy_how[_SPIN_VAR]
 # above its trim threshold back to the kernel. Each step's large activations were then
 # mapped, zero-filled a page fault per 4 KiB, and unmapped: on the 2-vCPU Xeon vgg-cifar's
 # step (batch 128, 33.5 MB activations) took 47,657 page faults and 89-95 ms of system time,
-# resnet-small's (batch 100) 7,563 faults; with both thresholds at 1 GiB, 0-2 and 46, and
-# the steps 0.93-0.96x as long (docs/benchmarks/README.md). gpunn sets them with mallopt at
+# resnet-small's (batch 100) 7,563 faults; with both thresholds at 1 GiB, 0-2 and 27-61, the
+# steps 0.84-0.99x as long, peak RSS +5% (docs/benchmarks/README.md). gpunn sets them with mallopt at
 # import: arrays up to 1 GiB come from the heap and return to it for the next step, and the
 # process keeps its high-water mark (as PyTorch's caching allocators do). The user's
 # MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ / GLIBC_TUNABLES win, GPUNN_MALLOC=default
@@ -330,7 +330,7 @@ PARALLEL_MIN_WORK = 1_000_000
 def parallel_here(work: int | None = None) -> bool:
     """Whether a region of ``work`` element-operations would run on more than one thread
     here (the test :func:`parallel_chunks` makes, less the chunk count): a body whose best
-    piece size depends on it (the optimizer update) asks first."""
+    piece size depends on it (the optimizer update, convolution forward, pooling) asks first."""
     return not (get_num_threads() <= 1 or getattr(_local, "worker", False)
                 or (work is not None and work < PARALLEL_MIN_WORK))
 
