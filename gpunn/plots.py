@@ -80,9 +80,15 @@ def plot_confusion_matrix(cm, class_names, path, title: str = "confusion matrix 
 
 
 def _unit_range(img):
-    """An image scaled to [0, 1] by its own range (all zeros when it is constant)."""
-    lo, hi = float(img.min()), float(img.max())
-    return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img, dtype=np.float64)
+    """An image scaled to [0, 1] by its own finite range (all zeros when it is constant; a
+    value that is not finite shows as 0, not as garbage)."""
+    img = np.asarray(img, dtype=np.float64)
+    finite = np.isfinite(img)
+    if not finite.any():
+        return np.zeros_like(img)
+    lo, hi = float(img[finite].min()), float(img[finite].max())
+    out = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    return np.where(finite, out, 0.0)
 
 
 _DPI = 110

@@ -107,4 +107,6 @@ def test_tile_grid_writes_each_image_where_the_layout_puts_it(tmp_path, rng):
     (top, left), k = lay["tiles"][0], lay["scale"]
     assert (mpimg.imread(empty)[top:top + 8 * k, left:left + 8 * k, :3] == 1).all()  # blank
     assert plots._unit_range(np.full((2, 2), 7.0)).max() == 0
+    assert np.array_equal(plots._unit_range(np.array([[1.0, np.nan], [3.0, np.inf]])),
+                          [[0.0, 0.0], [1.0, 0.0]])
     assert np.allclose(plots._unit_range(np.array([[1.0, 3.0]])), [[0.0, 1.0]])
