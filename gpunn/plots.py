@@ -141,7 +141,10 @@ def _tile_grid(tiles, captions, path, *, cols: int, tile_in: float, caption_in: 
     picture = np.array(fig.canvas.buffer_rgba())                  # (height, width, 4) uint8
     plt.close(fig)
     if picture.shape[:2] != (height, width):       # a backend that rounds the figure's size
-        raise RuntimeError(f"_tile_grid: drew {picture.shape[:2]}, laid out {(height, width)}")
+        drawn = picture                            # otherwise: the layout's size, text kept
+        picture = np.full((height, width, 4), 255, dtype=np.uint8)
+        hh, ww = min(height, drawn.shape[0]), min(width, drawn.shape[1])
+        picture[:hh, :ww] = drawn[:hh, :ww]
     k = lay["scale"]
     for tile, (top, left) in zip(tiles, lay["tiles"]):
         rgb = np.round(np.asarray(tile, dtype=np.float64) * 255).astype(np.uint8)
