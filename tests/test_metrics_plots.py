@@ -110,3 +110,16 @@ def test_tile_grid_writes_each_image_where_the_layout_puts_it(tmp_path, rng):
     assert np.array_equal(plots._unit_range(np.array([[1.0, np.nan], [3.0, np.inf]])),
                           [[0.0, 0.0], [1.0, 0.0]])
     assert np.allclose(plots._unit_range(np.array([[1.0, 3.0]])), [[0.0, 1.0]])
+
+
+def test_tile_grid_keeps_the_layout_when_the_backend_draws_another_size(tmp_path, rng,
+                                                                        monkeypatch):
+    import matplotlib.image as mpimg
+    real = plots.plt.figure
+
+    def one_pixel_short(figsize, dpi):          # a backend that rounds the size down
+        return real(figsize=(figsize[0] - 1 / dpi, figsize[1] - 1 / dpi), dpi=dpi)
+    monkeypatch.setattr(plots.plt, "figure", one_pixel_short)
+    path = plots.plot_filters(rng.standard_normal((4, 1, 3, 3)), tmp_path / "f.png")
+    lay = plots._tile_layout(4, 3, 3, cols=8, tile_in=1.0, caption_in=0.2, gap_in=0.3)
+    assert mpimg.imread(path).shape[:2] == lay["size"]
