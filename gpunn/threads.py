@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["default_threads", "get_num_threads", "set_num_threads", "parallel_chunks",
            "chunk_bounds", "blas_threads", "gemm_threads", "blas_spin", "numpy_hugepages",
-           "malloc_setting"]
+           "malloc_setting", "parallel_here", "samples_per_chunk"]
 
 
 # -- OpenBLAS's idle spin: set before NumPy loads it --------------------------------------------
@@ -330,9 +330,25 @@ PARALLEL_MIN_WORK = 1_000_000
 def parallel_here(work: int | None = None) -> bool:
     """Whether a region of ``work`` element-operations would run on more than one thread
     here (the test :func:`parallel_chunks` makes, less the chunk count): a body whose best
-    piece size depends on it (the optimizer update, convolution forward, pooling) asks first."""
+    piece size depends on it (the optimizer update, :func:`samples_per_chunk`) asks first."""
     return not (get_num_threads() <= 1 or getattr(_local, "worker", False)
                 or (work is not None and work < PARALLEL_MIN_WORK))
+
+
+def samples_per_chunk(n: int, per_sample: int, one_thread_bytes: int, pool_bytes: int,
+                      work: int | None = None, at_most: int | None = None) -> int:
+    """Samples per chunk for a pass over n samples of ``per_sample`` bytes whose results do
+    not depend on the chunks: ``one_thread_bytes`` (sized for the cache) on one thread; on
+    the pool ``pool_bytes``, but at least two chunks per thread (a chunk of a sample or two is
+    too short a region to share). ``at_most``: a cap either way."""
+    per_sample = max(1, int(per_sample))
+    if parallel_here(work):
+        k = min(pool_bytes // per_sample, -(-n // (2 * get_num_threads())))
+    else:
+        k = one_thread_bytes // per_sample
+    if at_most is not None:
+        k = min(k, at_most)
+    return max(1, k)
 
 
 def parallel_chunks(fn, n: int, chunk: int, work: int | None = None) -> list:

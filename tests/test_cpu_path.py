@@ -330,20 +330,29 @@ def test_numpy_loads_without_huge_page_advice(case):
     assert left == expect[2]
 
 
-def test_update_pieces_stay_in_cache_on_one_thread(restore_threads, monkeypatch):
+@pytest.fixture
+def chunk_calls(monkeypatch):
+    """Every gpunn.threads.parallel_chunks call (which still runs), in call order: ``sizes``
+    [(called on the main thread, chunk size)]; ``real``: the function itself, unrecorded."""
+    import threading
+    from types import SimpleNamespace
+    calls = SimpleNamespace(sizes=[], real=threads.parallel_chunks)
+
+    def spy(fn, n, chunk, work=None):
+        calls.sizes.append((threading.current_thread() is threading.main_thread(), chunk))
+        return calls.real(fn, n, chunk, work=work)
+    monkeypatch.setattr(threads, "parallel_chunks", spy)
+    return calls
+
+
+def test_update_pieces_stay_in_cache_on_one_thread(restore_threads, chunk_calls):
     """The optimizer update takes BIG_CHUNK pieces only where the pool really runs them on
     several threads; on one thread (one thread set, a --procs rank, inside a pool worker,
     below the work threshold) CHUNK pieces, whose arrays stay in L2 (2 MiB pieces there were
     1.5x slower). Either way the values are the whole-array update's, bit for bit."""
     import threading
     from gpunn.ops import optim_update
-    sizes = []
-    real = threads.parallel_chunks
-
-    def spy(fn, n, chunk, work=None):
-        sizes.append((threading.current_thread() is threading.main_thread(), chunk))
-        return real(fn, n, chunk, work=work)
-    monkeypatch.setattr(threads, "parallel_chunks", spy)
+    sizes, real = chunk_calls.sizes, chunk_calls.real
     rng = np.random.default_rng(0)
     big = threads.PARALLEL_MIN_WORK + 12345
     p0, g = rng.standard_normal(big).astype(np.float32), rng.standard_normal(big).astype(np.float32)
@@ -371,19 +380,13 @@ def test_update_pieces_stay_in_cache_on_one_thread(restore_threads, monkeypatch)
 
 
 def test_conv_chunks_grow_on_the_pool_and_never_change_the_results(restore_threads,
-                                                                   monkeypatch):
+                                                                   chunk_calls):
     """Convolution forward takes blocks of up to PARALLEL_CHUNK_BYTES when the pool runs it
     (at least two per thread), CHUNK_BYTES on one thread: per-sample GEMMs, so the output is
     the same bits either way. A wide convolution's backward (one weight-gradient GEMM per
     chunk) cuts WIDE_CHUNK_BYTES blocks whatever the thread count, so dW is the same too."""
     from gpunn.ops import conv as convops
-    seen = []
-    real = threads.parallel_chunks
-
-    def spy(fn, n, chunk, work=None):
-        seen.append(chunk)
-        return real(fn, n, chunk, work=work)
-    monkeypatch.setattr(threads, "parallel_chunks", spy)
+    seen = chunk_calls.sizes
     rng = np.random.default_rng(1)
     x = rng.standard_normal((100, 16, 28, 28)).astype(np.float32)
     w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
@@ -395,7 +398,7 @@ def test_conv_chunks_grow_on_the_pool_and_never_change_the_results(restore_threa
         seen.clear()
         y, cache = convops.conv2d_forward(x, w, None, (1, 1), (1, 1, 1, 1))
         dx, dw, _ = convops.conv2d_backward(d, cache, w, (1, 1), (1, 1, 1, 1), False)
-        out[count] = (seen[:], y, dx, dw)
+        out[count] = ([c for _, c in seen], y, dx, dw)
     assert out[1][0][0] == max(1, convops.CHUNK_BYTES // per_sample)
     assert out[2][0][0] == min(convops.PARALLEL_CHUNK_BYTES // per_sample, 100 // 4) > 1
     assert out[16][0][0] == -(-100 // 32)                # two blocks per thread at least
@@ -407,19 +410,13 @@ def test_conv_chunks_grow_on_the_pool_and_never_change_the_results(restore_threa
 
 
 def test_pool_chunks_grow_on_the_pool_and_never_change_the_results(restore_threads,
-                                                                  monkeypatch):
+                                                                  chunk_calls):
     """Max-pooling passes take chunks of up to PARALLEL_CHUNK_BYTES on the pool (two per
     thread at least), CHUNK_BYTES on one thread; each window is computed alone, so forward
     and backward give the same bits either way (the 2x2 path and the general one)."""
     from gpunn.layers import MaxPool2d
     from gpunn.ops import pool as poolops
-    seen = []
-    real = threads.parallel_chunks
-
-    def spy(fn, n, chunk, work=None):
-        seen.append(chunk)
-        return real(fn, n, chunk, work=work)
-    monkeypatch.setattr(threads, "parallel_chunks", spy)
+    seen = chunk_calls.sizes
     rng = np.random.default_rng(2)
     x = rng.standard_normal((100, 32, 28, 28)).astype(np.float32)
     per_sample = 32 * 28 * 28 * 4
@@ -431,7 +428,7 @@ def test_pool_chunks_grow_on_the_pool_and_never_change_the_results(restore_threa
             layer = MaxPool2d(kernel, stride=stride)
             y = layer.forward(x, train=True)
             dx = layer.backward(np.ones_like(y) * 0.5)
-            out[count] = (seen[:], y, dx)
+            out[count] = ([c for _, c in seen], y, dx)
         assert out[1][0][0] == max(1, poolops.CHUNK_BYTES // per_sample)
         assert out[2][0][0] == min(poolops.PARALLEL_CHUNK_BYTES // per_sample, 100 // 4) > \
             out[1][0][0]

@@ -197,7 +197,7 @@ def _col_chunk(x, lo, hi, kh, kw, stride, pad, oh, ow, rows_first=False, into=No
 def conv2d_forward(x, W, b, stride: tuple, pad: tuple, relu: bool = False):
     """x: (N, C, H, W), W: (O, C, kh, kw), b: (O,) or None -> (y (N, O, oh, ow), cache for
     :func:`conv2d_backward`); relu: y = max(conv + b, 0) (a fused Conv2d + ReLU)."""
-    from ..threads import get_num_threads, parallel_chunks, parallel_here
+    from ..threads import parallel_chunks, samples_per_chunk
     x = np.ascontiguousarray(x)
     n, c, h, w = x.shape
     o, _, kh, kw = W.shape
@@ -222,11 +222,8 @@ def conv2d_forward(x, W, b, stride: tuple, pad: tuple, relu: bool = False):
         if relu:
             np.maximum(yc, 0, out=yc)
     work = n * o * c * kh * kw * oh * ow
-    if parallel_here(work):          # big blocks, but at least two per thread
-        per = min(_samples_per_chunk(n, c, kh, kw, oh, ow, x.itemsize, PARALLEL_CHUNK_BYTES),
-                  max(1, -(-n // (2 * get_num_threads()))))
-    else:
-        per = _samples_per_chunk(n, c, kh, kw, oh, ow, x.itemsize)
+    per = samples_per_chunk(n, c * kh * kw * oh * ow * x.itemsize, CHUNK_BYTES,
+                            PARALLEL_CHUNK_BYTES, work, at_most=-(-n // MIN_CHUNKS))
     parallel_chunks(chunk, n, per, work=work)
     return y, ("x", x, keep)
 

@@ -85,12 +85,8 @@ PARALLEL_CHUNK_BYTES = 1 << 20
 
 def _chunk_samples(x) -> int:
     """Samples per chunk of a pass over x (N, C, H, W)."""
-    from ..threads import get_num_threads, parallel_here
-    per_sample = max(1, x[0].nbytes)
-    if not parallel_here(x.size):
-        return max(1, CHUNK_BYTES // per_sample)
-    return max(1, min(PARALLEL_CHUNK_BYTES // per_sample,
-                      -(-x.shape[0] // (2 * get_num_threads()))))
+    from ..threads import samples_per_chunk
+    return samples_per_chunk(x.shape[0], x[0].nbytes, CHUNK_BYTES, PARALLEL_CHUNK_BYTES, x.size)
 
 
 def _is_2x2(kh, kw, stride, pad):

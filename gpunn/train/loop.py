@@ -295,7 +295,9 @@ GPU_EVAL_BATCH = 1000
 # array above glibc's mmap threshold (at most 32 MiB) is mapped fresh and its pages faulted
 # in and zeroed, then unmapped, batch after batch. cnn-bn on 10k images, two threads:
 # batch 1000 (100 MB activations) 1.7-2.1 s, 1.5-2.4 s of it system time; 250 (25 MB)
-# 1.06-1.09 s; 100 1.14 s.
+# 1.06-1.09 s; 100 1.14 s. (Since gpunn keeps freed large arrays for reuse, gpunn/threads.py,
+# those faults are gone and 250 against 1000 measured even, 1.11-1.25 s against 1.00-1.84:
+# the cap now keeps peak memory down at no cost.)
 CPU_EVAL_BYTES = 24 << 20
 _CPU_EVAL_FALLBACK = 250       # a model whose activation sizes cannot be worked out
 
