@@ -127,20 +127,25 @@ SHARD_STEPS = [(10, 10, 10), (10, 10, 9), (12, 8, 10), (1, 1, 0), (10, 10, 10),
                (11, 11, 11), (10, 10, 10), (3, 10, 7)]
 
 
+def sgd_step(model, comm):
+    """The training step of ``model`` with SGD: data-parallel over comm's ranks (replicas
+    made equal first), or a plain one in a single process."""
+    opt = optimizer("sgd", model)
+    loss = gpunn.CrossEntropyLoss()
+    if comm.size == 1:
+        return TrainStep(model, loss, opt)
+    dist.broadcast_model(model, comm)
+    dist.broadcast_optimizer(opt, comm)
+    return dist.DistributedTrainStep(model, loss, opt, comm=comm)
+
+
 def shards(out):
     """The scripted steps above: 3 forked ranks sharing the model, or one process taking each
     step's samples at once; rank 0 writes which ranks staged their rows at each step."""
     comm = dist.init()
     x, y = data(n=sum(map(sum, SHARD_STEPS)))
     model = wide_mlp()
-    opt = optimizer("sgd", model)
-    loss = gpunn.CrossEntropyLoss()
-    if comm.size > 1:
-        dist.broadcast_model(model, comm)
-        dist.broadcast_optimizer(opt, comm)
-        step = dist.DistributedTrainStep(model, loss, opt, comm=comm)
-    else:
-        step = TrainStep(model, loss, opt)
+    step = sgd_step(model, comm)
     staged, pos = [], 0
     for counts in SHARD_STEPS:
         total = sum(counts)
@@ -461,7 +466,81 @@ def fit(out, name, *settings):
         json.dump(result.history, f)
 
 
+def guard(out, net, poison_rank, poison_step, layer, index):
+    """gpunn.fit on the ranks (NonFiniteGuard on, as in gpunn train) of ``net`` (mlp, or
+    wide: its first Linear's weight gradient sharded between ranks that share the model)
+    with value ``index`` of Linear ``layer``'s weight gradient made NaN on rank
+    ``poison_rank`` only, in its backward call number ``poison_step`` (the loss of that step
+    stays finite). Each rank writes the error it stopped with, the step of the checkpoint in
+    OUT/run and whether that checkpoint is all finite."""
+    from gpunn.errors import NonFiniteError
+    from gpunn.serialization import load_checkpoint
+    comm = dist.init()
+    model = mlp() if net == "mlp" else wide_mlp()
+    target, calls = model.layers[int(layer)], [0]
+    orig = target.backward
+
+    def backward(dout):
+        d = orig(dout)
+        calls[0] += 1
+        if comm.rank == int(poison_rank) and calls[0] == int(poison_step):
+            shard = getattr(target.defer_weight_grad, "__self__", None)
+            if shard is not None and shard.active:    # staged for the reduction's GEMM:
+                shard.X[shard.rank * shard.cap, int(index)] = np.nan   # dW row `index` NaN
+            else:
+                target.grads["W"].reshape(-1)[int(index)] = np.nan
+        return d
+    target.backward = backward
+    cfg = gpunn.TrainConfig(epochs=2, batch_size=50, eval_every=300, progress=False, seed=3)
+    run = os.path.join(out, "run")
+    try:
+        gpunn.fit(model, gpunn.CrossEntropyLoss(), optimizer("sgd", model), Data(), cfg,
+                  out_dir=run, device="cpu")
+        err = ""
+    except NonFiniteError as e:
+        err = str(e)
+    comm.barrier()
+    ck = os.path.join(run, "checkpoint.npz")
+    got = {"error": err, "checkpoint_step": None, "checkpoint_finite": None}
+    if os.path.exists(ck):
+        c = load_checkpoint(ck)
+        got["checkpoint_step"] = int(c["state"]["step"])
+        got["checkpoint_finite"] = all(bool(np.isfinite(v).all()) for v in c["model"].values())
+    with open(os.path.join(out, f"guard-rank{comm.rank}.json"), "w") as f:
+        json.dump(got, f)
+    sys.exit(0)
+
+
+def spread(out, net):
+    """Two steps of a global batch of 100 (``net``: mlp, or wide with a sharded weight
+    gradient), each rank recording the flat gradient buffer before the average (a hook
+    put first), after the whole step, and, in the second step only, inside a plain hook
+    after the average (one that is not segment_aware). One process records the gradient
+    of the whole batch at the same places."""
+    comm = dist.init()
+    x, y = data(n=200)
+    model = mlp() if net == "mlp" else wide_mlp()
+    step = sgd_step(model, comm)
+    opt = step.optimizer
+    got = {}
+
+    def buffer():
+        return opt.slots[0].grads.copy()
+    step.after_backward.insert(0, lambda s: got.__setitem__("before1", buffer()))
+    lo, hi = (50 * comm.rank, 50 * comm.rank + 50) if comm.size > 1 else (0, 100)
+    step(x[lo:hi], y[lo:hi], **({"total": 100} if comm.size > 1 else {}))
+    got["after1"] = buffer()
+    step.after_backward[0] = lambda s: got.__setitem__("before2", buffer())
+    step.after_backward.append(lambda s: got.__setitem__("hook2", buffer()))
+    step(x[100 + lo:100 + hi], y[100 + lo:100 + hi], **({"total": 100} if comm.size > 1 else {}))
+    if comm.size > 1:
+        seg = step._shared.segments[0][comm.rank]
+        got["segment"] = np.array([seg.start, seg.stop])
+    save(out, f"spread-{net}", comm, got)
+
+
 if __name__ == "__main__":
     scenario, out, *args = sys.argv[1:]
     {"collectives": collectives, "equiv": equiv, "syncbn": syncbn, "gradcheck": gradcheck, "dropout": dropout,
-     "die": die, "fake_nccl": fake_nccl, "shards": shards, "preloaded": preloaded, "buckets": buckets, "fit": fit, "nccl_gpu": nccl_gpu}[scenario](out, *args)
+     "die": die, "fake_nccl": fake_nccl, "shards": shards, "preloaded": preloaded, "buckets": buckets, "fit": fit, "nccl_gpu": nccl_gpu,
+     "guard": guard, "spread": spread}[scenario](out, *args)

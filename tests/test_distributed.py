@@ -788,3 +788,52 @@ def test_ctrl_c_stops_every_rank_at_the_same_step_and_resumes(tmp_path, launcher
     again = gpunn_cli(0, "train", "--resume", run, "--max-steps", step + 20, "--no-progress")
     assert "keeps the global batch of 100" in again.stderr
     assert json.loads((run / "history.json").read_text())["step"][-1] == step + 20
+
+
+@pytest.mark.parametrize("net", ["mlp", "wide"])
+def test_forked_ranks_hold_their_own_segment_of_the_average_unless_a_hook_reads_it_all(
+        tmp_path, net):
+    """Ranks sharing one model (--procs) need only their own segment of the averaged
+    gradient for the update, so that is all the reduction writes into each rank's buffer
+    (the rest keeps the rank's own gradient: no copy of the other segments); a hook after
+    the average that is not segment_aware gets the whole average on every rank, as after an
+    all-reduce: equal on both ranks and to one process's gradient of the whole batch.
+    ``wide``: a weight gradient computed already summed by the reduction's GEMM."""
+    launch(2, "spread", tmp_path, net, launcher="procs")
+    launch(0, "spread", tmp_path, net)
+    r0, r1 = load(tmp_path, f"spread-{net}", 0, 2), load(tmp_path, f"spread-{net}", 1, 2)
+    one = load(tmp_path, f"spread-{net}", 0, 1)
+    for r in (r0, r1):
+        lo, hi = r["segment"]
+        own = np.zeros(r["after1"].size, bool)
+        own[lo:hi] = True
+        assert rel(r["after1"][own], one["after1"][own]) <= 1e-12
+        assert np.array_equal(r["after1"][~own], r["before1"][~own])
+        assert not np.allclose(r["after1"][~own], one["after1"][~own])
+        assert rel(r["hook2"], one["hook2"]) <= 1e-12
+    assert np.array_equal(r0["hook2"], r1["hook2"])
+    assert 0 < r0["segment"][1] == r1["segment"][0] < r0["after1"].size
+
+
+@pytest.mark.parametrize("launcher_", ["procs", pytest.param("mpi", marks=needs_mpi)])
+@pytest.mark.parametrize("net, rank, layer, index, name", [
+    ("mlp", 1, 0, 3, "'0.W', of layer 0 Linear(20, 16"),       # rank 0's segment, from rank 1
+    ("mlp", 0, 2, 70, "'2.W', of layer 2 Linear(16, 5"),       # rank 1's segment, from rank 0
+    ("wide", 1, 0, 3, "'0.W', of layer 0 Linear(20, 16384"),   # sharded rows of rank 0
+    ("wide", 0, 0, 19, "'0.W', of layer 0 Linear(20, 16384"),  # sharded rows of rank 1
+])
+def test_a_non_finite_gradient_on_one_rank_stops_every_rank_at_that_step(
+        tmp_path, launcher_, net, rank, layer, index, name):
+    """gpunn.fit over ranks with the non-finite guard on (as gpunn train --procs runs): a NaN
+    put into one rank's gradient at step 3, whose loss is finite, stops every rank at step 3
+    with the layer named, before the checkpoint that step 3 would write (evaluations every
+    300 samples). Forked ranks hold only their own segment of the averaged gradient, so the
+    reduction looks for NaN/inf as it sums and tells every rank; before this, the guard read
+    a buffer the ranks no longer wrote, saw nothing, and a checkpoint of NaN weights was
+    written at step 3 as 'intact and loadable'."""
+    launch(2, "guard", tmp_path, net, rank, 3, layer, index, launcher=launcher_)
+    for r in (0, 1):
+        got = json.loads((tmp_path / f"guard-rank{r}.json").read_text())
+        assert "non-finite values at step 3 (epoch 1, batch 3 of 11)" in got["error"], got
+        assert "the loss is finite" in got["error"] and name in got["error"]
+        assert got["checkpoint_step"] is None

@@ -100,7 +100,10 @@ class DistributedTrainStep(TrainStep):
             return
         name = f"the gradient all-reduce (step {self._calls} of this process)"
         if self._shared is not None:
-            self._shared.reduce(self.weight, name)
+            later = self._hooks_after_average()
+            aware = [getattr(h, "segment_aware", False) for h in later]
+            self._shared.reduce(self.weight, name, spread=not all(aware),
+                                find_nonfinite=any(aware))
             return
         if self.buckets is not None:      # started during the backward pass: finish it
             self.buckets.finish()
@@ -109,6 +112,22 @@ class DistributedTrainStep(TrainStep):
             if self.weight != 1.0:
                 g *= g.dtype.type(self.weight)
             self.comm.allreduce(g, "sum", name=name)
+
+    def _hooks_after_average(self) -> list:
+        hooks = self.after_backward
+        i = next((i for i, h in enumerate(hooks) if h == self.average_gradients), None)
+        return [] if i is None else hooks[i + 1:]
+
+    def nonfinite_positions(self):
+        """Ranks sharing one model (``--procs``), inside a hook after the average that is
+        ``segment_aware``: per optimizer slot (flat buffer), the last index whose averaged
+        gradient is NaN or inf (-1: none), found by the reduction itself and the same on
+        every rank. None anywhere else: the gradient buffers hold the whole average then.
+
+        Why: such ranks hold only their own segment of the average (gpunn/distributed/
+        shm.py); a hook without ``segment_aware = True`` makes every rank receive all of it
+        instead, as after an all-reduce, at the cost of one more write of the gradients."""
+        return None if self._shared is None else self._shared.nonfinite
 
     def update(self) -> None:
         """The optimizer's step: split between the ranks when they share the model."""

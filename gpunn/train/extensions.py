@@ -21,7 +21,7 @@ import numpy as np
 
 from ..backend import get_array_module, synchronize, to_device
 from ..errors import NonFiniteError, RunLockedError, RunWriteError
-from ..parameter import buffers_of
+from ..parameter import FlatBuffer, buffers_of
 from ..serialization import load_checkpoint, save_checkpoint
 from .loop import TrainState, evaluate
 
@@ -445,6 +445,30 @@ class RunLock(Extension):
         self.release()
 
 
+def _grads_of(owner):
+    """The gradient array of a flat buffer or of a loose Parameter, as it is now."""
+    return owner.grads if isinstance(owner, FlatBuffer) else owner.grad
+
+
+def _last_nonfinite(xp, grads):
+    """(any NaN/inf, its last index or -1) in 1-D ``grads``, as device scalars.
+
+    On the CPU one dot product of the gradients with themselves answers whether there is
+    one (it is NaN or inf exactly when an element is, or when the squares overflow), at the
+    speed of one read; the search runs only then. On a GPU the search itself, without
+    waiting for the device and with the same arrays each step (a captured graph replays it)."""
+    if xp is np:
+        if grads.size == 0 or np.isfinite(np.dot(grads, grads)):
+            return np.asarray(False), np.asarray(-1, dtype=np.int64)
+        bad = np.flatnonzero(~np.isfinite(grads))
+        last = int(bad[-1]) if bad.size else -1
+        return np.asarray(last >= 0), np.asarray(last, dtype=np.int64)
+    ok_rev = xp.isfinite(grads[::-1])      # reversed: backward order, last layer first
+    j = ok_rev.argmin()
+    hit = ~ok_rev[j]
+    return hit, xp.where(hit, grads.size - 1 - j, -1)
+
+
 class NonFiniteGuard(Extension):
     """Stops training when the loss or a gradient is NaN or infinite, with
     :class:`~gpunn.errors.NonFiniteError` naming the step, the loss, the first parameter the
@@ -472,12 +496,15 @@ class NonFiniteGuard(Extension):
         params = [p for _, p in named]
         names = {id(p): n for n, p in named}
         flats = buffers_of(params)
+        # (owner, members): the gradient is read from its owner at each step, since ranks
+        # that share one model (--procs) re-point the buffers at shared memory on their
+        # first step
         if flats:                           # one gradient buffer per (device, dtype)
-            self.groups = [(f.grads, [(off, p.size, names[id(p)], p)
-                                      for p, off in zip(f.params, f.offsets)]) for f in flats]
+            self.groups = [(f, [(off, p.size, names[id(p)], p)
+                                for p, off in zip(f.params, f.offsets)]) for f in flats]
         else:
-            self.groups = [(p.grad, [(0, p.size, names[id(p)], p)]) for p in params]
-        xp = get_array_module(self.groups[0][0]) if self.groups else np
+            self.groups = [(p, [(0, p.size, names[id(p)], p)]) for p in params]
+        xp = get_array_module(_grads_of(self.groups[0][0])) if self.groups else np
         if self.every is None:
             self.every = 1 if xp is np else 50
         self._xp = xp
@@ -497,12 +524,17 @@ class NonFiniteGuard(Extension):
         loss = xp.asarray(step.loss, dtype=np.float64)
         bad = ~xp.isfinite(loss)
         positions = []
-        for grads, _ in self.groups:
-            ok_rev = xp.isfinite(grads[::-1])     # reversed: backward order, last layer first
-            j = ok_rev.argmin()
-            hit = ~ok_rev[j]
+        shared = getattr(step, "nonfinite_positions", lambda: None)()
+        slots = step.optimizer.slots if shared is not None else []
+        for owner, _ in self.groups:
+            j = next((j for j, slot in enumerate(slots) if slot is owner), None)
+            if j is not None:               # ranks sharing one model: the reduction looked
+                hit = xp.asarray(shared[j] >= 0)
+                pos = xp.asarray(shared[j], dtype=np.int64)
+            else:                           # the last non-finite index: backward order
+                hit, pos = _last_nonfinite(xp, _grads_of(owner))
             bad = bad | hit
-            positions.append(xp.where(hit, grads.size - 1 - j, -1))
+            positions.append(pos)
         newly = first & bad
         # written in place: the record's arrays stay the same, so a CUDA graph that captured
         # this hook with the step (gpunn.train.GraphedTrainStep) keeps updating them
@@ -510,6 +542,10 @@ class NonFiniteGuard(Extension):
         s["loss"][...] = xp.where(newly, loss, s["loss"])
         for p, old in zip(positions, s["pos"]):
             old[...] = xp.where(newly, p, old)
+
+    # ranks sharing one model: each holds only its own segment of the averaged gradient,
+    # and _record reads the reduction's findings instead (DistributedTrainStep)
+    _record.segment_aware = True
 
     def check(self, trainer) -> None:
         """Raise NonFiniteError if a step so far had a non-finite loss or gradient."""
@@ -524,7 +560,7 @@ class NonFiniteGuard(Extension):
         where = f"at step {step} (epoch {epoch}, batch {batch} of {spe})"
         what = f"the loss is {loss}" if not np.isfinite(loss) else f"the loss is finite ({loss:.4g})"
         culprit = "every gradient is finite"
-        for (grads, members), pos in reversed(list(zip(self.groups, self._state["pos"]))):
+        for (_, members), pos in reversed(list(zip(self.groups, self._state["pos"]))):
             pos = int(pos)
             if pos < 0:
                 continue
