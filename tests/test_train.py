@@ -76,6 +76,27 @@ def test_ctrl_c_writes_checkpoint_and_resumes(data, tmp_path):
     _same_weights(a, b)
 
 
+def test_ctrl_c_while_the_ranks_agree_is_not_lost(data, tmp_path, monkeypatch):
+    """Data-parallel ranks agree after each step whether to stop (rank 0 waits there for the
+    others, so a Ctrl-C often lands inside the agreement). The agreement of step 5 answers
+    "go on" (the others saw no request) while a real SIGINT arrives during it: the request
+    stays, the next step's agreement stops the run, and the checkpoint is of step 6. (It
+    used to be overwritten by that answer and lost: the run trained to its end.)"""
+    from gpunn.train.step import TrainStep
+    calls = [0]
+
+    def agree_stop(self, requested):
+        calls[0] += 1
+        if calls[0] == 5:
+            os.kill(os.getpid(), signal.SIGINT)           # lands before this returns
+            return False
+        return bool(requested)
+    monkeypatch.setattr(TrainStep, "agree_stop", agree_stop)
+    with pytest.raises(KeyboardInterrupt):
+        _run(data, tmp_path / "b", 3, model="model2")
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.npz")["state"]["step"] == 6
+
+
 def test_early_stopping_restores_best(data, tmp_path):
     m = build_model("model2", (1, 12, 12), 10, seed=0)
     opt = SGD(m.parameters(), lr=3.0)                    # far too large: validation gets worse

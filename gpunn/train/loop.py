@@ -187,6 +187,7 @@ class Trainer:
         self._check_position()
         self.t_start = time.perf_counter() - st.seconds
         xp = get_array_module(self.loader.x)
+        stop = False
         with _StopFlag() as flag:
             while st.epoch < self.epochs and not self.should_stop:
                 self.step.reset_metrics(xp)
@@ -198,11 +199,14 @@ class Trainer:
                     st.samples += n
                     st.since_eval += n
                     self.emit("step_end")
-                    flag.requested = self.step.agree_stop(flag.requested)   # all ranks or none
-                    if st.batch == self.steps_per_epoch or self.should_stop or flag.requested \
+                    # all ranks or none. A Ctrl-C that lands while the ranks agree (rank 0
+                    # waits there for the others) stays requested for the next step's
+                    # agreement: writing the answer back into the flag would lose it
+                    stop = self.step.agree_stop(flag.requested)
+                    if st.batch == self.steps_per_epoch or self.should_stop or stop \
                             or self._out_of_steps():
                         break
-                if flag.requested:
+                if stop:
                     st.seconds = self.elapsed()
                     self.interrupted = True
                     self.emit("interrupt")
