@@ -348,3 +348,26 @@ def test_gpu_out_of_memory_through_the_cli(tmp_path, pool_limit):
                            "5400); asked for "), line
     assert "smaller --batch-size (e.g. 2700)" in line and "Traceback" not in r.output
     assert not out.exists()                           # nothing was written before step 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_last_nonfinite_finds_the_last_nan_or_inf_and_nothing_in_finite_values(dtype):
+    """The check behind the guard and the ranks' reduction: a dot product of the array with
+    itself, then the exact search. Huge finite values whose squares overflow are not
+    reported; NaN, inf and -inf are, at the last position holding one."""
+    from gpunn.finite import last_nonfinite
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(100_003).astype(dtype)
+    assert last_nonfinite(a) == -1 and last_nonfinite(a[:0]) == -1
+    big = np.full(1000, np.finfo(dtype).max / 2, dtype=dtype)       # squares overflow
+    with np.errstate(over="ignore"):                                 # (the caller's choice)
+        assert last_nonfinite(big) == -1
+    for bad in (np.nan, np.inf, -np.inf):
+        for where in (0, 1, 31_337, a.size - 1):
+            b = a.copy()
+            b[where] = bad
+            assert last_nonfinite(b) == where
+            assert last_nonfinite(b, offset=7) == where + 7
+        b = a.copy()
+        b[[5, 70_000]] = bad
+        assert last_nonfinite(b) == 70_000

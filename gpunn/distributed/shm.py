@@ -26,6 +26,7 @@ CPU only: CUDA does not survive a fork, and GPUs go through NCCL under mpiexec.
 """
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import pickle
@@ -36,6 +37,7 @@ import time
 
 import numpy as np
 
+from ..finite import last_nonfinite
 from .comm import DEFAULT_TIMEOUT, Communicator, _check_buffer, _check_op, _say, _what
 
 __all__ = ["ShmComm", "launch", "SLOT_BYTES", "MAX_PROCS"]
@@ -45,6 +47,7 @@ REDUCE_PIECE = 1 << 15      # elements per piece of the shared reduction (in L2 
 SLOT_BYTES = 8 << 20         # per rank: an all-reduce moves at most this much per round
 MAX_PROCS = 256
 _HEADER = 64                 # per slot: the length of a pickled object (int64)
+_no_change = contextlib.nullcontext()
 _REDUCE = {"sum": np.add, "mean": np.add, "max": np.maximum, "min": np.minimum}
 
 
@@ -472,18 +475,6 @@ def launch(size: int, *, timeout: float | None = None,
     return comm
 
 
-def _last_nonfinite(a, offset: int) -> int:
-    """offset + the last index of 1-D ``a`` holding NaN or inf; -1 when all are finite.
-
-    A dot product of ``a`` with itself is NaN or inf exactly when an element is, or when the
-    squares overflow (|values| above ~1e19 in float32): one read at BLAS speed (~1.8 us for
-    32K float32 in cache, against ~4 us for isfinite), and the exact search only then."""
-    if np.isfinite(np.dot(a, a)):
-        return -1
-    bad = np.flatnonzero(~np.isfinite(a))
-    return offset + int(bad[-1]) if bad.size else -1
-
-
 def _shareable(optimizer) -> bool:
     from ..parameter import FlatBuffer
     return all(isinstance(slot, FlatBuffer) and isinstance(slot.values, np.ndarray)
@@ -639,6 +630,15 @@ class SharedTraining:
         equal = all(w == ws[0] for w in ws)
         for shard in self.shards:
             shard.staged = [bool(f) for f in shard.flags]   # stable until the next barrier
+        with np.errstate(over="ignore", invalid="ignore") if find_nonfinite else _no_change:
+            self._reduce_segments(r, n, ws, equal, spread, find_nonfinite)
+        comm._wait(name)                          # every segment is reduced (and spread)
+        # read here, between this barrier and the update's: no rank writes `found` again
+        # before every rank has passed the update's barrier
+        self.nonfinite = [int(v) for v in self.found.max(axis=0)] if find_nonfinite else None
+
+    def _reduce_segments(self, r, n, ws, equal, spread, find_nonfinite) -> None:
+        """Rank r's segment of every buffer, summed (see :meth:`reduce`)."""
         for j, (g, segs, scratch) in enumerate(zip(self.grads, self.segments, self.scratch)):
             s = segs[r]
             t = g.dtype.type
@@ -647,7 +647,7 @@ class SharedTraining:
                 if shard is not None:             # summed by its GEMM over every rank's rows
                     shard.reduce(g, lo, hi, ws)
                     if find_nonfinite:
-                        last = max(last, _last_nonfinite(g[r, lo:hi], lo))
+                        last = max(last, last_nonfinite(g[r, lo:hi], lo))
                     if spread:
                         for k in range(n):
                             if k != r:
@@ -656,10 +656,6 @@ class SharedTraining:
                 last = max(last, self._reduce_range(g, lo, hi, r, n, ws, equal, scratch, t,
                                                     spread, find_nonfinite))
             self.found[r, j] = last
-        comm._wait(name)                          # every segment is reduced (and spread)
-        # read here, between this barrier and the update's: no rank writes `found` again
-        # before every rank has passed the update's barrier
-        self.nonfinite = [int(v) for v in self.found.max(axis=0)] if find_nonfinite else None
 
     def _ranges(self, j: int, s: slice) -> list:
         """This rank's segment ``s`` of buffer j as (lo, hi, shard or None) pieces: the rows
@@ -703,7 +699,7 @@ class SharedTraining:
             if acc is not own:
                 own[...] = acc
             if find_nonfinite:
-                last = max(last, _last_nonfinite(acc, lo))
+                last = max(last, last_nonfinite(acc, lo))
             if spread:
                 for k in range(n):            # every rank's copy of segment r, now
                     if k != r:

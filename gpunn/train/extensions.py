@@ -21,6 +21,7 @@ import numpy as np
 
 from ..backend import get_array_module, synchronize, to_device
 from ..errors import NonFiniteError, RunLockedError, RunWriteError
+from ..finite import last_nonfinite
 from ..parameter import FlatBuffer, buffers_of
 from ..serialization import load_checkpoint, save_checkpoint
 from .loop import TrainState, evaluate
@@ -451,17 +452,12 @@ def _grads_of(owner):
 
 
 def _last_nonfinite(xp, grads):
-    """(any NaN/inf, its last index or -1) in 1-D ``grads``, as device scalars.
-
-    On the CPU one dot product of the gradients with themselves answers whether there is
-    one (it is NaN or inf exactly when an element is, or when the squares overflow), at the
-    speed of one read; the search runs only then. On a GPU the search itself, without
-    waiting for the device and with the same arrays each step (a captured graph replays it)."""
+    """(any NaN/inf, its last index or -1) in 1-D ``grads``, as device scalars: on the CPU
+    by gpunn.finite's dot-product test; on a GPU by a search that does not wait for the
+    device and uses the same arrays each step (a captured graph replays it)."""
     if xp is np:
-        if grads.size == 0 or np.isfinite(np.dot(grads, grads)):
-            return np.asarray(False), np.asarray(-1, dtype=np.int64)
-        bad = np.flatnonzero(~np.isfinite(grads))
-        last = int(bad[-1]) if bad.size else -1
+        with np.errstate(over="ignore", invalid="ignore"):
+            last = last_nonfinite(grads)
         return np.asarray(last >= 0), np.asarray(last, dtype=np.int64)
     ok_rev = xp.isfinite(grads[::-1])      # reversed: backward order, last layer first
     j = ok_rev.argmin()
