@@ -229,3 +229,46 @@ def test_the_run_report_says_which_blas_ran(monkeypatch, tmp_path):
     report = (tmp_path / "run" / "report.md").read_text()
     assert "CPU GEMMs: NumPy's BLAS for every product (MKL not used: GPUNN_BLAS=openblas)" \
         in report
+
+
+@needs_mkl
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_a_wide_convolution_is_one_mkl_gemm_per_chunk_and_the_chunks_change_no_bit(
+        monkeypatch, dt):
+    """A convolution with wide im2col rows (C*kh*kw >= WIDE_K) multiplies a whole chunk of
+    samples by W in one MKL GEMM, forward and (stride 1) for the input gradient, instead of
+    one OpenBLAS GEMM per sample: the same values as that path (to float rounding), and the
+    same bits at 1, 2 and 16 threads (chunks of different widths); with GPUNN_BLAS=openblas
+    the per-sample path, exactly as before."""
+    from gpunn.ops import conv as convops
+    monkeypatch.delenv("GPUNN_BLAS", raising=False)
+    calls = _spy(monkeypatch)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((40, 64, 8, 8)).astype(dt)
+    w = rng.standard_normal((64, 64, 3, 3)).astype(dt)
+    b = rng.standard_normal(64).astype(dt)
+    d = rng.standard_normal((40, 64, 8, 8)).astype(dt)
+
+    def run():
+        y, cache = convops.conv2d_forward(x, w, b, (1, 1), (1, 1, 1, 1), relu=True)
+        dx, dw, db = convops.conv2d_backward(d, cache, w, (1, 1), (1, 1, 1, 1), True, y_relu=y)
+        return y, dx, dw, db
+    got = {}
+    for count in (1, 2, 16):
+        set_num_threads(count)
+        calls.clear()
+        got[count] = run()
+        widths = [b_shape[1] for _, b_shape, _ in calls]      # samples x 64 pixels each
+        assert len(widths) >= 2 and all(n % 64 == 0 for n in widths), widths
+        assert dt == np.float64 or max(widths) > 64, widths   # several samples per GEMM
+    for count in (2, 16):
+        for a, b_ in zip(got[1], got[count]):
+            assert np.array_equal(a, b_), count
+    monkeypatch.setenv("GPUNN_BLAS", "openblas")
+    mkl._reset()
+    calls.clear()
+    per_sample = run()
+    assert calls == []
+    tol = 1e-4 if dt == np.float32 else 1e-12
+    for a, b_ in zip(got[1], per_sample):
+        np.testing.assert_allclose(a, b_, rtol=tol, atol=tol * np.abs(b_).max())
