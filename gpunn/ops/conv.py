@@ -202,9 +202,9 @@ def _one_gemm_per_chunk(Wm, k: int, pixels: int) -> bool:
     takes a one-thread product of the dtype (gpunn/ops/mkl.py; GPUNN_BLAS=openblas: never).
     Measured on the 2-vCPU Xeon (docs/benchmarks/README.md): forward 0.63-1.00x and the
     input gradient 0.77-1.02x the time at 16-256 channels, CIFAR sizes; whole resnet20 and
-    vgg-cifar steps 0.92-0.96x. MKL computes each output element over k in the same order
+    vgg-cifar steps 0.84-0.96x. MKL computes each output element over k in the same order
     whatever the chunk's width, so the chunking (and the thread count) still leaves every
-    bit as it is (tests/test_cpu_path.py)."""
+    bit as it is (tests/test_mkl.py)."""
     # the im2col block is made contiguous, so W stands for both operands in MKL's checks
     return k >= WIDE_K and mkl.handles(Wm, Wm, False, False, None, 1, Wm.shape[0] * k * pixels)
 
