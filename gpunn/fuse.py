@@ -9,6 +9,10 @@ and gives it a *plan* in which these pairs run as one step each:
                            masks by the output in the same pass that changes the layout back
     ReLU, MaxPool2d     -> one pooling kernel reads relu(x) (kernels/pool.cu, relu_maxpool2d_*);
                            backward multiplies the gathered gradient by x > 0 in that pass
+    BatchNorm1d/2d, ReLU -> (a ReLU not followed by a MaxPool2d, which pairs with that
+                           instead) on the CPU the ReLU runs on each chunk of the
+                           normalisation while it is in cache, and backward masks each chunk
+                           of the gradient there; on a GPU the two ops run in a row
 
 Only layers of exactly these types pair (a subclass may do something else in forward), and a
 Conv2d pairs with the ReLU first, so ``Conv2d, ReLU, MaxPool2d`` becomes (Conv2d+ReLU),
@@ -22,30 +26,37 @@ launch each way.
 """
 from __future__ import annotations
 
-from .layers import Conv2d, MaxPool2d, ReLU
+from .layers import BatchNorm1d, BatchNorm2d, Conv2d, MaxPool2d, ReLU
 from .ops.pool import relu_maxpool2d_backward, relu_maxpool2d_forward
 
-__all__ = ["fuse", "unfuse", "fused_pairs", "FusedConvReLU", "FusedReLUMaxPool2d"]
+__all__ = ["fuse", "unfuse", "fused_pairs", "FusedConvReLU", "FusedReLUMaxPool2d",
+           "FusedBatchNormReLU"]
 
 
-class FusedConvReLU:
-    """One step for a Conv2d and the ReLU after it (both layers kept, unchanged)."""
+class _FusedWithReLU:
+    """One step for a layer and the ReLU after it (both layers kept, unchanged): the layer's
+    ``_forward(x, train, relu=True)`` applies the ReLU to its output, and its
+    ``_backward(dout, y)`` masks dout by that output first."""
 
-    def __init__(self, conv: Conv2d, relu: ReLU):
-        self.conv, self.relu = conv, relu
+    def __init__(self, layer, relu: ReLU):
+        self.layer, self.relu = layer, relu
         self._y = None
 
     def forward(self, x, *, train=None):
-        self._y = self.conv._forward(x, relu=True)
+        self._y = self.layer._forward(x, train, relu=True)
         return self._y
 
     def backward(self, dout):
         if self._y is None:
             raise RuntimeError(f"{self!r}: backward() called before forward()")
-        return self.conv._backward(dout, self._y)
+        return self.layer._backward(dout, self._y)
 
     def __repr__(self):
-        return f"Fused({self.conv!r}, {self.relu!r})"
+        return f"Fused({self.layer!r}, {self.relu!r})"
+
+
+class FusedConvReLU(_FusedWithReLU):
+    """A Conv2d and the ReLU after it."""
 
 
 class FusedReLUMaxPool2d:
@@ -78,13 +89,25 @@ class FusedReLUMaxPool2d:
         return f"Fused({self.relu!r}, {self.pool!r})"
 
 
+class FusedBatchNormReLU(_FusedWithReLU):
+    """A BatchNorm1d / BatchNorm2d and the ReLU after it."""
+
+
+_FUSED = (FusedConvReLU, FusedReLUMaxPool2d, FusedBatchNormReLU)
+
+
 def _plan(layers: list) -> list:
     steps, i = [], 0
     while i < len(layers):
         a = layers[i]
         b = layers[i + 1] if i + 1 < len(layers) else None
+        after = layers[i + 2] if i + 2 < len(layers) else None
         if type(a) is Conv2d and type(b) is ReLU:
             steps.append(FusedConvReLU(a, b))
+            i += 2
+        elif type(a) in (BatchNorm1d, BatchNorm2d) and type(b) is ReLU \
+                and type(after) is not MaxPool2d:
+            steps.append(FusedBatchNormReLU(a, b))
             i += 2
         elif type(a) is ReLU and type(b) is MaxPool2d:
             steps.append(FusedReLUMaxPool2d(a, b))
@@ -123,6 +146,5 @@ def fused_pairs(model) -> list:
     out = []
     for layer in model.walk():
         if isinstance(layer, Sequential):
-            out += [repr(s) for s in layer._steps() if isinstance(s, (FusedConvReLU,
-                                                                      FusedReLUMaxPool2d))]
+            out += [repr(s) for s in layer._steps() if isinstance(s, _FUSED)]
     return out

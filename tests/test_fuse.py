@@ -1,5 +1,5 @@
-"""gpunn.fuse: Conv2d+ReLU and ReLU+MaxPool2d run as one step each, and train exactly like the
-unfused model, on the CPU (NumPy bodies) and down the CUDA bodies (emulated CUDA)."""
+"""gpunn.fuse: Conv2d+ReLU, ReLU+MaxPool2d and BatchNorm+ReLU run as one step each, and train
+exactly like the unfused model, on the CPU (NumPy bodies) and down the CUDA bodies (emulated CUDA)."""
 import contextlib
 
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 
 from gpunn import kernels
 from gpunn.fuse import fuse, fused_pairs, unfuse
-from gpunn.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU
+from gpunn.layers import BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
 from gpunn.losses import CrossEntropyLoss
 from gpunn.model import Sequential
 from gpunn.optim import SGD
@@ -32,13 +32,25 @@ def _train(model, steps=3, seed=0):
     return losses, model.state_dict(), model.forward(x, train=False)
 
 
+def _bn_relu_net(dtype=np.float64):
+    """Batch-norm + ReLU pairs: 2-d before a convolution, 2-d before a max-pool (where the
+    ReLU pairs with the pool instead), 1-d before a Linear."""
+    return Sequential(Conv2d(1, 4, 3, padding=1, bias=False, rng=1, dtype=dtype),
+                      BatchNorm2d(4, dtype=dtype), ReLU(),
+                      Conv2d(4, 4, 3, padding=1, bias=False, rng=2, dtype=dtype),
+                      BatchNorm2d(4, dtype=dtype), ReLU(), MaxPool2d(2), Flatten(),
+                      Linear(4 * 8 * 8, 16, bias=False, rng=3, dtype=dtype),
+                      BatchNorm1d(16, dtype=dtype), ReLU(), Linear(16, 5, rng=4, dtype=dtype))
+
+
 @pytest.mark.parametrize("emulated", [False, True])
-@pytest.mark.parametrize("name", ["model4", "cnn-bn", "lenet5x5", "resnet-small"])
+@pytest.mark.parametrize("name", ["model4", "cnn-bn", "lenet5x5", "resnet-small", "bn-relu"])
 def test_fused_model_trains_bit_for_bit_like_the_unfused(name, emulated):
     ctx = emulated_cuda if emulated else contextlib.nullcontext
     runs = []
     for fused in (False, True):
-        m = build_model(name, SHAPE, 5, seed=2, dtype=np.float64,
+        m = _bn_relu_net() if name == "bn-relu" else \
+            build_model(name, SHAPE, 5, seed=2, dtype=np.float64,
                         dropout=0.3 if name == "model4" else None)
         if fused:
             fuse(m)
@@ -74,6 +86,39 @@ def test_pairs_and_plan_follow_the_layer_list():
     assert len(fused_pairs(m2)) == 1
     unfuse(m2)
     assert fused_pairs(m2) == []
+
+
+def test_batchnorm_pairs_with_a_relu_unless_a_pool_takes_that_relu():
+    m = fuse(_bn_relu_net())
+    assert fused_pairs(m) == [
+        "Fused(BatchNorm2d(4, eps=1e-05, momentum=0.1), ReLU())",
+        "Fused(ReLU(), MaxPool2d(kernel_size=(2, 2), stride=(2, 2)))",
+        "Fused(BatchNorm1d(16, eps=1e-05, momentum=0.1), ReLU())"]
+
+
+def test_a_fused_batchnorm_relu_keeps_relus_signed_zeros_nans_and_evaluation():
+    """float32 with values that round to exactly 0 after normalisation, a NaN input and
+    evaluation mode (running statistics): the pair's outputs and gradients equal the two
+    layers', bit for bit."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((7, 3, 5, 5)).astype(np.float32)
+    x[0, 0, :, :] = 1.5                      # a constant plane: its centred values are 0
+    x[1, 2, 0, 0] = np.nan
+    d = rng.standard_normal(x.shape).astype(np.float32)
+    outs = []
+    for fused in (False, True):
+        net = Sequential(BatchNorm2d(3), ReLU())
+        if fused:
+            fuse(net)
+            assert fused_pairs(net)
+        got = []
+        for train in (True, False):
+            with np.errstate(invalid="ignore"):
+                y = net.forward(x, train=train)
+                got += [y, net.backward(d)]
+        outs.append(got + [net.layers[0].grads["gamma"].copy(), net.layers[0].grads["beta"].copy()])
+    for a, b in zip(*outs):
+        assert a.tobytes() == b.tobytes()
 
 
 def test_subclasses_are_not_fused():

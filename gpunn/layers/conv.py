@@ -59,7 +59,7 @@ class Conv2d(Layer):
     # The work, with the fused ReLU of gpunn.fuse (a Conv2d directly followed by a ReLU):
     # relu=True applies it in the output pass; backward then gets the forward's output y.
     # The ops (gpunn/ops/conv.py) run chunked on the CPU, im2col + GEMM + epilogue on a GPU.
-    def _forward(self, x, relu: bool):
+    def _forward(self, x, train=None, relu: bool = False):      # train: as any layer (unused)
         self.check_input(x, 4, feature_axis=1, features=self.in_channels)
         pad, oh, ow = self._geometry(*x.shape[2:])
         y, cache = conv2d_forward(x, self.params["W"], self.params.get("b"), self.stride, pad,

@@ -43,6 +43,14 @@ class _BatchNorm(Layer):
         return (0, 2, 3), (1, -1, 1, 1)
 
     def forward(self, x, *, train=None):
+        return self._forward(x, train)
+
+    def backward(self, dout):
+        return self._backward(dout)
+
+    # the bodies, shared with a fused BatchNorm + ReLU (gpunn.fuse): relu=True applies the
+    # ReLU to the output; y_relu, that output, masks dout first
+    def _forward(self, x, train=None, relu=False):
         self.check_input(x, self._ndim, feature_axis=1, features=self.num_features)
         train = self._mode(train)
         if train and x.size // self.num_features < 2:
@@ -51,16 +59,16 @@ class _BatchNorm(Layer):
         y, self._cache = batchnorm_forward(x, self.params["gamma"], self.params["beta"],
                                            self.buffers["running_mean"],
                                            self.buffers["running_var"], self.eps,
-                                           self.momentum, train)
+                                           self.momentum, train, relu=relu)
         self._shape = x.shape
         return y
 
-    def backward(self, dout):
+    def _backward(self, dout, y_relu=None):
         cache = self._need_cache("_cache")
         if dout.shape != self._shape:
             raise ShapeError(f"{self!r}: backward expected dout of shape {tuple(self._shape)}, "
                              f"got {tuple(dout.shape)}")
-        dx, dgamma, dbeta = batchnorm_backward(dout, cache, self.params["gamma"])
+        dx, dgamma, dbeta = batchnorm_backward(dout, cache, self.params["gamma"], y_relu=y_relu)
         self.store_grad("gamma", dgamma)
         self.store_grad("beta", dbeta)
         return dx

@@ -68,8 +68,10 @@ def _update_running(rm, rv, mean, var, m, momentum):
 # -- forward ------------------------------------------------------------------------------------
 @op
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, eps: float, momentum: float,
-                      train: bool, combine=None):
+                      train: bool, combine=None, relu: bool = False):
     """x: (N, C, ...) -> (y of x's shape, cache for :func:`batchnorm_backward`).
+    ``relu``: y = max(batchnorm(x), 0), a fused BatchNorm + ReLU (gpunn.fuse): on the CPU the
+    ReLU runs on each chunk while it is in cache instead of as a pass of its own.
 
     train: batch statistics, and running_mean / running_var updated in place; else the
     running estimates normalise. ``combine(count, mean, m2) -> (count, mean, m2)``: this
@@ -106,15 +108,18 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, eps: float, mom
     shift = (beta - mean_t * gamma * inv_std)[None, :, None]
 
     def normalise(lo, hi):
-        np.multiply(x3[lo:hi], scale, out=y[lo:hi])
-        y[lo:hi] += shift
+        out = y[lo:hi]
+        np.multiply(x3[lo:hi], scale, out=out)
+        out += shift
+        if relu:                              # relu_forward's np.maximum(y, 0), in cache
+            np.maximum(out, 0, out=out)
     parallel_chunks(normalise, n, chunk, work=_WORK * x3.size)
     return y.reshape(x.shape), ("x", x3, mean_t, inv_std, bool(train))
 
 
 @batchnorm_forward.cuda
 def _batchnorm_forward_cuda(b, x, gamma, beta, running_mean, running_var, eps, momentum, train,
-                            combine=None):
+                            combine=None, relu=False):
     if combine is not None:
         raise NotImplementedError("batchnorm_forward: combine= is the CPU body's (SyncBatchNorm "
                                   "computes its GPU statistics itself)")
@@ -138,16 +143,22 @@ def _batchnorm_forward_cuda(b, x, gamma, beta, running_mean, running_var, eps, m
     else:
         inv_std = 1 / xp.sqrt(running_var.reshape(bshape) + T(eps))
         xhat = (x - running_mean.reshape(bshape)) * inv_std
-    return g * xhat + bt, ("xhat", xhat, None, inv_std, bool(train))
+    y = g * xhat + bt
+    if relu:                                  # the ReLU layer's own kernel, as unfused
+        from .activation import relu_forward
+        y = relu_forward(y)
+    return y, ("xhat", xhat, None, inv_std, bool(train))
 
 
 # -- backward -----------------------------------------------------------------------------------
 @op
-def batchnorm_backward(dout, cache, gamma, combine=None):
+def batchnorm_backward(dout, cache, gamma, combine=None, y_relu=None):
     """dout: the output's gradient -> (dx, dgamma (C,), dbeta (C,)). ``combine(dbeta, dgamma,
     m) -> (s1, s2)``: this process's float64 sums over its m values to the two means the
     gradient subtracts, over the whole batch of every rank (SyncBatchNorm); None: dbeta / m
-    and dgamma / m."""
+    and dgamma / m. ``y_relu``: the output of a fused BatchNorm + ReLU; dout is first masked
+    by y_relu > 0 (relu_backward's dout * (y > 0)), chunk by chunk into dx, which the later
+    passes then read instead of dout."""
     kind, x3, mean, inv_std, batch_stats = cache
     d3 = _as3(dout)
     n, c, s = d3.shape
@@ -155,9 +166,14 @@ def batchnorm_backward(dout, cache, gamma, combine=None):
     chunk = _samples_per_chunk(d3)
     mu = mean[None, :, None]
     istd = inv_std[None, :, None]
+    dx = np.empty_like(d3)
+    y3 = None if y_relu is None else _as3(y_relu)
+    src = d3 if y3 is None else dx            # what the passes after sums() read as dout
 
     def sums(lo, hi):
         dc = d3[lo:hi]
+        if y3 is not None:
+            dc = np.multiply(dc, y3[lo:hi] > 0, out=dx[lo:hi])
         # sum dout * xhat = inv_std * sum dout * (x - mean): the centred x, not xhat, per chunk
         xc = x3[lo:hi] - mu
         return (dc.sum(axis=2).sum(axis=0).astype(np.float64),
@@ -165,11 +181,10 @@ def batchnorm_backward(dout, cache, gamma, combine=None):
     parts = parallel_chunks(sums, n, chunk, work=_WORK * d3.size)
     dbeta = sum(p[0] for p in parts).astype(dout.dtype)
     dgamma = sum(p[1] for p in parts).astype(dout.dtype)
-    dx = np.empty_like(d3)
     k = (gamma * inv_std)[None, :, None]
     if not batch_stats:                       # statistics are constants in evaluation mode
         def scale_only(lo, hi):
-            np.multiply(d3[lo:hi], k, out=dx[lo:hi])
+            np.multiply(src[lo:hi], k, out=dx[lo:hi])
         parallel_chunks(scale_only, n, chunk, work=_WORK * d3.size)
         return dx.reshape(dout.shape), dgamma, dbeta
     m = n * s
@@ -189,7 +204,7 @@ def batchnorm_backward(dout, cache, gamma, combine=None):
         t = x3[lo:hi] - mu
         t *= c2
         out = dx[lo:hi]
-        np.multiply(d3[lo:hi], k, out=out)
+        np.multiply(src[lo:hi], k, out=out)
         out -= t
         out -= kb1
     parallel_chunks(grad, n, chunk, work=_WORK * d3.size)
@@ -197,9 +212,12 @@ def batchnorm_backward(dout, cache, gamma, combine=None):
 
 
 @batchnorm_backward.cuda
-def _batchnorm_backward_cuda(b, dout, cache, gamma, combine=None):
+def _batchnorm_backward_cuda(b, dout, cache, gamma, combine=None, y_relu=None):
     if combine is not None:
         raise NotImplementedError("batchnorm_backward: combine= is the CPU body's")
+    if y_relu is not None:                    # the ReLU layer's own kernel, as unfused
+        from .activation import relu_backward
+        dout = relu_backward(dout, y_relu)
     _, xhat, _, inv_std, batch_stats = cache
     axes = (0,) + tuple(range(2, dout.ndim))
     bshape = (1, -1) + (1,) * (dout.ndim - 2)
