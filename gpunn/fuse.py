@@ -2,7 +2,8 @@
 
 A layer only knows itself, and a fused kernel needs two neighbours, so fusion is a pass over
 the model rather than a property of a layer: :func:`fuse` walks every :class:`Sequential`
-and gives it a *plan* in which these pairs run as one step each:
+and every :class:`~gpunn.layers.Residual` block and gives it a *plan* in which these pairs
+run as one step each:
 
     Conv2d, ReLU        -> the convolution's output pass adds the bias, applies the ReLU and
                            changes the layout in one kernel (kernels/conv_epilogue.cu); backward
@@ -118,33 +119,38 @@ def _plan(layers: list) -> list:
     return steps
 
 
-def fuse(model):
-    """Give every Sequential in ``model`` (nested ones too) its fused plan; returns ``model``.
-    Calling it again rebuilds the plans (after the layer lists changed)."""
+def _layer_lists(model):
+    """(holder, its layer list, its steps) for every Sequential and every Residual block in
+    ``model``: the lists a plan may replace."""
+    from .layers.residual import Residual
     from .model import Sequential
     for layer in model.walk():
         if isinstance(layer, Sequential):
-            steps = _plan(layer.layers)
-            layer._fused = (tuple(map(id, layer.layers)), steps) \
-                if len(steps) < len(layer.layers) else None
+            yield layer, layer.layers, layer._steps
+        elif isinstance(layer, Residual):
+            yield layer, layer.block, layer._block_steps
+
+
+def fuse(model):
+    """Give every Sequential and Residual block in ``model`` (nested ones too) its fused plan;
+    returns ``model``. Calling it again rebuilds the plans (after the layer lists changed)."""
+    for holder, layers, _ in list(_layer_lists(model)):
+        steps = _plan(layers)
+        holder._fused = (tuple(map(id, layers)), steps) if len(steps) < len(layers) else None
     return model
 
 
 def unfuse(model):
     """Drop every plan :func:`fuse` made; returns ``model``."""
-    from .model import Sequential
-    for layer in model.walk():
-        if isinstance(layer, Sequential):
-            layer._fused = None
+    for holder, _, _ in list(_layer_lists(model)):
+        holder._fused = None
     return model
 
 
 def fused_pairs(model) -> list:
     """The fused steps in force, as ``repr`` strings, in model order (a Sequential whose layers
     changed since :func:`fuse` has none)."""
-    from .model import Sequential
     out = []
-    for layer in model.walk():
-        if isinstance(layer, Sequential):
-            out += [repr(s) for s in layer._steps() if isinstance(s, _FUSED)]
+    for _, _, steps in _layer_lists(model):
+        out += [repr(s) for s in steps() if isinstance(s, _FUSED)]
     return out

@@ -96,6 +96,35 @@ def test_batchnorm_pairs_with_a_relu_unless_a_pool_takes_that_relu():
         "Fused(BatchNorm1d(16, eps=1e-05, momentum=0.1), ReLU())"]
 
 
+def test_residual_blocks_get_plans_too():
+    """A Residual block's own layer list is planned like a Sequential's: its BatchNorm + ReLU
+    runs as one step, trains bit for bit like the unfused block, and a changed block list
+    runs unfused until fused again."""
+    from gpunn.layers import Residual
+
+    def net():
+        return Sequential(
+            Conv2d(1, 4, 3, padding=1, bias=False, rng=1, dtype=np.float64),
+            Residual(Conv2d(4, 4, 3, padding=1, bias=False, rng=2, dtype=np.float64),
+                     BatchNorm2d(4, dtype=np.float64), ReLU(),
+                     Conv2d(4, 4, 3, padding=1, bias=False, rng=3, dtype=np.float64),
+                     BatchNorm2d(4, dtype=np.float64)),
+            ReLU(), Flatten(), Linear(4 * 16 * 16, 5, rng=4, dtype=np.float64))
+    plain, fused = net(), fuse(net())
+    assert fused_pairs(fused) == ["Fused(BatchNorm2d(4, eps=1e-05, momentum=0.1), ReLU())"]
+    a, b = _train(plain), _train(fused)
+    assert a[0] == b[0]
+    for k in a[1]:
+        assert a[1][k].tobytes() == b[1][k].tobytes(), k
+    block = fused.layers[1]
+    block.block.append(ReLU())
+    assert fused_pairs(fused) == []
+    fuse(fused)
+    assert len(fused_pairs(fused)) == 2       # the block's last BatchNorm2d pairs with it now
+    unfuse(fused)
+    assert fused_pairs(fused) == []
+
+
 def test_a_fused_batchnorm_relu_keeps_relus_signed_zeros_nans_and_evaluation():
     """float32 with values that round to exactly 0 after normalisation, a NaN input and
     evaluation mode (running statistics): the pair's outputs and gradients equal the two

@@ -31,10 +31,17 @@ class Residual(Layer):
         # block first: a block-only Residual names its parameters "0.W", "1.W", ... as before
         return self.block + self.shortcut
 
+    def _block_steps(self):
+        """The block's layers, or the fused plan gpunn.fuse made for them while unchanged."""
+        plan = self.__dict__.get("_fused")
+        if plan is not None and plan[0] == tuple(map(id, self.block)):
+            return plan[1]
+        return self.block
+
     def forward(self, x, *, train=None):
         train = self._mode(train)
         h = x
-        for layer in self.block:
+        for layer in self._block_steps():
             h = layer.forward(h, train=train)
         s = x
         for layer in self.shortcut:
@@ -49,7 +56,7 @@ class Residual(Layer):
 
     def backward(self, dout):
         d = dout
-        for layer in reversed(self.block):
+        for layer in reversed(self._block_steps()):
             d = layer.backward(d)
         ds = dout
         for layer in reversed(self.shortcut):
