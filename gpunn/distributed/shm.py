@@ -574,6 +574,7 @@ class SharedTraining:
 
     def begin(self, weight: float) -> None:
         """A step starts on this rank with weight n_r / N: its large Linears may stage."""
+        self.nonfinite = None         # an earlier step's finding never passes as this one's
         for sh in self.shards:
             sh.begin(weight)
 

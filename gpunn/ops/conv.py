@@ -209,6 +209,12 @@ def _one_gemm_per_chunk(Wm, k: int, pixels: int) -> bool:
     return k >= WIDE_K and mkl.handles(Wm, Wm, False, False, None, 1, Wm.shape[0] * k * pixels)
 
 
+def _chunk_product(Wm, col, n: int):
+    """(M, k) @ (k, n * pixels) by MKL (see :func:`_one_gemm_per_chunk`), as an (n, M,
+    pixels) view: the caller's write into its (n, M, pixels) block is the layout change."""
+    return mkl.gemm(Wm, col).reshape(Wm.shape[0], n, -1).transpose(1, 0, 2)
+
+
 @op
 def conv2d_forward(x, W, b, stride: tuple, pad: tuple, relu: bool = False):
     """x: (N, C, H, W), W: (O, C, kh, kw), b: (O,) or None -> (y (N, O, oh, ow), cache for
@@ -234,7 +240,7 @@ def conv2d_forward(x, W, b, stride: tuple, pad: tuple, relu: bool = False):
         yc = y[lo:hi].reshape(hi - lo, o, oh * ow)
         if one_gemm:
             col = _col_chunk(x, lo, hi, kh, kw, stride, pad, oh, ow, rows_first=True)
-            yt = mkl.gemm(Wm, col).reshape(o, hi - lo, oh * ow).transpose(1, 0, 2)
+            yt = _chunk_product(Wm, col, hi - lo)
             if bias is not None:
                 np.add(yt, bias, out=yc)
             else:
@@ -314,8 +320,7 @@ def conv2d_backward(dout, cache, W, stride: tuple, pad: tuple, bias: bool, y_rel
         db = d3.sum(axis=2).sum(axis=0) if bias else None
         if transposed and dx_one_gemm:
             dcol = _col_chunk(d, 0, hi - lo, kh, kw, (1, 1), tpad, h, w, rows_first=True)
-            dxt = mkl.gemm(Wt, dcol).reshape(c, hi - lo, h * w).transpose(1, 0, 2)
-            dx[lo:hi].reshape(hi - lo, c, h * w)[...] = dxt
+            dx[lo:hi].reshape(hi - lo, c, h * w)[...] = _chunk_product(Wt, dcol, hi - lo)
         elif transposed:
             dcol = _col_chunk(d, 0, hi - lo, kh, kw, (1, 1), tpad, h, w)  # (n, O*kh*kw, H*W)
             np.matmul(Wt, dcol, out=dx[lo:hi].reshape(hi - lo, c, h * w))
