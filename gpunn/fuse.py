@@ -13,7 +13,9 @@ run as one step each:
     BatchNorm1d/2d, ReLU -> (a ReLU not followed by a MaxPool2d, which pairs with that
                            instead) on the CPU the ReLU runs on each chunk of the
                            normalisation while it is in cache, and backward masks each chunk
-                           of the gradient there; on a GPU the two ops run in a row
+                           of the gradient there; on a GPU the normalising kernel applies the
+                           ReLU and backward's two passes mask by the output
+                           (kernels/batchnorm.cu)
 
 Only layers of exactly these types pair (a subclass may do something else in forward), and a
 Conv2d pairs with the ReLU first, so ``Conv2d, ReLU, MaxPool2d`` becomes (Conv2d+ReLU),

@@ -314,3 +314,124 @@ def relu_maxpool(x, kh, kw, stride, pad):
 
 def relu_maxpool_backward(dout, argmax, x, kh, kw, stride, pad):
     return relu_backward(maxpool_backward(dout, argmax, x.shape, kh, kw, stride, pad), x)
+
+
+# -- batch normalisation (kernels/batchnorm.cu): x3 (N, C, S); a channel's values in t = n*S + s
+# order, cut into runs of V; each partial sum adds its run's values one by one, in float64 -------
+def _channel(a, c):
+    return a[:, c, :].reshape(-1)
+
+
+def _runs(values, v):
+    return [values[i:i + v] for i in range(0, len(values), v)]
+
+
+def batchnorm_partial_stats(x3, v):
+    """(C*P*2,) float64, P = ceil(N*S / v): for (c, p) the sums of d = x - K and d*d over run
+    p of channel c, K = the channel's first value."""
+    out = []
+    for c in range(x3.shape[1]):
+        vals = _channel(x3, c).astype(np.float64)
+        for run in _runs((vals - vals[0]).tolist(), v):
+            s1 = s2 = 0.0
+            for d in run:
+                s1 += d
+                s2 += d * d
+            out += [s1, s2]
+    return np.array(out)
+
+
+def batchnorm_fold(part, c_n, p_n, f):
+    """(C*ceil(P/f)*2,): each pair the in-order sum of f neighbouring pairs of one channel."""
+    pairs = np.asarray(part).reshape(c_n, p_n, 2)
+    out = []
+    for c in range(c_n):
+        for group in _runs(pairs[c].tolist(), f):
+            s1 = s2 = 0.0
+            for a, b in group:
+                s1 += a
+                s2 += b
+            out += [s1, s2]
+    return np.array(out)
+
+
+def _add_partials(part, c, parts):
+    s1 = s2 = 0.0
+    for p in range(parts):
+        s1 += float(part[2 * (c * parts + p)])
+        s2 += float(part[2 * (c * parts + p) + 1])
+    return s1, s2
+
+
+def batchnorm_stats(x3, part, gamma, beta, rm, rv, parts, eps, momentum, train):
+    """(mean, inv_std, scale, shift, running_mean, running_var), each (C,) of x's dtype."""
+    T = x3.dtype.type
+    n, c_n, s = x3.shape
+    m = n * s
+    mean, istd = np.empty(c_n, x3.dtype), np.empty(c_n, x3.dtype)
+    rm, rv = rm.copy(), rv.copy()
+    for c in range(c_n):
+        if train:
+            s1, s2 = _add_partials(part, c, parts)
+            d = s1 / m
+            v = max(s2 / m - d * d, 0.0)
+            mean[c], var = T(float(x3[0, c, 0]) + d), T(v)
+            keep, mom = T(1) - T(momentum), T(momentum)
+            rm[c] = rm[c] * keep + mom * mean[c]
+            rv[c] = rv[c] * keep + mom * var * T(m / (m - 1))
+        else:
+            mean[c], var = rm[c], rv[c]
+        istd[c] = T(1) / np.sqrt(var + T(eps))
+    return mean, istd, gamma * istd, beta - mean * gamma * istd, rm, rv
+
+
+def batchnorm_normalise(x3, scale, shift, relu_after):
+    y = x3 * scale[None, :, None] + shift[None, :, None]
+    return relu(y) if relu_after else y
+
+
+def _masked(dout3, y3, relu_before):
+    return dout3 * (y3 > 0).astype(dout3.dtype) if relu_before else dout3
+
+
+def batchnorm_partial_grad(dout3, y3, x3, mean, v, relu_before):
+    """(C*P*2,) float64: for (c, p) the sums of dm and dm*(x - mean) over run p (dm: dout,
+    masked by y > 0 after a fused ReLU; x - mean in x's dtype, the product in float64)."""
+    dm = _masked(dout3, y3, relu_before)
+    xc = x3 - mean[None, :, None]
+    out = []
+    for c in range(x3.shape[1]):
+        a = _channel(dm, c).astype(np.float64).tolist()
+        b = _channel(xc, c).astype(np.float64).tolist()
+        for i in range(0, len(a), v):
+            s1 = s2 = 0.0
+            for u, w in zip(a[i:i + v], b[i:i + v]):
+                s1 += u
+                s2 += u * w
+            out += [s1, s2]
+    return np.array(out)
+
+
+def batchnorm_grad_coeffs(part, gamma, inv_std, m, parts, train):
+    """(dgamma, dbeta, k, kb1, c2), each (C,) of gamma's dtype."""
+    T = gamma.dtype.type
+    c_n = gamma.size
+    out = [np.empty(c_n, gamma.dtype) for _ in range(5)]
+    for c in range(c_n):
+        s1, s2 = _add_partials(part, c, parts)
+        db, dg = T(s1), T(s2 * float(inv_std[c]))
+        kc = gamma[c] * inv_std[c]
+        kb1 = kc * (db / T(m)) if train else T(0)
+        c2 = kc * inv_std[c] * (dg / T(m)) if train else T(0)
+        for arr, v in zip(out, (dg, db, kc, kb1, c2)):
+            arr[c] = v
+    return tuple(out)
+
+
+def batchnorm_backward_dx(dout3, y3, x3, mean, k, kb1, c2, relu_before, train):
+    b = lambda a: a[None, :, None]                                       # noqa: E731
+    out = _masked(dout3, y3, relu_before) * b(k)
+    if train:
+        out = out - (x3 - b(mean)) * b(c2)
+        out = out - b(kb1)
+    return out

@@ -69,3 +69,30 @@ def test_parity_command_without_gpu_says_why():
         pytest.skip("a GPU is present")
     r = CliRunner().invoke(main, ["parity"])
     assert r.exit_code == 2 and "--emulate" in r.output
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_batchnorm_is_three_launches_each_way_on_cuda(relu):
+    """A BatchNorm2d (and a fused BatchNorm + ReLU) step on the CUDA path, as a captured graph
+    records it: the six kernels of kernels/batchnorm.cu (five in evaluation mode), no
+    element-wise or reduction launches of the array library, and the parameter gradients
+    written straight into the gradient buffers (no copies)."""
+    from gpunn.fuse import fuse, fused_pairs
+    from gpunn.layers import BatchNorm2d, ReLU
+    from gpunn.model import Sequential
+    from gpunn.testing import device_array, to_device_arrays
+    net = Sequential(BatchNorm2d(3, dtype=np.float64), *([ReLU()] if relu else []))
+    fuse(net)
+    assert len(fused_pairs(net)) == int(relu)
+    x = np.random.default_rng(0).standard_normal((4, 3, 5, 5))
+    kernels = ["partial_stats", "stats", "normalise", "partial_grad", "grad_coeffs",
+               "backward_dx"]
+    for train in (True, False):
+        with emulated_cuda(graphs=True) as backend:
+            to_device_arrays(net)
+            xd, dout = device_array(x), device_array(np.ones_like(x))
+            with backend.graph_capture() as cap:
+                net.forward(xd, train=train)
+                net.backward(dout)
+        want = [f"kernel batchnorm_{k}_f64" for k in kernels if train or k != "partial_stats"]
+        assert cap.labels() == want

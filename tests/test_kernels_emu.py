@@ -45,6 +45,9 @@ TESTED = {
                 "avgpool2d_forward", "avgpool2d_backward", "relu_maxpool2d_forward",
                 "relu_maxpool2d_forward_noargmax", "relu_maxpool2d_backward"],
     "softmax_xent.cu": ["softmax_xent"],
+    "batchnorm.cu": ["batchnorm_partial_stats", "batchnorm_fold", "batchnorm_stats",
+                     "batchnorm_normalise", "batchnorm_partial_grad", "batchnorm_grad_coeffs",
+                     "batchnorm_backward_dx"],
     "optim.cu": ["sgd_update", "sgd_momentum_update", "adam_update", "sgd_update_dyn",
                  "sgd_momentum_update_dyn", "adam_update_dyn"],
 }
@@ -397,6 +400,99 @@ def test_softmax_xent(dtype, order, rng):
             assert np.isfinite(loss).all() and np.isfinite(dz).all()
             np.testing.assert_allclose(loss, loss_ref, rtol=rtol, atol=atol)
             np.testing.assert_allclose(dz, dz_ref, rtol=rtol, atol=atol)
+
+
+# -- batch normalisation ----------------------------------------------------------------------
+# (N, C, S, V, F): runs of V values below, equal to and above S, runs not dividing N*S or S,
+# V = 1, BatchNorm1d's S = 1; folds of F partials (one fold, two, none)
+BN_CASES = [(5, 3, 7, 4, 3), (5, 3, 7, 11, 2), (2, 2, 16, 1, 4), (9, 4, 1, 3, 2), (4, 2, 25, 7, 32)]
+
+
+@pytest.mark.parametrize("order", RUNS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batchnorm_kernels(dtype, order, rng):
+    """The seven kernels of a training (and an evaluation) step, each against kernel_refs.py
+    given the previous kernel's outputs: the float64 partial sums and their folds in their
+    stated order and everything after them exactly; the statistics and parameter gradients
+    also against the textbook float64 formulas, with a channel whose mean is 1e4 times its
+    spread."""
+    T = dtype
+    B = "batchnorm.cu"
+    for ci, (n, c, s, v, f) in enumerate(BN_CASES):
+        x = randn(rng, (n, c, s), T)
+        x[:, 0] += T(1e4)                               # the shift keeps its variance exact
+        gamma, beta = randn(rng, c, T) + T(1), randn(rng, c, T)
+        rm0, rv0 = randn(rng, c, T), np.abs(randn(rng, c, T)) + T(0.5)
+        dout, y = randn(rng, (n, c, s), T), randn(rng, (n, c, s), T)
+        y[0, 0, 0] = T(0)                               # the mask's edge: y = 0 passes nothing
+        geo = (np.int64(n), np.int32(c), np.int64(s))
+        eps, mom = T(1e-5), T(0.1)
+        cfg = ci % 2                                    # small grid, or the loader's default
+        run = lambda base, work, args: K(B, base, T, order)(*configs(work)[cfg], args)  # noqa: E731
+
+        def folded(part):
+            """The forward's and backward's folds, each against the reference -> (part, P)."""
+            parts = -(-(n * s) // v)
+            while parts > f:
+                q = -(-parts // f)
+                out = np.full(2 * c * q, np.nan)
+                run("batchnorm_fold", c * q, (part, out, np.int32(c), np.int64(parts),
+                                              np.int32(f)))
+                np.testing.assert_array_equal(out, ref.batchnorm_fold(part, c, parts, f))
+                part, parts = out, q
+            return part, parts
+
+        for train in (1, 0):
+            part, parts = np.full(2, np.nan), 1
+            if train:
+                part = np.full(2 * c * -(-(n * s) // v), np.nan)
+                run("batchnorm_partial_stats", part.size // 2, (x, part, *geo, np.int32(v)))
+                np.testing.assert_array_equal(part, ref.batchnorm_partial_stats(x, v))
+                part, parts = folded(part)
+            stats = [np.full(c, np.nan, T) for _ in range(4)]
+            rm, rv = rm0.copy(), rv0.copy()
+            run("batchnorm_stats", c, (x, part, gamma, beta, *stats, rm, rv, *geo,
+                                       np.int64(parts), eps, mom, np.int32(train)))
+            want = ref.batchnorm_stats(x, part, gamma, beta, rm0, rv0, parts, eps, mom, train)
+            for got, w in zip(stats + [rm, rv], want):
+                np.testing.assert_array_equal(got, w)
+            mean, inv_std, scale, shift = stats
+            if train:
+                x64 = x.astype(np.float64)
+                tight = 1e-13 if T == np.float64 else 1e-7
+                np.testing.assert_allclose(mean, x64.mean(axis=(0, 2)), rtol=tight)
+                var = (1 / inv_std.astype(np.float64)) ** 2 - float(eps)
+                np.testing.assert_allclose(var, x64.var(axis=(0, 2)),
+                                           rtol=1e-9 if T == np.float64 else 1e-5)
+            for relu in (0, 1):
+                out = np.full_like(x, np.nan)
+                run("batchnorm_normalise", x.size, (x, scale, shift, out, *geo, np.int32(relu)))
+                np.testing.assert_array_equal(out, ref.batchnorm_normalise(x, scale, shift, relu))
+
+                gpart = np.full(2 * c * -(-(n * s) // v), np.nan)
+                run("batchnorm_partial_grad", gpart.size // 2, (dout, y, x, mean, gpart, *geo,
+                                                                np.int32(v), np.int32(relu)))
+                np.testing.assert_array_equal(
+                    gpart, ref.batchnorm_partial_grad(dout, y, x, mean, v, relu))
+                gpart, gparts = folded(gpart)
+                coeffs = [np.full(c, np.nan, T) for _ in range(5)]
+                run("batchnorm_grad_coeffs", c, (gpart, gamma, inv_std, *coeffs, *geo,
+                                                 np.int64(gparts), np.int32(train)))
+                want = ref.batchnorm_grad_coeffs(gpart, gamma, inv_std, n * s, gparts, train)
+                for got, w in zip(coeffs, want):
+                    np.testing.assert_array_equal(got, w)
+                dgamma, dbeta, k, kb1, c2 = coeffs
+                dm = dout.astype(np.float64) * ((y > 0) if relu else 1)
+                xhat = (x.astype(np.float64) - mean[:, None]) * inv_std[:, None].astype(np.float64)
+                loose = 1e-12 if T == np.float64 else 2e-5
+                np.testing.assert_allclose(dbeta, dm.sum(axis=(0, 2)), rtol=loose, atol=loose)
+                np.testing.assert_allclose(dgamma, (dm * xhat).sum(axis=(0, 2)), rtol=loose,
+                                           atol=loose * 10)
+                dx = np.full_like(x, np.nan)
+                run("batchnorm_backward_dx", x.size, (dout, y, x, mean, k, kb1, c2, dx, *geo,
+                                                      np.int32(relu), np.int32(train)))
+                np.testing.assert_array_equal(
+                    dx, ref.batchnorm_backward_dx(dout, y, x, mean, k, kb1, c2, relu, train))
 
 
 def test_softmax_xent_bad_label_poisons_its_row(rng):

@@ -68,9 +68,9 @@ class _BatchNorm(Layer):
         if dout.shape != self._shape:
             raise ShapeError(f"{self!r}: backward expected dout of shape {tuple(self._shape)}, "
                              f"got {tuple(dout.shape)}")
-        dx, dgamma, dbeta = batchnorm_backward(dout, cache, self.params["gamma"], y_relu=y_relu)
-        self.store_grad("gamma", dgamma)
-        self.store_grad("beta", dbeta)
+        # the ops write dgamma and dbeta straight into the gradient buffers (no copy launches)
+        dx, _, _ = batchnorm_backward(dout, cache, self.params["gamma"], y_relu=y_relu,
+                                      out=(self.grads["gamma"], self.grads["beta"]))
         return dx
 
     def extra_repr(self):

@@ -18,7 +18,11 @@ its temporaries stay in cache) gets its own mean and sum of squared deviations, 
 chunk order with Chan et al.'s parallel formula in float64, so the result never depends on
 the thread count. They keep x (not xhat) for backward and recompute xhat per chunk, which
 saves a full write in forward (x must not change in place before backward: no gpunn layer
-writes into its input). The CUDA bodies are the whole-array expressions.
+writes into its input). The CUDA bodies (kernels/batchnorm.cu) keep x too and take three to
+five launches each way: float64 partial sums per run of RUN values (added FOLD at a time by
+batchnorm_fold when there are many), per-channel statistics or gradients, one element-wise
+pass; the same formulas, summed in another order, so the two bodies agree to rounding, not
+bit for bit.
 """
 from __future__ import annotations
 
@@ -117,48 +121,64 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, eps: float, mom
     return y.reshape(x.shape), ("x", x3, mean_t, inv_std, bool(train))
 
 
+RUN = 32      # values per partial sum of the CUDA bodies (a thread's run of one channel)
+FOLD = 32     # partial sums each batchnorm_fold thread adds
+
+
+def _partial_sums(b, kernel, n, c, s, dt, inputs, tail=()):
+    """The CUDA bodies' per-channel float64 sums: ``kernel`` (batchnorm_partial_stats or
+    _grad, called with its ``inputs``, the pairs, the geometry, RUN, then ``tail``) writes one
+    (s1, s2) pair per run of RUN values of a channel; batchnorm_fold adds FOLD neighbours at a
+    time until at most FOLD are left. -> (pairs (C*P*2,), P)."""
+    xp = b.xp
+    parts = -(-(n * s) // RUN)
+    part = xp.empty(2 * c * parts, dtype=np.float64)
+    b.kernel(kernel, dt).launch(c * parts, *inputs, part, n, c, s, RUN, *tail)
+    fold = b.kernel("batchnorm_fold", dt)
+    while parts > FOLD:
+        folded = -(-parts // FOLD)
+        out = xp.empty(2 * c * folded, dtype=np.float64)
+        fold.launch(c * folded, part, out, c, parts, FOLD)
+        part, parts = out, folded
+    return part, parts
+
+
 @batchnorm_forward.cuda
 def _batchnorm_forward_cuda(b, x, gamma, beta, running_mean, running_var, eps, momentum, train,
                             combine=None, relu=False):
+    """kernels/batchnorm.cu: partial sums (folded), per-channel statistics (and the running
+    estimates), then one normalising pass with the ReLU in it: 3 launches up to RUN*FOLD
+    values per channel, one more per factor FOLD beyond (2 in evaluation)."""
     if combine is not None:
         raise NotImplementedError("batchnorm_forward: combine= is the CPU body's (SyncBatchNorm "
                                   "computes its GPU statistics itself)")
     xp = b.xp
-    T = x.dtype.type
-    bshape = (1, -1) + (1,) * (x.ndim - 2)
-    axes = (0,) + tuple(range(2, x.ndim))
-    g, bt = gamma.reshape(bshape), beta.reshape(bshape)
+    x3 = _as3(x)
+    n, c, s = x3.shape
+    dt = x.dtype
+    mean, inv_std, scale, shift = (xp.empty(c, dtype=dt) for _ in range(4))
     if train:
-        m = x.size // x.shape[1]
-        mean = x.mean(axis=axes, keepdims=True)
-        xc = x - mean
-        var = (xc * xc).mean(axis=axes, keepdims=True)
-        inv_std = 1 / xp.sqrt(var + T(eps))
-        xhat = xc * inv_std
-        mom = T(momentum)
-        running_mean *= 1 - mom
-        running_mean += mom * mean.reshape(-1)
-        running_var *= 1 - mom
-        running_var += mom * var.reshape(-1) * T(m / (m - 1))
-    else:
-        inv_std = 1 / xp.sqrt(running_var.reshape(bshape) + T(eps))
-        xhat = (x - running_mean.reshape(bshape)) * inv_std
-    y = g * xhat + bt
-    if relu:                                  # the ReLU layer's own kernel, as unfused
-        from .activation import relu_forward
-        y = relu_forward(y)
-    return y, ("xhat", xhat, None, inv_std, bool(train))
+        part, parts = _partial_sums(b, "batchnorm_partial_stats", n, c, s, dt, (x3,))
+    else:                                     # unread
+        part, parts = xp.empty(2, dtype=np.float64), 1
+    b.kernel("batchnorm_stats", dt).launch(c, x3, part, gamma, beta, mean, inv_std, scale, shift,
+                                           running_mean, running_var, n, c, s, parts, eps,
+                                           momentum, int(bool(train)))
+    y = xp.empty_like(x3)
+    b.kernel("batchnorm_normalise", dt).launch(y.size, x3, scale, shift, y, n, c, s, int(relu))
+    return y.reshape(x.shape), ("x", x3, mean, inv_std, bool(train))
 
 
 # -- backward -----------------------------------------------------------------------------------
 @op
-def batchnorm_backward(dout, cache, gamma, combine=None, y_relu=None):
-    """dout: the output's gradient -> (dx, dgamma (C,), dbeta (C,)). ``combine(dbeta, dgamma,
-    m) -> (s1, s2)``: this process's float64 sums over its m values to the two means the
-    gradient subtracts, over the whole batch of every rank (SyncBatchNorm); None: dbeta / m
-    and dgamma / m. ``y_relu``: the output of a fused BatchNorm + ReLU; dout is first masked
-    by y_relu > 0 (relu_backward's dout * (y > 0)), chunk by chunk into dx, which the later
-    passes then read instead of dout."""
+def batchnorm_backward(dout, cache, gamma, combine=None, y_relu=None, out=None):
+    """dout: the output's gradient -> (dx, dgamma (C,), dbeta (C,)); ``out``: (dgamma, dbeta)
+    arrays (C,) to write those into (a layer's gradient buffers), returned as they are.
+    ``combine(dbeta, dgamma, m) -> (s1, s2)``: this process's float64 sums over its m values
+    to the two means the gradient subtracts, over the whole batch of every rank
+    (SyncBatchNorm); None: dbeta / m and dgamma / m. ``y_relu``: the output of a fused
+    BatchNorm + ReLU; dout is first masked by y_relu > 0 (relu_backward's dout * (y > 0)),
+    chunk by chunk into dx, which the later passes then read instead of dout."""
     kind, x3, mean, inv_std, batch_stats = cache
     d3 = _as3(dout)
     n, c, s = d3.shape
@@ -181,6 +201,10 @@ def batchnorm_backward(dout, cache, gamma, combine=None, y_relu=None):
     parts = parallel_chunks(sums, n, chunk, work=_WORK * d3.size)
     dbeta = sum(p[0] for p in parts).astype(dout.dtype)
     dgamma = sum(p[1] for p in parts).astype(dout.dtype)
+    if out is not None:
+        out[0][...] = dgamma
+        out[1][...] = dbeta
+        dgamma, dbeta = out
     k = (gamma * inv_std)[None, :, None]
     if not batch_stats:                       # statistics are constants in evaluation mode
         def scale_only(lo, hi):
@@ -212,20 +236,32 @@ def batchnorm_backward(dout, cache, gamma, combine=None, y_relu=None):
 
 
 @batchnorm_backward.cuda
-def _batchnorm_backward_cuda(b, dout, cache, gamma, combine=None, y_relu=None):
+def _batchnorm_backward_cuda(b, dout, cache, gamma, combine=None, y_relu=None, out=None):
+    """kernels/batchnorm.cu: partial sums (folded), per-channel gradients (straight into
+    ``out``) and constants, then dx in one pass (a fused ReLU's mask applied inside both): 3
+    launches up to RUN*FOLD values per channel, one more per factor FOLD beyond."""
     if combine is not None:
         raise NotImplementedError("batchnorm_backward: combine= is the CPU body's")
-    if y_relu is not None:                    # the ReLU layer's own kernel, as unfused
-        from .activation import relu_backward
-        dout = relu_backward(dout, y_relu)
-    _, xhat, _, inv_std, batch_stats = cache
-    axes = (0,) + tuple(range(2, dout.ndim))
-    bshape = (1, -1) + (1,) * (dout.ndim - 2)
-    dgamma = (dout * xhat).sum(axis=axes)
-    dbeta = dout.sum(axis=axes)
-    dxhat = dout * gamma.reshape(bshape)
-    if not batch_stats:
-        return dxhat * inv_std, dgamma, dbeta
-    mean_dxhat = dxhat.mean(axis=axes, keepdims=True)
-    mean_dxhat_xhat = (dxhat * xhat).mean(axis=axes, keepdims=True)
-    return (dxhat - mean_dxhat - xhat * mean_dxhat_xhat) * inv_std, dgamma, dbeta
+    xp = b.xp
+    _, x3, mean, inv_std, batch_stats = cache
+    d3 = _as3(dout)
+    n, c, s = d3.shape
+    dt = dout.dtype
+    relu = y_relu is not None
+    y3 = _as3(y_relu) if relu else d3         # unread without the ReLU
+    k, kb1, c2 = (xp.empty(c, dtype=dt) for _ in range(3))
+    direct = out is not None and all(a.dtype == dt and a.shape == (c,) and a.flags.c_contiguous
+                                     for a in out)
+    dgamma, dbeta = out if direct else (xp.empty(c, dtype=dt), xp.empty(c, dtype=dt))
+    part, parts = _partial_sums(b, "batchnorm_partial_grad", n, c, s, dt, (d3, y3, x3, mean),
+                                (int(relu),))
+    b.kernel("batchnorm_grad_coeffs", dt).launch(c, part, gamma, inv_std, dgamma, dbeta, k, kb1,
+                                                 c2, n, c, s, parts, int(bool(batch_stats)))
+    dx = xp.empty_like(d3)
+    b.kernel("batchnorm_backward_dx", dt).launch(dx.size, d3, y3, x3, mean, k, kb1, c2, dx, n, c,
+                                                 s, int(relu), int(bool(batch_stats)))
+    if out is not None and not direct:
+        out[0][...] = dgamma
+        out[1][...] = dbeta
+        dgamma, dbeta = out
+    return dx.reshape(dout.shape), dgamma, dbeta
