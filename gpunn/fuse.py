@@ -8,6 +8,12 @@ run as one step each:
     Conv2d, ReLU        -> the convolution's output pass adds the bias, applies the ReLU and
                            changes the layout in one kernel (kernels/conv_epilogue.cu); backward
                            masks by the output in the same pass that changes the layout back
+    Linear, ReLU        -> the bias pass applies the ReLU (kernels/elementwise.cu,
+                           bias_relu_forward; in place on the CPU); backward masks dout by the
+                           output first, as the ReLU would
+    Residual, ReLU      -> (unless a MaxPool2d follows) the pass adding the block's two
+                           branches applies the ReLU (kernels/elementwise.cu, add_relu_forward);
+                           backward masks dout by the output first
     ReLU, MaxPool2d     -> one pooling kernel reads relu(x) (kernels/pool.cu, relu_maxpool2d_*);
                            backward multiplies the gathered gradient by x > 0 in that pass
     BatchNorm1d/2d, ReLU -> (a ReLU not followed by a MaxPool2d, which pairs with that
@@ -29,11 +35,12 @@ launch each way.
 """
 from __future__ import annotations
 
-from .layers import BatchNorm1d, BatchNorm2d, Conv2d, MaxPool2d, ReLU
+from .layers import BatchNorm1d, BatchNorm2d, Conv2d, Linear, MaxPool2d, ReLU
+from .layers.residual import Residual
 from .ops.pool import relu_maxpool2d_backward, relu_maxpool2d_forward
 
-__all__ = ["fuse", "unfuse", "fused_pairs", "FusedConvReLU", "FusedReLUMaxPool2d",
-           "FusedBatchNormReLU"]
+__all__ = ["fuse", "unfuse", "fused_pairs", "FusedConvReLU", "FusedLinearReLU",
+           "FusedReLUMaxPool2d", "FusedBatchNormReLU", "FusedResidualReLU"]
 
 
 class _FusedWithReLU:
@@ -60,6 +67,10 @@ class _FusedWithReLU:
 
 class FusedConvReLU(_FusedWithReLU):
     """A Conv2d and the ReLU after it."""
+
+
+class FusedLinearReLU(_FusedWithReLU):
+    """A Linear and the ReLU after it."""
 
 
 class FusedReLUMaxPool2d:
@@ -96,7 +107,12 @@ class FusedBatchNormReLU(_FusedWithReLU):
     """A BatchNorm1d / BatchNorm2d and the ReLU after it."""
 
 
-_FUSED = (FusedConvReLU, FusedReLUMaxPool2d, FusedBatchNormReLU)
+class FusedResidualReLU(_FusedWithReLU):
+    """A Residual block and the ReLU after it."""
+
+
+_FUSED = (FusedConvReLU, FusedLinearReLU, FusedReLUMaxPool2d, FusedBatchNormReLU,
+          FusedResidualReLU)
 
 
 def _plan(layers: list) -> list:
@@ -108,9 +124,15 @@ def _plan(layers: list) -> list:
         if type(a) is Conv2d and type(b) is ReLU:
             steps.append(FusedConvReLU(a, b))
             i += 2
+        elif type(a) is Linear and type(b) is ReLU:
+            steps.append(FusedLinearReLU(a, b))
+            i += 2
         elif type(a) in (BatchNorm1d, BatchNorm2d) and type(b) is ReLU \
                 and type(after) is not MaxPool2d:
             steps.append(FusedBatchNormReLU(a, b))
+            i += 2
+        elif type(a) is Residual and type(b) is ReLU and type(after) is not MaxPool2d:
+            steps.append(FusedResidualReLU(a, b))
             i += 2
         elif type(a) is ReLU and type(b) is MaxPool2d:
             steps.append(FusedReLUMaxPool2d(a, b))
@@ -124,7 +146,6 @@ def _plan(layers: list) -> list:
 def _layer_lists(model):
     """(holder, its layer list, its steps) for every Sequential and every Residual block in
     ``model``: the lists a plan may replace."""
-    from .layers.residual import Residual
     from .model import Sequential
     for layer in model.walk():
         if isinstance(layer, Sequential):

@@ -180,9 +180,9 @@ def build_all(cfg: RunConfig, device=None):
         SyncBatchNorm.convert_sync_batchnorm(model)    # the world's ranks (alone: batch-norm)
     dev = resolve_device(cfg.device if device is None else device)
     model.to(dev)
-    # Conv2d+ReLU, ReLU+MaxPool2d, BatchNorm+ReLU as one step each (the same numbers): one
-    # pass in cache per chunk of samples on the CPU; one kernel each on a GPU (BatchNorm+ReLU:
-    # its two ops in a row there)
+    # Conv2d+ReLU, Linear+ReLU, Residual+ReLU, ReLU+MaxPool2d, BatchNorm+ReLU as one step
+    # each (the same numbers): one pass in cache per chunk of samples (or in place) on the
+    # CPU; one kernel each on a GPU (gpunn/fuse.py)
     from .fuse import fuse
     fuse(model)
     if cfg.optimizer == "sgd":

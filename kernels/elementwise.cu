@@ -201,3 +201,48 @@ extern "C" __global__ void gelu_backward_f64(const double* dout, const double* x
                                              long long n) {
     gelu_backward<double>(dout, x, dx, n);
 }
+
+// -- A Linear layer's output epilogue: y (N, cols) in place, y + b[col], then ReLU if relu ----
+// (the bias add of every Linear, and the ReLU of a fused Linear + ReLU, gpunn.fuse; the ReLU is
+// relu_forward's expression, so the pair gives the two ops' bits)
+
+template <typename T>
+__device__ __forceinline__ void bias_relu_forward(T* y, const T* b, long long n, int cols,
+                                                  int relu) {
+    for (long long i = ew_first(); i < n; i += ew_stride()) {
+        T v = y[i] + b[i % cols];
+        if (relu) {
+            v = (v > T(0) || v != v) ? v : T(0);
+        }
+        y[i] = v;
+    }
+}
+
+extern "C" __global__ void bias_relu_forward_f32(float* y, const float* b, long long n, int cols,
+                                                 int relu) {
+    bias_relu_forward<float>(y, b, n, cols, relu);
+}
+extern "C" __global__ void bias_relu_forward_f64(double* y, const double* b, long long n,
+                                                 int cols, int relu) {
+    bias_relu_forward<double>(y, b, n, cols, relu);
+}
+
+// -- A residual block's output with the ReLU after it: y = relu(a + b) (gpunn.fuse; the sum and
+// relu_forward's expression, so the pair gives the two ops' bits) ------------------------------
+
+template <typename T>
+__device__ __forceinline__ void add_relu_forward(const T* a, const T* b, T* y, long long n) {
+    for (long long i = ew_first(); i < n; i += ew_stride()) {
+        const T v = a[i] + b[i];
+        y[i] = (v > T(0) || v != v) ? v : T(0);
+    }
+}
+
+extern "C" __global__ void add_relu_forward_f32(const float* a, const float* b, float* y,
+                                                long long n) {
+    add_relu_forward<float>(a, b, y, n);
+}
+extern "C" __global__ void add_relu_forward_f64(const double* a, const double* b, double* y,
+                                                long long n) {
+    add_relu_forward<double>(a, b, y, n);
+}

@@ -74,7 +74,8 @@ def test_pairs_and_plan_follow_the_layer_list():
     m = build_model("model4", SHAPE, 5, seed=0, dtype=np.float64)
     fuse(m)
     pairs = fused_pairs(m)
-    assert len(pairs) == 2 and all(p.startswith("Fused(Conv2d(") for p in pairs)
+    assert len(pairs) == 3 and all(p.startswith("Fused(Conv2d(") for p in pairs[:2])
+    assert pairs[2] == "Fused(Linear(128, 32, bias=True), ReLU())"
     # ReLU + MaxPool2d pairs where no conv is before the ReLU
     m2 = Sequential(Conv2d(1, 2, 3, padding=1, rng=0), MaxPool2d(2), ReLU(), MaxPool2d(2),
                     Flatten(), Linear(2 * 3 * 3, 4, rng=0))
@@ -83,7 +84,7 @@ def test_pairs_and_plan_follow_the_layer_list():
     m2.layers.append(ReLU())             # the plan no longer matches: unfused until re-fused
     assert fused_pairs(m2) == []
     fuse(m2)
-    assert len(fused_pairs(m2)) == 1
+    assert fused_pairs(m2)[1] == "Fused(Linear(18, 4, bias=True), ReLU())"
     unfuse(m2)
     assert fused_pairs(m2) == []
 
@@ -96,10 +97,12 @@ def test_batchnorm_pairs_with_a_relu_unless_a_pool_takes_that_relu():
         "Fused(BatchNorm1d(16, eps=1e-05, momentum=0.1), ReLU())"]
 
 
-def test_residual_blocks_get_plans_too():
+@pytest.mark.parametrize("emulated", [False, True])
+def test_residual_blocks_get_plans_too(emulated):
     """A Residual block's own layer list is planned like a Sequential's: its BatchNorm + ReLU
-    runs as one step, trains bit for bit like the unfused block, and a changed block list
-    runs unfused until fused again."""
+    runs as one step, and so do the block and the ReLU after it (the sum of the branches and
+    the ReLU in one pass); both train bit for bit like the unfused model, on the CPU and the
+    emulated CUDA, and a changed block list runs unfused until fused again."""
     from gpunn.layers import Residual
 
     def net():
@@ -111,18 +114,35 @@ def test_residual_blocks_get_plans_too():
                      BatchNorm2d(4, dtype=np.float64)),
             ReLU(), Flatten(), Linear(4 * 16 * 16, 5, rng=4, dtype=np.float64))
     plain, fused = net(), fuse(net())
-    assert fused_pairs(fused) == ["Fused(BatchNorm2d(4, eps=1e-05, momentum=0.1), ReLU())"]
-    a, b = _train(plain), _train(fused)
+    outer = "Fused(" + repr(fused.layers[1]) + ", ReLU())"
+    assert fused_pairs(fused) == [outer, "Fused(BatchNorm2d(4, eps=1e-05, momentum=0.1), ReLU())"]
+    ctx = emulated_cuda if emulated else contextlib.nullcontext
+    with ctx():
+        kernels.reset_launch_counts()
+        a = _train(plain)
+        n_plain = kernels.count_launches()
+        kernels.reset_launch_counts()
+        b = _train(fused)
+        n_fused = kernels.count_launches()
     assert a[0] == b[0]
     for k in a[1]:
         assert a[1][k].tobytes() == b[1][k].tobytes(), k
+    np.testing.assert_array_equal(a[2], b[2])
+    if emulated:
+        assert n_fused.get("add_relu_forward_f64", 0) > 0 == n_plain.get("add_relu_forward_f64", 0)
     block = fused.layers[1]
     block.block.append(ReLU())
-    assert fused_pairs(fused) == []
+    assert fused_pairs(fused) == ["Fused(" + repr(block) + ", ReLU())"]   # the outer plan stands
     fuse(fused)
-    assert len(fused_pairs(fused)) == 2       # the block's last BatchNorm2d pairs with it now
+    assert len(fused_pairs(fused)) == 3       # the block's last BatchNorm2d pairs with it now
     unfuse(fused)
     assert fused_pairs(fused) == []
+
+
+def test_a_residual_relu_before_a_pool_pairs_with_the_pool():
+    from gpunn.layers import Residual
+    m = fuse(Sequential(Residual(Conv2d(2, 2, 3, padding=1, rng=1)), ReLU(), MaxPool2d(2)))
+    assert fused_pairs(m) == ["Fused(ReLU(), MaxPool2d(kernel_size=(2, 2), stride=(2, 2)))"]
 
 
 def test_a_fused_batchnorm_relu_keeps_relus_signed_zeros_nans_and_evaluation():

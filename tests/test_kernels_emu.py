@@ -128,6 +128,46 @@ def _signed_inputs(rng, n, dtype):
 
 ACTIVATIONS = ref.ACTIVATIONS           # one row per activation kernel pair: kernel_refs.py
 TESTED["elementwise.cu"] = [f"{a[0]}_{way}" for a in ACTIVATIONS for way in ("forward", "backward")]
+TESTED["elementwise.cu"] += ["bias_relu_forward", "add_relu_forward"]
+
+
+@pytest.mark.parametrize("order", RUNS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bias_relu_forward(dtype, order, rng):
+    """A Linear's epilogue in place: y + b per column, then the ReLU if asked: the bits of
+    NumPy's y + b and kernel_refs.relu (signed zeros, NaN and -inf included)."""
+    for rows, cols in [(1, 1), (7, 10), (33, 37), (100, 3)]:
+        y0 = randn(rng, (rows, cols), dtype, 3.0)
+        b = randn(rng, cols, dtype)
+        y0.flat[:4] = np.array([-0.0, np.nan, -np.inf, 0.0], dtype=dtype)[:y0.size]
+        for relu in (0, 1):
+            want = y0 + b
+            want = ref.relu(want) if relu else want
+            for grid, block in configs(y0.size):
+                y = y0.copy()
+                K("elementwise.cu", "bias_relu_forward", dtype, order)(
+                    grid, block, (y, b, np.int64(y.size), np.int32(cols), np.int32(relu)))
+                np.testing.assert_array_equal(y, want)
+                assert np.array_equal(np.signbit(y), np.signbit(want))
+
+
+@pytest.mark.parametrize("order", RUNS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_relu_forward(dtype, order, rng):
+    """A residual sum and its ReLU in one pass: the bits of kernel_refs.relu(a + b)."""
+    for n in SIZES:
+        a, b = _signed_inputs(rng, n, dtype), randn(rng, n, dtype)
+        if n > 8:
+            a[4:8] = np.array([np.nan, np.inf, -np.inf, 1.0], dtype=dtype)
+            b[4:8] = np.array([1.0, -np.inf, 1.0, -1.0], dtype=dtype)   # NaN, inf - inf, 0
+        with np.errstate(invalid="ignore"):
+            want = ref.relu(a + b)
+        for grid, block in configs(n):
+            y = np.full_like(a, 7.0)
+            K("elementwise.cu", "add_relu_forward", dtype, order)(
+                grid, block, (a, b, y, np.int64(n)))
+            np.testing.assert_array_equal(y, want)
+            assert np.array_equal(np.signbit(y), np.signbit(want))
 
 
 def _assert_close(actual, expected, tol):

@@ -73,11 +73,10 @@ class Conv2d(Layer):
         if dout.shape != (n, self.out_channels, oh, ow):
             raise ShapeError(f"{self!r}: backward expected dout of shape "
                              f"{(n, self.out_channels, oh, ow)}, got {tuple(dout.shape)}")
-        dx, dW, db = conv2d_backward(dout, cache, self.params["W"], self.stride, pad,
-                                     "b" in self.params, y_relu, self.input_grad)
-        self.store_grad("W", dW)
-        if db is not None:
-            self.store_grad("b", db)
+        # the op writes dW and db into the gradient buffers (on a GPU db without a copy)
+        dx, _, _ = conv2d_backward(dout, cache, self.params["W"], self.stride, pad,
+                                   "b" in self.params, y_relu, self.input_grad,
+                                   out=(self.grads["W"], self.grads.get("b")))
         return dx
 
     def output_shape(self, in_shape):

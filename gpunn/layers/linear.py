@@ -6,6 +6,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..init import get_initialiser, make_rng
 from ..backend import check_dtype
+from ..ops.activation import bias_relu_forward, relu_backward
 from ..ops.gemm import gemm
 from .base import Layer
 
@@ -40,22 +41,32 @@ class Linear(Layer):
         self.defer_weight_grad = None
 
     def forward(self, x, *, train=None):
+        return self._forward(x, train)
+
+    def backward(self, dout):
+        return self._backward(dout, None)
+
+    # the bodies, shared with a fused Linear + ReLU (gpunn.fuse): relu=True applies the ReLU
+    # in the bias pass; y_relu, that output, masks dout first
+    def _forward(self, x, train=None, relu: bool = False):
         self.check_input(x, 2, feature_axis=1, features=self.in_features)
         self._x = x
         y = gemm(x, self.params["W"])
-        if "b" in self.params:
-            y += self.params["b"]
+        if "b" in self.params or relu:
+            bias_relu_forward(y, self.params.get("b"), relu)
         return y
 
-    def backward(self, dout):
+    def _backward(self, dout, y_relu):
         x = self._need_cache("_x")
         if dout.shape != (x.shape[0], self.out_features):
             raise ShapeError(f"{self!r}: backward expected dout of shape "
                              f"{(x.shape[0], self.out_features)}, got {tuple(dout.shape)}")
+        if y_relu is not None:
+            dout = relu_backward(dout, y_relu)
         if self.defer_weight_grad is None or not self.defer_weight_grad(x, dout):
             gemm(x, dout, transa=True, out=self.grads["W"])       # x.T @ dout, in place
         if "b" in self.params:
-            self.store_grad("b", dout.sum(axis=0))
+            dout.sum(axis=0, out=self.grads["b"])                 # in place: no copy
         if not self.input_grad:          # the model's first layer in a training step
             return None
         return gemm(dout, self.params["W"], transb=True)          # dout @ W.T

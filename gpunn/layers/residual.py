@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..errors import ShapeError
+from ..ops.activation import add_relu_forward, relu_backward
 from .base import Layer
 
 __all__ = ["Residual"]
@@ -39,6 +40,14 @@ class Residual(Layer):
         return self.block
 
     def forward(self, x, *, train=None):
+        return self._forward(x, train)
+
+    def backward(self, dout):
+        return self._backward(dout, None)
+
+    # the bodies, shared with a fused Residual + ReLU (gpunn.fuse): relu=True applies the ReLU
+    # in the pass that adds the two branches; y_relu, that output, masks dout first
+    def _forward(self, x, train=None, relu: bool = False):
         train = self._mode(train)
         h = x
         for layer in self._block_steps():
@@ -52,9 +61,11 @@ class Residual(Layer):
                                  f"but the shortcut maps it to {tuple(s.shape)}")
             raise ShapeError(f"{self!r}: the block maps {tuple(x.shape)} to {tuple(h.shape)}; "
                              "a residual block must keep the shape (or give a shortcut)")
-        return s + h
+        return add_relu_forward(s, h) if relu else s + h
 
-    def backward(self, dout):
+    def _backward(self, dout, y_relu):
+        if y_relu is not None:
+            dout = relu_backward(dout, y_relu)
         d = dout
         for layer in reversed(self._block_steps()):
             d = layer.backward(d)

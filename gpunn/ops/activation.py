@@ -50,6 +50,42 @@ def _relu_backward_cuda(b, dout, x):
 
 
 @op
+def bias_relu_forward(y, b, relu: bool):
+    """A Linear layer's output epilogue, in place: y (N, F) += b (F,) (None: no bias), then
+    max(y, 0) if ``relu`` (a fused Linear + ReLU, gpunn.fuse). Returns y."""
+    if b is not None:
+        y += b
+    if relu:
+        get_array_module(y).maximum(y, 0, out=y)
+    return y
+
+
+@bias_relu_forward.cuda
+def _bias_relu_forward_cuda(b, y, bias, relu):
+    if bias is None:
+        if relu:                                   # the ReLU kernel, in place
+            b.kernel("relu_forward", y.dtype).launch(y.size, y, y, y.size)
+        return y
+    b.kernel("bias_relu_forward", y.dtype).launch(y.size, y, bias, y.size, y.shape[-1],
+                                                  int(bool(relu)))
+    return y
+
+
+@op
+def add_relu_forward(a, b):
+    """y = max(a + b, 0): a residual block's sum and the ReLU after it (gpunn.fuse), one pass.
+    a, b: the same shape and dtype."""
+    y = a + b
+    get_array_module(y).maximum(y, 0, out=y)
+    return y
+
+
+@add_relu_forward.cuda
+def _add_relu_forward_cuda(b, x1, x2):
+    return _binary(b, "add_relu_forward", x1, x2)          # (a, b, y, n)
+
+
+@op
 def leaky_relu_forward(x, slope: float):
     """y = x if x > 0 else slope * x."""
     return get_array_module(x).where(x > 0, x, x * x.dtype.type(slope))

@@ -275,10 +275,11 @@ def _conv2d_forward_cuda(bk, x, W, b, stride, pad, relu=False):
 
 @op
 def conv2d_backward(dout, cache, W, stride: tuple, pad: tuple, bias: bool, y_relu=None,
-                    input_grad: bool = True):
+                    input_grad: bool = True, out=None):
     """dout: (N, O, oh, ow) -> (dx (N, C, H, W) or None without ``input_grad``, dW like W,
     db (O,) or None without ``bias``). ``y_relu``: the forward's output when it fused a ReLU
-    (dout is then masked by y > 0 first)."""
+    (dout is then masked by y > 0 first). ``out``: (dW, db or None) arrays to write the
+    parameter gradients into (a layer's gradient buffers), returned as they are."""
     from ..threads import parallel_chunks
     x = cache[1]
     n, c, h, w = x.shape
@@ -344,18 +345,34 @@ def conv2d_backward(dout, cache, W, stride: tuple, pad: tuple, bias: bool, y_rel
         db = parts[0][1]
         for p in parts[1:]:
             db += p[1]
-    return dx, dW.reshape(W.shape), db
+    dW = dW.reshape(W.shape)
+    return (dx,) + _written(out, dW, db)
+
+
+def _written(out, dW, db) -> tuple:
+    """(dW, db), copied into ``out``'s arrays when given."""
+    if out is None:
+        return dW, db
+    out[0][...] = dW
+    if db is not None:
+        out[1][...] = db
+    return out[0], (out[1] if db is not None else None)
 
 
 @conv2d_backward.cuda
-def _conv2d_backward_cuda(bk, dout, cache, W, stride, pad, bias, y_relu=None, input_grad=True):
+def _conv2d_backward_cuda(bk, dout, cache, W, stride, pad, bias, y_relu=None, input_grad=True,
+                          out=None):
     from .gemm import gemm
     col = cache[1]
     o, c, kh, kw = W.shape
     d = conv_output_backward(dout, y_relu)                       # (O, N*oh*ow)
-    # (col @ d.T).T: the long N*oh*ow axis is contiguous in both operands
-    dW = gemm(col, d, transb=True).T.reshape(W.shape)
-    db = d.sum(axis=1) if bias else None
+    # d @ col.T, (O, C*kh*kw): W's own layout, so the GEMM writes straight into out's dW (no
+    # transposing copy); the long N*oh*ow axis is contiguous in both operands
+    dWm = out[0].reshape(o, -1) if out is not None else None
+    dW = gemm(d, col, transb=True, out=dWm).reshape(W.shape)
+    db = None
+    if bias:                                  # the reduction writes into out's db: no copy
+        db = d.sum(axis=1, out=out[1] if out is not None else None)
     if not input_grad:
         return None, dW, db
     dcol = gemm(W.reshape(o, -1), d, transa=True)                # Wm.T @ d
