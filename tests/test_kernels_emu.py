@@ -444,8 +444,10 @@ def test_softmax_xent(dtype, order, rng):
 
 # -- batch normalisation ----------------------------------------------------------------------
 # (N, C, S, V, F): runs of V values below, equal to and above S, runs not dividing N*S or S,
-# V = 1, BatchNorm1d's S = 1; folds of F partials (one fold, two, none)
-BN_CASES = [(5, 3, 7, 4, 3), (5, 3, 7, 11, 2), (2, 2, 16, 1, 4), (9, 4, 1, 3, 2), (4, 2, 25, 7, 32)]
+# V = 1, BatchNorm1d's S = 1; folds of F partials (one fold, two, none); the ops' own V = 32
+# (the kernels load 8 values at a time: runs and folds of 8 or more take that path)
+BN_CASES = [(5, 3, 7, 4, 3), (5, 3, 7, 11, 2), (2, 2, 16, 1, 4), (9, 4, 1, 3, 2), (4, 2, 25, 7, 32),
+            (40, 2, 30, 32, 8)]
 
 
 @pytest.mark.parametrize("order", RUNS)
