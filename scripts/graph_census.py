@@ -10,7 +10,11 @@ capture would) and prints per model: the graph's nodes (each one kernel launch o
 the bytes their array arguments span (every argument once per node, read or written: a
 rough count of the memory traffic), the bytes allocated inside the capture (an upper
 bound on the graph's own memory pool: the emulator never reuses a freed buffer), and the
-share of each that batch-norm's forward and backward take. These are counts, not times:
+share of each that batch-norm's forward and backward take, and the peak of device memory
+in use during an eager step in steady state, beyond the parameters, optimizer state and the
+batch (every buffer freed when its last reference goes, as CuPy's memory pool gets it back:
+the step's working set, the layers' caches from the step before included until each layer
+replaces its own). These are counts, not times:
 on a GPU each node costs a launch (about 1-2 us from a graph, more from Python) and its
 bytes cost time at the memory's bandwidth. The CUDA kernels run emulated one thread at a
 time, so batch 128 takes a minute or two per model. Default batch: 100, or 128 for the
@@ -19,7 +23,9 @@ CIFAR models.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
+import weakref
 from collections import Counter
 
 
@@ -47,8 +53,23 @@ def census(model_name: str, batch: int) -> dict:
             return out
         return run
 
+    live = {"now": 0, "peak": 0}              # device bytes allocated and not yet freed
+
+    def tracked_new(shape, dtype, rec=None):
+        a = saved_new(shape, dtype, rec)
+        root = a.base
+        live["now"] += root.nbytes
+        live["peak"] = max(live["peak"], live["now"])
+        weakref.finalize(root, _freed, root.nbytes)
+        return a
+
+    def _freed(nbytes):
+        live["now"] -= nbytes
+
     saved = norm._BatchNorm._forward, norm._BatchNorm._backward
+    saved_new = graph_emu._new
     norm._BatchNorm._forward, norm._BatchNorm._backward = map(counted, saved)
+    graph_emu._new = tracked_new
     try:
         m = build_model(model_name, input_shape(model_name), 10, seed=0, dtype=np.float32)
         fuse(m)
@@ -57,11 +78,18 @@ def census(model_name: str, batch: int) -> dict:
         with emulated_cuda(graphs=True):
             to_device_arrays(m, opt)
             step = GraphedTrainStep(m, CrossEntropyLoss(), opt)
-            step(x, y)                        # warm-up
+            xd, yd = graph_emu.device_array(x), graph_emu.device_array(y)
+            base = live["now"]                # the batch
+            step(x, y)                        # warm-up: an eager step
+            gc.collect()
+            live["peak"] = live["now"]
+            step.eager(xd, yd)                # an eager step in steady state, measured
+            peak = live["peak"] - base
             step(x, y)                        # captured (then replayed once)
             cap = step._graph.capture
     finally:
         norm._BatchNorm._forward, norm._BatchNorm._backward = saved
+        graph_emu._new = saved_new
 
     def spanned(v):
         if isinstance(v, graph_emu._View):
@@ -82,6 +110,7 @@ def census(model_name: str, batch: int) -> dict:
         "bytes": sum(map(node_bytes, nodes)),
         "bn_bytes": sum(node_bytes(nodes[i]) for i in in_bn),
         "pool": sum(r.nbytes for r in cap.pool),
+        "peak": peak,
         "labels": Counter(n.label.split(" (")[0] for n in nodes),
     }
 
@@ -95,12 +124,13 @@ def main(argv=None):
     sys.path.insert(0, ".")
     from gpunn.bench.steps import CIFAR
     print(f"{'model':14s} {'batch':>5s} {'nodes':>6s} {'in BN':>6s} {'arg MB':>9s} "
-          f"{'in BN':>8s} {'alloc MB':>9s}")
+          f"{'in BN':>8s} {'alloc MB':>9s} {'peak MB':>8s}")
     for name in a.models.split(","):
         batch = a.batch or (128 if name in CIFAR else 100)
         r = census(name, batch)
         print(f"{name:14s} {batch:5d} {r['nodes']:6d} {r['bn_nodes']:6d} {r['bytes'] / 1e6:9.1f} "
-              f"{r['bn_bytes'] / 1e6:8.1f} {r['pool'] / 1e6:9.1f}", flush=True)
+              f"{r['bn_bytes'] / 1e6:8.1f} {r['pool'] / 1e6:9.1f} {r['peak'] / 1e6:8.1f}",
+              flush=True)
         if a.by_kernel:
             for label, k in r["labels"].most_common():
                 print(f"    {k:5d}  {label}")

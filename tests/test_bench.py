@@ -155,8 +155,8 @@ def test_profile_rows_cover_the_step():
     from gpunn.bench.profile import format_profile, profile_step
     from gpunn.fuse import fuse
     p = profile_step("model4", 8, "cpu", steps=3, warmup=1)
-    # the steps gpunn train runs: fused Conv2d+ReLU pairs
-    assert len(p["rows"]) == len(fuse(build_model("model4"))._steps()) == 8
+    # the steps gpunn train runs: fused Conv2d+ReLU and Linear+ReLU pairs
+    assert len(p["rows"]) == len(fuse(build_model("model4"))._steps()) == 7
     text = format_profile(p)
     assert "Fused(Conv2d(1, 8" in text and "optimizer update" in text
 

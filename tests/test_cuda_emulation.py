@@ -96,3 +96,28 @@ def test_batchnorm_is_three_launches_each_way_on_cuda(relu):
                 net.backward(dout)
         want = [f"kernel batchnorm_{k}_f64" for k in kernels if train or k != "partial_stats"]
         assert cap.labels() == want
+
+
+def test_a_convolution_keeps_its_input_not_the_im2col_matrix_on_cuda():
+    """Between forward and backward the CUDA body holds x (which the layer before keeps
+    anyway), not col, kh*kw times its size; backward rebuilds col with one im2col launch and
+    gives the same gradients as the NumPy body."""
+    from gpunn import kernels
+    from gpunn.layers import Conv2d
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 2, 6, 5))
+    dout = rng.standard_normal((3, 4, 6, 5))
+    ref = Conv2d(2, 4, 3, padding=1, rng=1, dtype=np.float64)
+    ref.forward(x, train=True)
+    dx_ref = ref.backward(dout)
+    layer = Conv2d(2, 4, 3, padding=1, rng=1, dtype=np.float64)
+    with emulated_cuda():
+        layer.forward(x, train=True)
+        held = [a for a in layer._cache[1] if isinstance(a, np.ndarray)]
+        assert len(held) == 1 and held[0] is x
+        kernels.reset_launch_counts()
+        dx = layer.backward(dout)
+        assert kernels.count_launches().get("im2col_f64") == 1
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
+    for k in ("W", "b"):
+        np.testing.assert_allclose(layer.grads[k], ref.grads[k], rtol=1e-12, atol=1e-12)

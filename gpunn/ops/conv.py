@@ -270,7 +270,10 @@ def _conv2d_forward_cuda(bk, x, W, b, stride, pad, relu=False):
     col = im2col(x, kh, kw, stride, pad)                       # (C*kh*kw, N*oh*ow)
     ycol = gemm(W.reshape(o, -1), col)                         # (O, N*oh*ow)
     # + b, (ReLU), and the layout change to (N, O, oh, ow): one pass (kernels/conv_epilogue.cu)
-    return conv_output(ycol, b, n, oh, ow, relu), ("col", col, tuple(x.shape))
+    # The cache keeps x, not col: col is kh*kw times x's size (resnet20 at batch 128 kept
+    # ~0.8 GB of them between forward and backward) and backward rebuilds it with one im2col
+    # pass; x is usually held anyway (the layer before keeps its output for its own backward)
+    return conv_output(ycol, b, n, oh, ow, relu), ("x", x, tuple(x.shape))
 
 
 @op
@@ -363,8 +366,8 @@ def _written(out, dW, db) -> tuple:
 def _conv2d_backward_cuda(bk, dout, cache, W, stride, pad, bias, y_relu=None, input_grad=True,
                           out=None):
     from .gemm import gemm
-    col = cache[1]
     o, c, kh, kw = W.shape
+    col = im2col(cache[1], kh, kw, stride, pad)                  # rebuilt: (C*kh*kw, N*oh*ow)
     d = conv_output_backward(dout, y_relu)                       # (O, N*oh*ow)
     # d @ col.T, (O, C*kh*kw): W's own layout, so the GEMM writes straight into out's dW (no
     # transposing copy); the long N*oh*ow axis is contiguous in both operands

@@ -454,11 +454,9 @@ def _copyto(dst, src, casting="same_kind", where=True):
 
 # -- the namespace (``xp``) of device arrays ---------------------------------------------------
 def empty(shape, dtype=float, order="C"):
-    raw = np.empty(shape, dtype=dtype, order=order)
-    rec = _capturing()
-    if rec is not None:
-        rec.allocated(raw)
-    return raw.view(DeviceArray)
+    if order != "C":
+        raise ValueError(f"the emulated device allocates C order only, got order={order!r}")
+    return _new(shape, dtype, _capturing())      # the one place device memory is allocated
 
 
 def empty_like(a, dtype=None, order="K", subok=True, shape=None):
