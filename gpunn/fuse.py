@@ -58,8 +58,14 @@ class _FusedWithReLU:
 
     def backward(self, dout):
         if self._y is None:
-            raise RuntimeError(f"{self!r}: backward() called before forward()")
+            raise RuntimeError(f"{self!r}: backward() called before forward(train=True), "
+                               "or again after the model's backward freed what it saved")
         return self.layer._backward(dout, self._y)
+
+    def release_caches(self) -> None:
+        self._y = None
+        self.layer.release_caches()
+        self.relu.release_caches()
 
     def __repr__(self):
         return f"Fused({self.layer!r}, {self.relu!r})"
@@ -91,9 +97,15 @@ class FusedReLUMaxPool2d:
         self._cache = (x, argmax, pad, oh, ow) if train else None
         return y
 
+    def release_caches(self) -> None:
+        self._cache = None
+        self.relu.release_caches()
+        self.pool.release_caches()
+
     def backward(self, dout):
         if self._cache is None:
-            raise RuntimeError(f"{self!r}: backward() called before forward(train=True)")
+            raise RuntimeError(f"{self!r}: backward() called before forward(train=True), "
+                               "or again after the model's backward freed what it saved")
         x, argmax, pad, oh, ow = self._cache
         self.pool._check_dout(dout, x.shape, oh, ow)
         kh, kw = self.pool.kernel_size

@@ -68,11 +68,18 @@ class Sequential(Layer):
                 _without_input_grad(steps[i], dout)
                 if after_step is not None:
                     after_step(steps[i], steps)
+                steps[i].release_caches()
                 return None
             dout = steps[i].backward(dout)
             if after_step is not None:
                 after_step(steps[i], steps)
+            steps[i].release_caches()          # its saved arrays go back to the pool now
         return dout
+
+    def release_caches(self) -> None:
+        for step in self._steps():
+            step.release_caches()
+        super().release_caches()
 
     def _steps(self):
         """The layers, or the fused plan gpunn.fuse made for them while they are unchanged."""

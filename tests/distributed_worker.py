@@ -163,8 +163,9 @@ def shards(out):
         xb = x[:7]
         h = model.forward(xb, train=True)
         d = np.random.default_rng(5).standard_normal(h.shape)
-        model.backward(d)
+        # the reference first: the model's backward frees what its forward saved
         dz = model.layers[2].backward(d) * (first.forward(xb) > 0)
+        model.backward(d)
         report = {"staged": staged, "shards": len(step._shared.shards) if comm.size > 1 else 0,
                   "outside_a_step": bool(np.allclose(first.grads["W"], xb.T @ dz,
                                                      rtol=1e-12, atol=1e-12))}
@@ -251,10 +252,17 @@ def dropout(out, tag):
                              gpunn.Dropout(0.5, seed=42), gpunn.Linear(30, 5, rng=2,
                                                                         dtype=np.float64))
     x, y = data()
-    masks = {}
+    masks, last = {}, {}
+    drop, drop_forward = model[1], model[1].forward
+
+    def forward(x, **kw):                     # the mask as the forward made it (the model's
+        y = drop_forward(x, **kw)             # backward frees it)
+        last["mask"] = drop._mask.copy()
+        return y
+    drop.forward = forward
 
     def keep(done, comm):
-        masks[f"step{done}"] = model[1]._mask.copy()
+        masks[f"step{done}"] = last["mask"]
     train(model, optimizer("sgd", model), x, y, 50, 3, comm, hook=keep)
     save(out, f"dropout-{tag}", comm, masks)
 

@@ -141,3 +141,46 @@ def test_train_eval_mode(rng):
 def test_rejects_non_layers():
     with pytest.raises(TypeError, match="argument 1 is int"):
         Sequential(ReLU(), 3)
+
+
+def test_backward_frees_what_forward_saved():
+    """A model's backward drops each layer's saved arrays once its gradient is through (fused
+    steps and residual blocks included), so their memory is back before the next forward; a
+    second backward for one forward is refused, saying why; a plain layer's own backward
+    keeps its cache (a test may call it twice)."""
+    import pytest
+    from gpunn.fuse import fuse
+    from gpunn.layers import Conv2d
+    from gpunn.losses import CrossEntropyLoss
+    from gpunn.optim import SGD
+    from gpunn.train import TrainStep
+    from gpunn.zoo import build_model
+
+    def holders(model):
+        steps = []
+        for layer in model.walk():
+            steps.append(layer)
+            for attr in ("_steps", "_block_steps"):
+                if hasattr(layer, attr):
+                    steps += list(getattr(layer, attr)())
+        return [(s, a) for s in steps for a in ("_cache", "_x", "_y", "_mask")
+                if getattr(s, a, None) is not None]
+
+    rng = np.random.default_rng(0)
+    for name in ("model4", "cnn-bn", "resnet-small"):
+        m = fuse(build_model(name, (1, 12, 12), 5, seed=0, dtype=np.float64,
+                             dropout=0.3 if name == "model4" else None))
+        x, y = rng.standard_normal((4, 1, 12, 12)), rng.integers(0, 5, 4)
+        m.forward(x, train=True)
+        assert holders(m)
+        m.backward(np.ones((4, 5)))
+        assert holders(m) == [], name
+        with pytest.raises(RuntimeError, match="again after"):
+            m.backward(np.ones((4, 5)))
+        step = TrainStep(m, CrossEntropyLoss(), SGD(m.parameters(), lr=0.1))
+        step(x, y)
+        assert holders(m) == [], name
+    conv = Conv2d(1, 2, 3, rng=0, dtype=np.float64)
+    conv.forward(np.ones((1, 1, 5, 5)), train=True)
+    conv.backward(np.ones((1, 2, 3, 3)))
+    conv.backward(np.ones((1, 2, 3, 3)))

@@ -233,8 +233,24 @@ class Layer:
     def _need_cache(self, name: str):
         v = getattr(self, name, None)
         if v is None:
-            raise RuntimeError(f"{self!r}: backward() called before forward(train=True)")
+            raise RuntimeError(f"{self!r}: backward() called before forward(train=True), or "
+                               "again after a model's backward (which frees what each forward "
+                               "saved: one backward per forward)")
         return v
+
+    # what forward keeps for backward: activations, masks, im2col inputs...
+    _CACHES = ("_cache", "_x", "_y", "_mask")
+
+    def release_caches(self) -> None:
+        """Drop the arrays the last forward kept for backward, in this layer and the layers
+        inside it, so that their memory goes back before the next forward (as PyTorch frees
+        a graph's saved tensors in backward). A container's backward does this for each
+        layer once its gradient is through; a later backward needs a new forward."""
+        for name in self._CACHES:
+            if self.__dict__.get(name) is not None:
+                self.__dict__[name] = None
+        for child in self.children():
+            child.release_caches()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"

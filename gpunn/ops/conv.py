@@ -373,10 +373,12 @@ def _conv2d_backward_cuda(bk, dout, cache, W, stride, pad, bias, y_relu=None, in
     # transposing copy); the long N*oh*ow axis is contiguous in both operands
     dWm = out[0].reshape(o, -1) if out is not None else None
     dW = gemm(d, col, transb=True, out=dWm).reshape(W.shape)
+    del col                                   # back to the pool before dcol, its own size
     db = None
     if bias:                                  # the reduction writes into out's db: no copy
         db = d.sum(axis=1, out=out[1] if out is not None else None)
     if not input_grad:
         return None, dW, db
     dcol = gemm(W.reshape(o, -1), d, transa=True)                # Wm.T @ d
+    del d
     return col2im(dcol, cache[2], kh, kw, stride, pad), dW, db

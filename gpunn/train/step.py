@@ -48,6 +48,8 @@ class TrainStep:
                                 after_step=self.after_layer)
         else:
             self.model.backward(self.loss_fn.backward())
+            if hasattr(self.model, "release_caches"):      # (a Sequential releases as it goes)
+                self.model.release_caches()
         for hook in self.after_backward:
             hook(self)
         self.update()
