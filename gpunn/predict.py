@@ -186,6 +186,8 @@ class Predictor:
         for i in range(0, len(x), batch_size):
             xb = to_device(x[i:i + batch_size], self.device)
             out.append(softmax(to_numpy(self.model.forward(xb, train=False))))
+            if hasattr(self.model, "release_caches"):
+                self.model.release_caches()
         return np.concatenate(out)
 
     def predict(self, paths, top_k: int = 3, resize: str = "bilinear") -> list:

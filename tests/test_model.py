@@ -143,6 +143,18 @@ def test_rejects_non_layers():
         Sequential(ReLU(), 3)
 
 
+def _holders(model):
+    """(step, attribute) for every layer or fused step of ``model`` holding saved arrays."""
+    steps = []
+    for layer in model.walk():
+        steps.append(layer)
+        for attr in ("_steps", "_block_steps"):
+            if hasattr(layer, attr):
+                steps += list(getattr(layer, attr)())
+    return [(s, a) for s in steps for a in ("_cache", "_x", "_y", "_mask")
+            if getattr(s, a, None) is not None]
+
+
 def test_backward_frees_what_forward_saved():
     """A model's backward drops each layer's saved arrays once its gradient is through (fused
     steps and residual blocks included), so their memory is back before the next forward; a
@@ -156,31 +168,36 @@ def test_backward_frees_what_forward_saved():
     from gpunn.train import TrainStep
     from gpunn.zoo import build_model
 
-    def holders(model):
-        steps = []
-        for layer in model.walk():
-            steps.append(layer)
-            for attr in ("_steps", "_block_steps"):
-                if hasattr(layer, attr):
-                    steps += list(getattr(layer, attr)())
-        return [(s, a) for s in steps for a in ("_cache", "_x", "_y", "_mask")
-                if getattr(s, a, None) is not None]
-
     rng = np.random.default_rng(0)
     for name in ("model4", "cnn-bn", "resnet-small"):
         m = fuse(build_model(name, (1, 12, 12), 5, seed=0, dtype=np.float64,
                              dropout=0.3 if name == "model4" else None))
         x, y = rng.standard_normal((4, 1, 12, 12)), rng.integers(0, 5, 4)
         m.forward(x, train=True)
-        assert holders(m)
+        assert _holders(m)
         m.backward(np.ones((4, 5)))
-        assert holders(m) == [], name
+        assert _holders(m) == [], name
         with pytest.raises(RuntimeError, match="again after"):
             m.backward(np.ones((4, 5)))
         step = TrainStep(m, CrossEntropyLoss(), SGD(m.parameters(), lr=0.1))
         step(x, y)
-        assert holders(m) == [], name
+        assert _holders(m) == [], name
     conv = Conv2d(1, 2, 3, rng=0, dtype=np.float64)
     conv.forward(np.ones((1, 1, 5, 5)), train=True)
     conv.backward(np.ones((1, 2, 3, 3)))
     conv.backward(np.ones((1, 2, 3, 3)))
+
+
+def test_evaluation_leaves_no_activations_behind():
+    """evaluate() frees each batch's saved arrays after its forward (no backward follows)."""
+    from gpunn.fuse import fuse
+    from gpunn.losses import CrossEntropyLoss
+    from gpunn.train.loop import evaluate
+    from gpunn.zoo import build_model
+    m = fuse(build_model("cnn-bn", (1, 12, 12), 5, seed=0, dtype=np.float64))
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((9, 1, 12, 12)), rng.integers(0, 5, 9)
+    m.forward(x[:2], train=False)
+    assert _holders(m)
+    evaluate(m, CrossEntropyLoss(), x, y, batch_size=4)
+    assert _holders(m) == []

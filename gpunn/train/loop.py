@@ -338,6 +338,8 @@ def evaluate(model, loss_fn, x, y, batch_size: int | None = None):
     for i in range(0, n, batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
         logits = model.forward(xb, train=False)
+        if hasattr(model, "release_caches"):    # no backward follows: the next batch's
+            model.release_caches()              # forward need not run beside this one's
         total_loss += loss_fn.forward(logits, yb) * (len(xb) if loss_fn.reduction == "mean" else 1)
         p = logits.argmax(axis=1)
         correct += (p == yb).sum()
