@@ -121,3 +121,35 @@ def test_a_convolution_keeps_its_input_not_the_im2col_matrix_on_cuda():
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
     for k in ("W", "b"):
         np.testing.assert_allclose(layer.grads[k], ref.grads[k], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_a_large_convolution_runs_in_pieces_of_samples_on_cuda(monkeypatch, relu):
+    """Where im2col would pass GPU_COL_BYTES the CUDA bodies take the batch a few samples at
+    a time (7 samples as 3 + 3 + 1 here): the same output and gradients as in one piece, the
+    weight and bias gradients summed over the pieces into the layer's buffers."""
+    from gpunn import kernels
+    from gpunn.ops import conv as conv_ops
+    from gpunn.layers import Conv2d
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 3, 9, 8))
+    runs = []
+    for cap in (None, 3 * 3 * 9 * 5 * 4 * 8):          # C*kh*kw*oh*ow*8 bytes: 3 samples
+        if cap is not None:
+            monkeypatch.setattr(conv_ops, "GPU_COL_BYTES", cap)
+        layer = Conv2d(3, 4, 3, stride=2, padding=1, rng=1, dtype=np.float64)
+        with emulated_cuda():
+            kernels.reset_launch_counts()
+            y = layer._forward(x, relu=relu)
+            dout = np.random.default_rng(1).standard_normal(y.shape)
+            dx = layer._backward(dout, y if relu else None)
+            launches = kernels.count_launches()
+        runs.append((y, dx, layer.grads["W"].copy(), layer.grads["b"].copy(), launches))
+    (y0, dx0, w0, b0, n0), (y1, dx1, w1, b1, n1) = runs
+    assert y0.shape == (7, 4, 5, 4)
+    assert n0["im2col_f64"] == 2 and n1["im2col_f64"] == 6      # forward + backward, 3 pieces
+    assert n1["col2im_f64"] == 3
+    np.testing.assert_allclose(y1, y0, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(dx1, dx0, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(w1, w0, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(b1, b0, rtol=1e-12, atol=1e-12)

@@ -64,8 +64,9 @@ def _im2col_cuda(b, x, kh, kw, stride, pad):
 
 # -- col2im -------------------------------------------------------------------------------------
 @op
-def col2im(col, x_shape: tuple, kh: int, kw: int, stride: tuple, pad: tuple):
-    """col: (C*kh*kw, N*oh*ow) -> dx: (N, C, H, W), summing overlapping contributions."""
+def col2im(col, x_shape: tuple, kh: int, kw: int, stride: tuple, pad: tuple, out=None):
+    """col: (C*kh*kw, N*oh*ow) -> dx: (N, C, H, W), summing overlapping contributions;
+    ``out``: a C-contiguous array of dx's shape to write it into."""
     xp = get_array_module(col)
     n, c, h, w = x_shape
     sy, sx = stride
@@ -79,25 +80,29 @@ def col2im(col, x_shape: tuple, kh: int, kw: int, stride: tuple, pad: tuple):
     for i in range(kh):
         for j in range(kw):
             dxp[:, :, i:i + sy * oh:sy, j:j + sx * ow:sx] += cols[:, i, j].transpose(1, 0, 2, 3)
-    return crop_padding(dxp, pad, h, w)
+    dx = crop_padding(dxp, pad, h, w)
+    if out is not None:
+        out[...] = dx
+        return out
+    return dx
 
 
 @col2im.cuda
-def _col2im_cuda(b, col, x_shape, kh, kw, stride, pad):
+def _col2im_cuda(b, col, x_shape, kh, kw, stride, pad, out=None):
     """kernels/im2col.cu: one thread per input pixel summing the col entries that read it
     (no atomics)."""
     col = b.xp.ascontiguousarray(col)
-    dx = b.xp.empty(tuple(x_shape), dtype=col.dtype)
+    dx = b.xp.empty(tuple(x_shape), dtype=col.dtype) if out is None else out
     b.kernel("col2im", col.dtype).launch(dx.size, col, dx, *_geometry(x_shape, kh, kw, stride, pad))
     return dx
 
 
 # -- the convolution's output: bias, fused ReLU, NCHW layout ------------------------------------
 @op
-def conv_output(ycol, b, n: int, oh: int, ow: int, relu: bool = False):
+def conv_output(ycol, b, n: int, oh: int, ow: int, relu: bool = False, out=None):
     """The GEMM's ycol: (O, N*oh*ow) -> y: (N, O, oh, ow), plus the bias b: (O,) (or None),
     then ReLU when ``relu`` (a Conv2d fused with the ReLU after it, gpunn.fuse). ``ycol`` may
-    be overwritten."""
+    be overwritten; ``out``: a C-contiguous array of y's shape to write y into."""
     o = ycol.shape[0]
     if b is not None:
         ycol += b[:, None]
@@ -105,15 +110,18 @@ def conv_output(ycol, b, n: int, oh: int, ow: int, relu: bool = False):
     if relu:
         from .activation import relu_forward
         y = relu_forward(y)
+    if out is not None:
+        out[...] = y
+        return out
     return y
 
 
 @conv_output.cuda
-def _conv_output_cuda(bk, ycol, b, n, oh, ow, relu=False):
+def _conv_output_cuda(bk, ycol, b, n, oh, ow, relu=False, out=None):
     """kernels/conv_epilogue.cu: one pass (bias, ReLU, layout) instead of three."""
     ycol = bk.xp.ascontiguousarray(ycol)
     o = ycol.shape[0]
-    y = bk.xp.empty((n, o, oh, ow), dtype=ycol.dtype)
+    y = bk.xp.empty((n, o, oh, ow), dtype=ycol.dtype) if out is None else out
     bias = ycol if b is None else bk.xp.ascontiguousarray(b)   # unread without a bias
     bk.kernel("conv_output_forward", ycol.dtype).launch(y.size, ycol, bias, y, n, o, oh * ow,
                                                         b is not None, bool(relu))
@@ -267,13 +275,39 @@ def _conv2d_forward_cuda(bk, x, W, b, stride, pad, relu=False):
     o, _, kh, kw = W.shape
     oh = conv_output_size(h, kh, stride[0], pad[0], pad[1])
     ow = conv_output_size(w, kw, stride[1], pad[2], pad[3])
-    col = im2col(x, kh, kw, stride, pad)                       # (C*kh*kw, N*oh*ow)
-    ycol = gemm(W.reshape(o, -1), col)                         # (O, N*oh*ow)
-    # + b, (ReLU), and the layout change to (N, O, oh, ow): one pass (kernels/conv_epilogue.cu)
+    Wm = W.reshape(o, -1)
     # The cache keeps x, not col: col is kh*kw times x's size (resnet20 at batch 128 kept
     # ~0.8 GB of them between forward and backward) and backward rebuilds it with one im2col
     # pass; x is usually held anyway (the layer before keeps its output for its own backward)
-    return conv_output(ycol, b, n, oh, ow, relu), ("x", x, tuple(x.shape))
+    cache = ("x", x, tuple(x.shape))
+    step = _gpu_chunk(x, kh, kw, oh, ow)
+    if step >= n:
+        col = im2col(x, kh, kw, stride, pad)                   # (C*kh*kw, N*oh*ow)
+        ycol = gemm(Wm, col)                                   # (O, N*oh*ow)
+        del col
+        # + b, (ReLU), the layout change to (N, O, oh, ow): one pass (kernels/conv_epilogue.cu)
+        return conv_output(ycol, b, n, oh, ow, relu), cache
+    y = bk.xp.empty((n, o, oh, ow), dtype=x.dtype)
+    for lo in range(0, n, step):                               # col of `step` samples at most
+        hi = min(n, lo + step)
+        col = im2col(x[lo:hi], kh, kw, stride, pad)
+        ycol = gemm(Wm, col)
+        del col
+        conv_output(ycol, b, hi - lo, oh, ow, relu, out=y[lo:hi])
+        del ycol
+    return y, cache
+
+
+GPU_COL_BYTES = 128 << 20   # the largest im2col matrix the CUDA bodies build at once
+
+
+def _gpu_chunk(x, kh, kw, oh, ow) -> int:
+    """Samples per im2col matrix on a GPU: all of them, unless col would pass GPU_COL_BYTES
+    (vgg-cifar's 64 -> 64 convolution at 32x32, batch 128: 302 MB in one piece; cuDNN's
+    implicit GEMM needs none). Each further piece costs its launches: im2col, GEMM, output
+    pass forward; im2col, layout, two GEMMs, col2im and two small sums backward."""
+    per_sample = x.shape[1] * kh * kw * oh * ow * x.dtype.itemsize
+    return max(1, GPU_COL_BYTES // max(1, per_sample))
 
 
 @op
@@ -367,7 +401,12 @@ def _conv2d_backward_cuda(bk, dout, cache, W, stride, pad, bias, y_relu=None, in
                           out=None):
     from .gemm import gemm
     o, c, kh, kw = W.shape
-    col = im2col(cache[1], kh, kw, stride, pad)                  # rebuilt: (C*kh*kw, N*oh*ow)
+    x = cache[1]
+    step = _gpu_chunk(x, kh, kw, *dout.shape[2:])
+    if step < x.shape[0]:
+        return _conv2d_backward_chunked(bk, dout, x, W, stride, pad, bias, y_relu, input_grad,
+                                        out, step)
+    col = im2col(x, kh, kw, stride, pad)                         # rebuilt: (C*kh*kw, N*oh*ow)
     d = conv_output_backward(dout, y_relu)                       # (O, N*oh*ow)
     # d @ col.T, (O, C*kh*kw): W's own layout, so the GEMM writes straight into out's dW (no
     # transposing copy); the long N*oh*ow axis is contiguous in both operands
@@ -382,3 +421,38 @@ def _conv2d_backward_cuda(bk, dout, cache, W, stride, pad, bias, y_relu=None, in
     dcol = gemm(W.reshape(o, -1), d, transa=True)                # Wm.T @ d
     del d
     return col2im(dcol, cache[2], kh, kw, stride, pad), dW, db
+
+
+def _conv2d_backward_chunked(bk, dout, x, W, stride, pad, bias, y_relu, input_grad, out, step):
+    """The CUDA backward ``step`` samples at a time (see _gpu_chunk): dW and db summed over
+    the pieces, dx written piece by piece."""
+    from .gemm import gemm
+    xp = bk.xp
+    n = x.shape[0]
+    o, c, kh, kw = W.shape
+    Wm = W.reshape(o, -1)
+    dWm = out[0].reshape(o, -1) if out is not None else xp.empty(Wm.shape, dtype=W.dtype)
+    db = None
+    if bias:
+        db = out[1] if out is not None else xp.empty(o, dtype=W.dtype)
+    dx = xp.empty(x.shape, dtype=x.dtype) if input_grad else None
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        col = im2col(x[lo:hi], kh, kw, stride, pad)
+        d = conv_output_backward(dout[lo:hi], None if y_relu is None else y_relu[lo:hi])
+        if lo == 0:
+            gemm(d, col, transb=True, out=dWm)
+        else:
+            dWm += gemm(d, col, transb=True)
+        del col
+        if bias:
+            if lo == 0:
+                d.sum(axis=1, out=db)
+            else:
+                db += d.sum(axis=1)
+        if input_grad:
+            dcol = gemm(Wm, d, transa=True)
+            col2im(dcol, (hi - lo,) + tuple(x.shape[1:]), kh, kw, stride, pad, out=dx[lo:hi])
+            del dcol                          # each piece's buffers go before the next's
+        del d
+    return dx, dWm.reshape(W.shape), db
