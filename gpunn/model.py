@@ -68,7 +68,8 @@ class Sequential(Layer):
                 _without_input_grad(steps[i], dout)
                 if after_step is not None:
                     after_step(steps[i], steps)
-                steps[i].release_caches()
+                for step in steps[:i + 1]:     # and the layers before it, which backward skips
+                    step.release_caches()
                 return None
             dout = steps[i].backward(dout)
             if after_step is not None:

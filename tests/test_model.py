@@ -182,6 +182,12 @@ def test_backward_frees_what_forward_saved():
         step = TrainStep(m, CrossEntropyLoss(), SGD(m.parameters(), lr=0.1))
         step(x, y)
         assert _holders(m) == [], name
+    # layers before the first with parameters, which a training step's backward skips
+    from gpunn.layers import Dropout, Flatten, Linear
+    m = Sequential(Dropout(0.5, seed=1), Flatten(), Linear(12, 3, rng=0, dtype=np.float64))
+    step = TrainStep(m, CrossEntropyLoss(), SGD(m.parameters(), lr=0.1))
+    step(rng.standard_normal((4, 12)), rng.integers(0, 3, 4))
+    assert _holders(m) == []
     conv = Conv2d(1, 2, 3, rng=0, dtype=np.float64)
     conv.forward(np.ones((1, 1, 5, 5)), train=True)
     conv.backward(np.ones((1, 2, 3, 3)))
