@@ -300,3 +300,18 @@ def test_a_run_starting_with_a_short_batch_still_gets_its_graph():
     assert step.stats == {"warmup": 2, "capture": 1, "replay": 4}, step.stats
     for k in finals[0]:
         assert finals[0][k].tobytes() == finals[1][k].tobytes(), k
+
+
+def test_graph_census_counts_a_step():
+    """scripts/graph_census.py (the GPU path's launch and memory counts without a GPU): one
+    model's row, with batch-norm's share found and the step's memory seen."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "scripts" / "graph_census.py"
+    spec = importlib.util.spec_from_file_location("graph_census", path)
+    census = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(census)
+    r = census.census("cnn-bn", 4)
+    assert r["labels"]["kernel batchnorm_normalise_f32"] == 1
+    assert 0 < r["bn_nodes"] < r["nodes"] == sum(r["labels"].values())
+    assert 0 < r["bn_bytes"] < r["bytes"] and r["peak"] > 0 and r["pool"] > 0
