@@ -77,17 +77,9 @@ class Sequential(Layer):
             steps[i].release_caches()          # its saved arrays go back to the pool now
         return dout
 
-    def release_caches(self) -> None:
-        for step in self._steps():
-            step.release_caches()
-        super().release_caches()
-
     def _steps(self):
         """The layers, or the fused plan gpunn.fuse made for them while they are unchanged."""
-        plan = self.__dict__.get("_fused")
-        if plan is not None and plan[0] == tuple(map(id, self.layers)):
-            return plan[1]
-        return self.layers
+        return self._planned(self.layers)
 
     # -- shapes ---------------------------------------------------------------------------
     def output_shape(self, in_shape):

@@ -249,8 +249,19 @@ class Layer:
         for name in self._CACHES:
             if self.__dict__.get(name) is not None:
                 self.__dict__[name] = None
+        plan = self.__dict__.get("_fused")      # a container's fused steps (gpunn.fuse)
+        for step in plan[1] if plan is not None else ():
+            step.release_caches()
         for child in self.children():
             child.release_caches()
+
+    def _planned(self, layers: list) -> list:
+        """``layers`` (a container's own list), or the fused plan gpunn.fuse made for them
+        while they are unchanged."""
+        plan = self.__dict__.get("_fused")
+        if plan is not None and plan[0] == tuple(map(id, layers)):
+            return plan[1]
+        return layers
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"

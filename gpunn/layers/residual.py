@@ -32,17 +32,9 @@ class Residual(Layer):
         # block first: a block-only Residual names its parameters "0.W", "1.W", ... as before
         return self.block + self.shortcut
 
-    def release_caches(self) -> None:
-        for step in self._block_steps():
-            step.release_caches()
-        super().release_caches()
-
     def _block_steps(self):
         """The block's layers, or the fused plan gpunn.fuse made for them while unchanged."""
-        plan = self.__dict__.get("_fused")
-        if plan is not None and plan[0] == tuple(map(id, self.block)):
-            return plan[1]
-        return self.block
+        return self._planned(self.block)
 
     def forward(self, x, *, train=None):
         return self._forward(x, train)
