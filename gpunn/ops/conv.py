@@ -279,23 +279,19 @@ def _conv2d_forward_cuda(bk, x, W, b, stride, pad, relu=False):
     # The cache keeps x, not col: col is kh*kw times x's size (resnet20 at batch 128 kept
     # ~0.8 GB of them between forward and backward) and backward rebuilds it with one im2col
     # pass; x is usually held anyway (the layer before keeps its output for its own backward)
-    cache = ("x", x, tuple(x.shape))
+    y = None
     step = _gpu_chunk(x, kh, kw, oh, ow)
-    if step >= n:
-        col = im2col(x, kh, kw, stride, pad)                   # (C*kh*kw, N*oh*ow)
-        ycol = gemm(Wm, col)                                   # (O, N*oh*ow)
-        del col
-        # + b, (ReLU), the layout change to (N, O, oh, ow): one pass (kernels/conv_epilogue.cu)
-        return conv_output(ycol, b, n, oh, ow, relu), cache
-    y = bk.xp.empty((n, o, oh, ow), dtype=x.dtype)
-    for lo in range(0, n, step):                               # col of `step` samples at most
+    for lo in range(0, n, step):              # the whole batch, or pieces of `step` samples
         hi = min(n, lo + step)
-        col = im2col(x[lo:hi], kh, kw, stride, pad)
-        ycol = gemm(Wm, col)
+        col = im2col(x[lo:hi], kh, kw, stride, pad)            # (C*kh*kw, n*oh*ow)
+        ycol = gemm(Wm, col)                                   # (O, n*oh*ow)
         del col
+        if y is None:                         # allocated once col is gone
+            y = bk.xp.empty((n, o, oh, ow), dtype=x.dtype)
+        # + b, (ReLU), the layout change to (n, O, oh, ow): one pass (kernels/conv_epilogue.cu)
         conv_output(ycol, b, hi - lo, oh, ow, relu, out=y[lo:hi])
         del ycol
-    return y, cache
+    return y, ("x", x, tuple(x.shape))
 
 
 GPU_COL_BYTES = 128 << 20   # the largest im2col matrix the CUDA bodies build at once
@@ -399,60 +395,43 @@ def _written(out, dW, db) -> tuple:
 @conv2d_backward.cuda
 def _conv2d_backward_cuda(bk, dout, cache, W, stride, pad, bias, y_relu=None, input_grad=True,
                           out=None):
-    from .gemm import gemm
-    o, c, kh, kw = W.shape
-    x = cache[1]
-    step = _gpu_chunk(x, kh, kw, *dout.shape[2:])
-    if step < x.shape[0]:
-        return _conv2d_backward_chunked(bk, dout, x, W, stride, pad, bias, y_relu, input_grad,
-                                        out, step)
-    col = im2col(x, kh, kw, stride, pad)                         # rebuilt: (C*kh*kw, N*oh*ow)
-    d = conv_output_backward(dout, y_relu)                       # (O, N*oh*ow)
-    # d @ col.T, (O, C*kh*kw): W's own layout, so the GEMM writes straight into out's dW (no
-    # transposing copy); the long N*oh*ow axis is contiguous in both operands
-    dWm = out[0].reshape(o, -1) if out is not None else None
-    dW = gemm(d, col, transb=True, out=dWm).reshape(W.shape)
-    del col                                   # back to the pool before dcol, its own size
-    db = None
-    if bias:                                  # the reduction writes into out's db: no copy
-        db = d.sum(axis=1, out=out[1] if out is not None else None)
-    if not input_grad:
-        return None, dW, db
-    dcol = gemm(W.reshape(o, -1), d, transa=True)                # Wm.T @ d
-    del d
-    return col2im(dcol, cache[2], kh, kw, stride, pad), dW, db
-
-
-def _conv2d_backward_chunked(bk, dout, x, W, stride, pad, bias, y_relu, input_grad, out, step):
-    """The CUDA backward ``step`` samples at a time (see _gpu_chunk): dW and db summed over
-    the pieces, dx written piece by piece."""
+    """col rebuilt from the cached x, the whole batch or pieces of samples (_gpu_chunk): dW =
+    d @ col.T in W's own layout, so the GEMM writes straight into out's dW (no transposing
+    copy; the long N*oh*ow axis is contiguous in both operands), db reduced into out's db,
+    both summed over the pieces; dx written piece by piece."""
     from .gemm import gemm
     xp = bk.xp
+    x = cache[1]
     n = x.shape[0]
     o, c, kh, kw = W.shape
     Wm = W.reshape(o, -1)
+    step = _gpu_chunk(x, kh, kw, *dout.shape[2:])
     dWm = out[0].reshape(o, -1) if out is not None else xp.empty(Wm.shape, dtype=W.dtype)
     db = None
     if bias:
         db = out[1] if out is not None else xp.empty(o, dtype=W.dtype)
-    dx = xp.empty(x.shape, dtype=x.dtype) if input_grad else None
+    dx = None
     for lo in range(0, n, step):
         hi = min(n, lo + step)
-        col = im2col(x[lo:hi], kh, kw, stride, pad)
+        col = im2col(x[lo:hi], kh, kw, stride, pad)             # (C*kh*kw, n*oh*ow)
         d = conv_output_backward(dout[lo:hi], None if y_relu is None else y_relu[lo:hi])
         if lo == 0:
             gemm(d, col, transb=True, out=dWm)
         else:
             dWm += gemm(d, col, transb=True)
-        del col
+        del col                               # back to the pool before dcol, its own size
         if bias:
             if lo == 0:
                 d.sum(axis=1, out=db)
             else:
                 db += d.sum(axis=1)
-        if input_grad:
-            dcol = gemm(Wm, d, transa=True)
-            col2im(dcol, (hi - lo,) + tuple(x.shape[1:]), kh, kw, stride, pad, out=dx[lo:hi])
-            del dcol                          # each piece's buffers go before the next's
-        del d
+        if not input_grad:
+            del d
+            continue
+        dcol = gemm(Wm, d, transa=True)                         # Wm.T @ d
+        del d                                 # each piece's buffers go as soon as they can
+        if dx is None:
+            dx = xp.empty(x.shape, dtype=x.dtype)
+        col2im(dcol, (hi - lo,) + tuple(x.shape[1:]), kh, kw, stride, pad, out=dx[lo:hi])
+        del dcol
     return dx, dWm.reshape(W.shape), db
