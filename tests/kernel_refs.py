@@ -401,11 +401,11 @@ def batchnorm_partial_grad(dout3, y3, x3, mean, v, relu_before):
     xc = x3 - mean[None, :, None]
     out = []
     for c in range(x3.shape[1]):
-        a = _channel(dm, c).astype(np.float64).tolist()
-        b = _channel(xc, c).astype(np.float64).tolist()
-        for i in range(0, len(a), v):
+        pairs = list(zip(_channel(dm, c).astype(np.float64).tolist(),
+                         _channel(xc, c).astype(np.float64).tolist()))
+        for run in _runs(pairs, v):
             s1 = s2 = 0.0
-            for u, w in zip(a[i:i + v], b[i:i + v]):
+            for u, w in run:
                 s1 += u
                 s2 += u * w
             out += [s1, s2]
