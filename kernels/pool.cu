@@ -8,6 +8,12 @@
 // Backward kernels run one thread per INPUT pixel and gather, in (i, j) row-major order, the
 // gradient of every window that covers it: no atomics, so the result does not depend on
 // thread order, and the summation order is the NumPy body's.
+// windows(): the windows that cover input row h are found with one division per axis, not
+// one per (i, j) (integer division is a slow, many-instruction sequence on a GPU): i runs up
+// from (h + pt) % sy in steps of sy while yo = (h + pt - i) / sy counts down from
+// (h + pt) / sy, stopping below 0; yo >= oh is skipped. The same (i, yo) pairs, in the same
+// order, as testing every i for (h + pt - i) % sy == 0 (kernels/im2col.cu's col2im does the
+// same).
 
 __device__ __forceinline__ float pl_neg_inf(float) { return __int_as_float((int)0xff800000u); }
 __device__ __forceinline__ double pl_neg_inf(double) {
@@ -73,21 +79,18 @@ __device__ __forceinline__ void maxpool2d_backward(const T* dout, const int* arg
     const long long stride = (long long)blockDim.x * gridDim.x;
     for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
          idx += stride) {
-        const int w = (int)(idx % W);
-        const int h = (int)((idx / W) % H);
-        const long long plane = idx / ((long long)W * H);
+        const long long plane_h = idx / W;                  // plane*H + h
+        const int w = (int)(idx - plane_h * W);
+        const long long plane = plane_h / H;                // n*C + c
+        const int h = (int)(plane_h - plane * H);
         const long long obase = plane * oh * ow;
         const int me = h * W + w;
+        const int hq = (h + pt) / sy, hr = (h + pt) - hq * sy;   // windows(): see the top
+        const int wq = (w + pl) / sx, wr = (w + pl) - wq * sx;
         T acc = T(0);
-        for (int i = 0; i < kh; ++i) {
-            const int hp = h + pt - i;
-            if (hp < 0 || hp % sy != 0) continue;
-            const int yo = hp / sy;
+        for (int i = hr, yo = hq; i < kh && yo >= 0; i += sy, --yo) {
             if (yo >= oh) continue;
-            for (int j = 0; j < kw; ++j) {
-                const int wp = w + pl - j;
-                if (wp < 0 || wp % sx != 0) continue;
-                const int xo = wp / sx;
+            for (int j = wr, xo = wq; j < kw && xo >= 0; j += sx, --xo) {
                 if (xo >= ow) continue;
                 const long long o = obase + (long long)yo * ow + xo;
                 if (argmax[o] == me) acc += dout[o];
@@ -232,20 +235,17 @@ __device__ __forceinline__ void avgpool2d_backward(const T* dout, T* dx, int N, 
     const long long stride = (long long)blockDim.x * gridDim.x;
     for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
          idx += stride) {
-        const int w = (int)(idx % W);
-        const int h = (int)((idx / W) % H);
-        const long long plane = idx / ((long long)W * H);
+        const long long plane_h = idx / W;                  // plane*H + h
+        const int w = (int)(idx - plane_h * W);
+        const long long plane = plane_h / H;                // n*C + c
+        const int h = (int)(plane_h - plane * H);
         const long long obase = plane * oh * ow;
+        const int hq = (h + pt) / sy, hr = (h + pt) - hq * sy;   // windows(): see the top
+        const int wq = (w + pl) / sx, wr = (w + pl) - wq * sx;
         T acc = T(0);
-        for (int i = 0; i < kh; ++i) {
-            const int hp = h + pt - i;
-            if (hp < 0 || hp % sy != 0) continue;
-            const int yo = hp / sy;
+        for (int i = hr, yo = hq; i < kh && yo >= 0; i += sy, --yo) {
             if (yo >= oh) continue;
-            for (int j = 0; j < kw; ++j) {
-                const int wp = w + pl - j;
-                if (wp < 0 || wp % sx != 0) continue;
-                const int xo = wp / sx;
+            for (int j = wr, xo = wq; j < kw && xo >= 0; j += sx, --xo) {
                 if (xo >= ow) continue;
                 const T div = avg_divisor<T>(yo * sy - pt, xo * sx - pl, H, W, kh, kw,
                                              count_include_pad);

@@ -252,6 +252,7 @@ CONV_CASES = [
     ((2, 2, 6, 7), 5, 4, (2, 2), (1, 2, 1, 2)),      # TF "same": the extra pad at the end
     ((1, 1, 4, 4), 4, 4, (1, 1), (0, 0, 0, 0)),      # one window covering the image
     ((2, 3, 9, 6), 3, 3, (3, 2), (2, 2, 0, 1)),
+    ((2, 2, 10, 9), 2, 1, (3, 4), (0, 0, 0, 2)),     # stride > kernel: pixels no window reads
 ]
 
 
@@ -292,6 +293,7 @@ POOL_CASES = [
     ((2, 1, 5, 6), 2, 3, (2, 2), (0, 1, 1, 1)),      # "same"-style asymmetric pad
     ((1, 3, 6, 5), 3, 2, (2, 1), (1, 0, 0, 1)),
     ((3, 2, 3, 3), 3, 3, (1, 1), (2, 2, 2, 2)),      # windows mostly padding
+    ((2, 2, 10, 10), 2, 2, (3, 3), (0, 0, 0, 0)),    # stride > kernel: pixels no window covers
 ]
 
 

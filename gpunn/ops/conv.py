@@ -53,12 +53,13 @@ def _geometry(x_shape, kh, kw, stride, pad):
 
 @im2col.cuda
 def _im2col_cuda(b, x, kh, kw, stride, pad):
-    """kernels/im2col.cu: one thread per col entry (grid-stride), a gather, no index arrays."""
+    """kernels/im2col.cu: one thread per (channel, output pixel) writing its kh*kw rows
+    (grid-stride), a gather, no index arrays."""
     x = b.xp.ascontiguousarray(x)
     geo = _geometry(x.shape, kh, kw, stride, pad)
     n, c, oh, ow = geo[0], geo[1], geo[10], geo[11]
     col = b.xp.empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
-    b.kernel("im2col", x.dtype).launch(col.size, x, col, *geo)
+    b.kernel("im2col", x.dtype).launch(c * n * oh * ow, x, col, *geo)
     return col
 
 
