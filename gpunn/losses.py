@@ -84,6 +84,7 @@ class CrossEntropyLoss(Loss):
                              f"got {check_labels!r}")
         self.check_labels = check_labels
         self._dlogits = None
+        self._tally = None          # forward_tally's running sums, for the op to add into
 
     def forward(self, logits, labels):
         name = repr(self)
@@ -112,7 +113,8 @@ class CrossEntropyLoss(Loss):
             # emulated one) reading the labels back would wait for the device
             if check is True or (check == "auto" and not backend_of(labels).kernels):
                 self._check_range(labels, k, xp)
-            loss, self._dlogits = softmax_cross_entropy(logits, labels, self.reduction)
+            loss, self._dlogits = softmax_cross_entropy(logits, labels, self.reduction,
+                                                        tally=self._tally)
         elif labels.ndim == 2:
             if tuple(labels.shape) != (n, k):
                 raise ShapeError(f"{name}: per-class targets must have the logits' shape "
@@ -123,6 +125,27 @@ class CrossEntropyLoss(Loss):
         else:
             raise ShapeError(f"{name}: labels must be (N,) class indices or (N, K) targets for "
                              f"logits {(n, k)}, got shape {tuple(labels.shape)}")
+        return loss
+
+    def forward_tally(self, logits, labels, loss_sum, correct):
+        """:meth:`forward`, adding to a training loop's running metrics as it goes:
+        ``loss_sum += loss * N`` and ``correct +=`` the rows whose largest logit is at the
+        label (for per-class targets: at the target's largest entry). loss_sum: 0-d float64,
+        correct: 0-d int64, on the logits' device, updated in place. For index labels this is
+        part of the loss op (on a GPU: two launches for the loss and both sums)."""
+        labels_nd = getattr(labels, "ndim", None)
+        if labels_nd == 1:
+            self._tally = (loss_sum, correct)
+            try:
+                return self.forward(logits, labels)
+            finally:
+                self._tally = None
+        loss = self.forward(logits, labels)
+        loss_sum += loss * len(logits)
+        if labels_nd == 2:
+            correct += (logits.argmax(axis=1) == labels.argmax(axis=1)).sum()
+        else:
+            correct += (logits.argmax(axis=1) == labels).sum()
         return loss
 
     def _check_range(self, labels, k, xp):

@@ -265,6 +265,30 @@ def softmax_xent(z, labels, scale):
     return loss, (e / s - onehot) * z.dtype.type(scale)
 
 
+def softmax_xent_hits(z, labels):
+    """1 where NumPy's argmax of the row (first maximum, or first NaN) is the label, else 0."""
+    return (z.argmax(axis=1) == labels).astype(np.int32)
+
+
+def softmax_xent_finish(rows, hits, mean, loss_sum=None, correct=None):
+    """(loss, loss_sum, correct) as the finishing kernel adds them: the rows in double, eight
+    running sums (row r into sum r % 8) added pairwise, rounded to the rows' dtype, / N when
+    mean; then loss_sum + double(loss * N) and correct + the number of hits."""
+    t = rows.dtype.type
+    lanes = [0.0] * 8
+    for r, v in enumerate(rows.tolist()):
+        lanes[r % 8] += float(t(v))
+    total = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + \
+            ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+    n = len(rows)
+    loss = t(total)
+    if mean:
+        loss = t(loss / t(n))
+    if loss_sum is None:
+        return loss, None, None
+    return loss, loss_sum + float(t(loss * t(n))), correct + int(hits.sum())
+
+
 # -- optimizers -------------------------------------------------------------------------------
 def sgd(p, g, v, lr, momentum, nesterov, wd, ema):
     """New (p, v) after one SGD step, every scalar in p's dtype (v None when momentum is 0)."""

@@ -153,3 +153,19 @@ def test_a_large_convolution_runs_in_pieces_of_samples_on_cuda(monkeypatch, relu
     np.testing.assert_allclose(dx1, dx0, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(w1, w0, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(b1, b0, rtol=1e-12, atol=1e-12)
+
+
+def test_the_loss_and_the_running_metrics_are_two_launches_on_cuda():
+    """A training step's loss with its running loss and correct count, as a captured graph
+    records it: the row kernel and the finishing kernel, nothing else (no cast of the int64
+    labels, no sum, mean, argmax, comparison, count or additions of the array library)."""
+    from gpunn.losses import CrossEntropyLoss
+    from gpunn.testing import device_array
+    rng = np.random.default_rng(0)
+    z, y = rng.standard_normal((9, 4)), rng.integers(0, 4, size=9)
+    with emulated_cuda(graphs=True) as backend:
+        zd, yd = device_array(z), device_array(y)
+        loss_sum, correct = device_array(np.zeros(())), device_array(np.zeros((), np.int64))
+        with backend.graph_capture() as cap:
+            CrossEntropyLoss().forward_tally(zd, yd, loss_sum, correct)
+    assert cap.labels() == ["kernel softmax_xent_f64", "kernel softmax_xent_finish_f64"]

@@ -44,7 +44,7 @@ TESTED = {
     "pool.cu": ["maxpool2d_forward", "maxpool2d_forward_noargmax", "maxpool2d_backward",
                 "avgpool2d_forward", "avgpool2d_backward", "relu_maxpool2d_forward",
                 "relu_maxpool2d_forward_noargmax", "relu_maxpool2d_backward"],
-    "softmax_xent.cu": ["softmax_xent"],
+    "softmax_xent.cu": ["softmax_xent", "softmax_xent_finish"],
     "batchnorm.cu": ["batchnorm_partial_stats", "batchnorm_fold", "batchnorm_stats",
                      "batchnorm_normalise", "batchnorm_partial_grad", "batchnorm_grad_coeffs",
                      "batchnorm_backward_dx"],
@@ -431,17 +431,69 @@ def test_softmax_xent(dtype, order, rng):
     for n, k, spread, reduction in [(1, 1, 1.0, "mean"), (7, 10, 3.0, "mean"),
                                     (33, 37, 10.0, "sum"), (5, 4, 1e4, "mean")]:
         z = randn(rng, (n, k), dtype, spread)
-        labels = rng.integers(0, k, size=n).astype(np.int32)
+        if k > 2:
+            z[0, 1] = z[0, 2] = z[0].max() + 1         # a tie: argmax is the first
+        labels = rng.integers(0, k, size=n)
+        labels[0] = 2 if k > 2 else 0
+        labels[-1] = z[-1].argmax()                    # at least one hit
         scale = 1.0 / n if reduction == "mean" else 1.0
         loss_ref, dz_ref = ref.softmax_xent(z, labels, scale)
+        hits_ref = ref.softmax_xent_hits(z, labels)
         for grid, block in configs(n):
             loss = np.full(n, np.nan, dtype=dtype)
+            hits = np.full(n, -1, dtype=np.int32)
             dz = np.full_like(z, np.nan)
             K("softmax_xent.cu", "softmax_xent", dtype, order)(
-                grid, block, (z, labels, loss, dz, np.int32(n), np.int32(k), dtype(scale)))
+                grid, block, (z, labels, loss, hits, dz, np.int32(n), np.int32(k),
+                              dtype(scale)))
             assert np.isfinite(loss).all() and np.isfinite(dz).all()
             np.testing.assert_allclose(loss, loss_ref, rtol=rtol, atol=atol)
             np.testing.assert_allclose(dz, dz_ref, rtol=rtol, atol=atol)
+            np.testing.assert_array_equal(hits, hits_ref)
+        assert (k <= 2 or hits[0] == 0) and hits[-1] == 1
+
+
+def test_softmax_xent_hits_follow_numpy_argmax_on_nan_and_ties():
+    nan = np.nan
+    z = np.array([[1.0, nan, 3.0, nan],      # first NaN wins: 1
+                  [nan, 5.0, 6.0, 7.0],      # 0
+                  [2.0, 2.0, 1.0, 2.0],      # first of the tie: 0
+                  [-0.0, 0.0, -1.0, -2.0],   # -0.0 == 0.0: the first, 0
+                  [-3.0, -1.0, -2.0, -1.0]])  # 1
+    for labels in ([1, 0, 0, 0, 1], [2, 3, 1, 1, 3]):
+        labels = np.array(labels)
+        hits = np.full(5, -1, dtype=np.int32)
+        K("softmax_xent.cu", "softmax_xent", np.float64, "shuffled")(
+            (2,), (3,), (z, labels, np.zeros(5), hits, np.zeros_like(z), np.int32(5),
+                         np.int32(4), np.float64(1.0)))
+        np.testing.assert_array_equal(hits, ref.softmax_xent_hits(z, labels))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_xent_finish(dtype, rng):
+    """The loss in a fixed order (so the CPU emulation and a GPU agree bit for bit) and the
+    running sums, exactly as the reference adds them; N around the 32-row load batches and
+    the 8 running sums."""
+    for n in (1, 7, 8, 31, 32, 33, 100, 512, 515):
+        rows = (rng.random(n) * 3).astype(dtype)
+        rows[n // 2] = dtype(1e6)                     # the order matters at this spread
+        hits = (rng.random(n) < 0.6).astype(np.int32)
+        for mean in (0, 1):
+            for tally in (0, 1):
+                loss = np.full((), np.nan, dtype=dtype)
+                loss_sum, correct = np.array(12.25), np.array(5, dtype=np.int64)
+                # a grid of many threads: only thread 0 of block 0 works
+                K("softmax_xent.cu", "softmax_xent_finish", dtype, "shuffled")(
+                    (2,), (4,), (rows, hits, loss, loss_sum, correct, np.int32(n),
+                                 np.int32(mean), np.int32(tally)))
+                want = ref.softmax_xent_finish(rows, hits, mean, 12.25, 5)
+                assert loss.tobytes() == np.asarray(want[0], dtype=dtype).tobytes()
+                if tally:
+                    assert float(loss_sum) == want[1] and int(correct) == want[2]
+                else:
+                    assert float(loss_sum) == 12.25 and int(correct) == 5
+                np.testing.assert_allclose(loss, rows.astype(np.float64).sum() / (n if mean else 1),
+                                           rtol=1e-6 if dtype is np.float32 else 1e-14)
 
 
 # -- batch normalisation ----------------------------------------------------------------------
@@ -541,12 +593,15 @@ def test_batchnorm_kernels(dtype, order, rng):
 
 def test_softmax_xent_bad_label_poisons_its_row(rng):
     z = randn(rng, (4, 5), np.float64)
-    labels = np.array([1, -1, 5, 4], dtype=np.int32)
+    labels = np.array([1, -1, 5, 4], dtype=np.int64)
+    z[1, 4] = z[2, 4] = 10.0                          # argmax 4: "label" 5 - 1 is no hit
     loss = np.zeros(4)
+    hits = np.full(4, -1, dtype=np.int32)
     dz = np.zeros_like(z)
     K("softmax_xent.cu", "softmax_xent", np.float64, "forward")(
-        (1,), (8,), (z, labels, loss, dz, np.int32(4), np.int32(5), np.float64(0.25)))
+        (1,), (8,), (z, labels, loss, hits, dz, np.int32(4), np.int32(5), np.float64(0.25)))
     assert np.isnan(loss[1:3]).all() and np.isnan(dz[1:3]).all()
+    assert hits[1] == hits[2] == 0
     good = [0, 3]
     loss_ref, dz_ref = ref.softmax_xent(z[good], labels[good], 0.25)
     np.testing.assert_allclose(loss[good], loss_ref, rtol=1e-13)

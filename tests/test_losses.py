@@ -284,3 +284,76 @@ def test_old_name_is_an_alias():
     assert SoftmaxCrossEntropy is CrossEntropyLoss
     z = np.array([[1.0, 2.0, 0.5]])
     assert float(SoftmaxCrossEntropy()(z, np.array([1]))) == float(CrossEntropyLoss()(z, np.array([1])))
+
+
+# -- the running metrics folded into the loss (forward_tally) -----------------------------------
+class _PlainCrossEntropy:
+    """The same loss without forward_tally: TrainStep then adds to its sums itself."""
+
+    def __init__(self):
+        self.inner, self.reduction = CrossEntropyLoss(), "mean"
+
+    def forward(self, logits, labels):
+        return self.inner.forward(logits, labels)
+
+    def backward(self):
+        return self.inner.backward()
+
+
+def _metrics_after_steps(loss_fn, emulated, dtype):
+    from gpunn.optim import SGD
+    from gpunn.testing import emulated_cuda
+    from gpunn.train.step import TrainStep
+    import contextlib
+    rng = np.random.default_rng(3)
+    net = Sequential(Linear(6, 16, rng=np.random.default_rng(1), dtype=dtype), ReLU(),
+                     Linear(16, 5, rng=np.random.default_rng(2), dtype=dtype))
+    ctx = emulated_cuda() if emulated else contextlib.nullcontext()
+    from gpunn import kernels
+    kernels.reset_launch_counts()
+    with ctx:
+        step = TrainStep(net, loss_fn, SGD(net.parameters(), lr=0.5, momentum=0.9))
+        for _ in range(4):
+            x = rng.standard_normal((37, 6)).astype(dtype)
+            y = rng.integers(0, 5, size=37)
+            step(x, y)
+        finishes = kernels.count_launches().get(kernels.kernel_name("softmax_xent_finish", dtype), 0)
+        assert finishes == (4 if emulated else 0)
+        return float(step.loss_sum), int(step.correct), step.seen
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_train_step_metrics_come_from_the_loss_as_they_came_from_the_step(dtype):
+    """TrainStep lets CrossEntropyLoss add to its running loss and correct count
+    (forward_tally; on a GPU part of the loss's two launches): the same sums as the step's
+    own generic addition, bit for bit on the CPU; under emulated CUDA the same count and the
+    loss sum within rounding (the kernel adds the rows in another order)."""
+    fused, plain = (_metrics_after_steps(f, False, dtype)
+                    for f in (CrossEntropyLoss(), _PlainCrossEntropy()))
+    assert fused == plain and 0 < plain[1] < plain[2] == 4 * 37
+    emu = _metrics_after_steps(CrossEntropyLoss(), True, dtype)
+    assert emu[1:] == plain[1:]
+    assert emu[0] == pytest.approx(plain[0], rel=1e-6 if dtype == np.float32 else 1e-14)
+
+
+def test_forward_tally_counts_soft_targets_by_their_largest_entry():
+    z = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 5.0], [1.0, 0.0, 0.0]])
+    t = np.array([[0.8, 0.2, 0.0], [0.0, 1.0, 0.0], [0.1, 0.2, 0.7]])
+    loss_sum, correct = np.zeros(()), np.zeros((), np.int64)
+    loss = CrossEntropyLoss().forward_tally(z, t, loss_sum, correct)
+    assert int(correct) == 1 and float(loss_sum) == float(loss * 3)
+
+
+@pytest.mark.parametrize("emulated", [False, True])
+def test_tally_arrays_are_checked(emulated):
+    from gpunn.testing import emulated_cuda
+    import contextlib
+    z, y = np.zeros((2, 3)), np.array([0, 1])
+    bad = [((np.zeros(()),), TypeError, "tally must be"),
+           ((np.zeros(1), np.zeros((), np.int64)), ShapeError, "loss_sum must be a 0-d array"),
+           ((np.zeros((), np.float32), np.zeros((), np.int64)), DTypeError, "loss_sum must be float64"),
+           ((np.zeros(()), np.zeros((), np.int32)), DTypeError, "correct must be int64")]
+    with emulated_cuda() if emulated else contextlib.nullcontext():
+        for tally, err, msg in bad:
+            with pytest.raises(err, match=msg):
+                softmax_cross_entropy(z, y, tally=tally)

@@ -18,14 +18,23 @@ and raises a clear error before calling in.
 The loss comes back as a 0-d array of the logits' dtype on the logits' device, so a GPU
 training loop can keep it there; ``float(loss)`` copies it to the host.
 
-The index-label op has a CUDA body (kernels/softmax_xent.cu: one fused pass per row); soft
-targets are rare on the hot path, and CuPy runs their NumPy body.
+The index-label op has a CUDA body (kernels/softmax_xent.cu: one fused pass per row, then one
+thread for the loss); soft targets are rare on the hot path, and CuPy runs their NumPy body.
+
+``tally=(loss_sum, correct)`` folds a training loop's running metrics into the op: it adds
+``loss * N`` to ``loss_sum`` (0-d float64) and the number of rows whose largest logit (NumPy's
+argmax: the first maximum, or the first NaN) is at the label to ``correct`` (0-d int64), as
+``TrainStep`` would after the step. On a GPU the whole loss and both sums are two launches
+instead of ten (the labels' cast, the kernel, the sum, the mean, ``loss * N``, its addition,
+argmax, ``==``, the count, its addition); the sums land exactly where the separate ops put
+them.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module
+from ..backend import device_of, get_array_module
+from ..errors import DTypeError, ShapeError
 from .dispatch import op
 
 __all__ = ["softmax_cross_entropy", "softmax_cross_entropy_soft", "REDUCTIONS"]
@@ -41,15 +50,39 @@ def _scale(reduction: str, n: int) -> float:
     raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
+def _check_tally(tally, logits):
+    """``tally`` is None or (loss_sum: 0-d float64, correct: 0-d int64) on the logits' device."""
+    if tally is None:
+        return None
+    try:
+        loss_sum, correct = tally
+    except (TypeError, ValueError):
+        raise TypeError("softmax_cross_entropy: tally must be (loss_sum, correct) or None, "
+                        f"got {type(tally).__name__}") from None
+    for name, a, dt in (("loss_sum", loss_sum, np.float64), ("correct", correct, np.int64)):
+        if not hasattr(a, "dtype") or getattr(a, "shape", None) != ():
+            raise ShapeError(f"softmax_cross_entropy: tally's {name} must be a 0-d array, got "
+                             f"{type(a).__name__} of shape {getattr(a, 'shape', None)}")
+        if a.dtype != dt:
+            raise DTypeError(f"softmax_cross_entropy: tally's {name} must be {np.dtype(dt)}, "
+                             f"got {a.dtype}")
+        if device_of(a) != device_of(logits):
+            raise ValueError(f"softmax_cross_entropy: tally's {name} is on {device_of(a)}, "
+                             f"the logits on {device_of(logits)}")
+    return loss_sum, correct
+
+
 # -- index labels -----------------------------------------------------------------------------
 @op
-def softmax_cross_entropy(logits, labels, reduction: str = "mean"):
+def softmax_cross_entropy(logits, labels, reduction: str = "mean", tally=None):
     """Loss and gradient for integer class labels.
 
     logits: (N, K) float32/float64; labels: (N,) integer class indices in [0, K)
-    (int32 is what the CUDA body takes; the NumPy body accepts any integer dtype).
+    (int64 is what the CUDA body takes without a cast; the NumPy body takes any integer dtype).
+    tally: None, or (loss_sum, correct) updated in place (module docstring).
     Returns ``(loss, dlogits)``: loss a 0-d array (logits' dtype and device), dlogits (N, K).
     """
+    tally = _check_tally(tally, logits)
     xp = get_array_module(logits, labels)
     n, k = logits.shape
     dt = logits.dtype
@@ -76,25 +109,37 @@ def softmax_cross_entropy(logits, labels, reduction: str = "mean"):
     e[rows_i, idx] -= 1                                        # one index per row: no clashes
     if scale != 1.0:
         e *= dt.type(scale)
-    return xp.asarray(loss, dtype=dt), e
+    loss = xp.asarray(loss, dtype=dt)
+    if tally is not None:                   # TrainStep's running sums, as it added them
+        loss_sum, correct = tally           # 0-d arrays: += adds in place
+        loss_sum += loss * n
+        correct += (logits.argmax(axis=1) == labels).sum()
+    return loss, e
 
 
 @softmax_cross_entropy.cuda
-def _softmax_cross_entropy_cuda(b, logits, labels, reduction="mean"):
-    """kernels/softmax_xent.cu: one fused pass per row (loss row and gradient row), then one
-    sum for the loss."""
+def _softmax_cross_entropy_cuda(b, logits, labels, reduction="mean", tally=None):
+    """kernels/softmax_xent.cu: one fused pass per row (loss row, gradient row, hit), then one
+    thread for the loss and, with a tally, the running sums."""
+    tally = _check_tally(tally, logits)
     logits = b.xp.ascontiguousarray(logits)
     n, k = logits.shape
     dt = logits.dtype
-    labels = b.xp.ascontiguousarray(labels.astype(np.int32, copy=False))
+    labels = b.xp.ascontiguousarray(labels.astype(np.int64, copy=False))
     rows = b.xp.empty(n, dtype=dt)
+    hits = b.xp.empty(n, dtype=np.int32)
     dlogits = b.xp.empty_like(logits)
-    b.kernel("softmax_xent", dt).launch(n, logits, labels, rows, dlogits, n, k,
+    b.kernel("softmax_xent", dt).launch(n, logits, labels, rows, hits, dlogits, n, k,
                                         _scale(reduction, n))
-    loss = rows.sum()
-    if reduction == "mean":
-        loss = loss / dt.type(n)
-    return b.xp.asarray(loss, dtype=dt), dlogits
+    loss = b.xp.empty((), dtype=dt)
+    if tally is None:                       # the kernel writes no sum: any float64/int64 will do
+        loss_sum, correct = b.xp.empty((), np.float64), b.xp.empty((), np.int64)
+    else:
+        loss_sum, correct = tally
+    b.kernel("softmax_xent_finish", dt).launch(1, rows, hits, loss, loss_sum, correct, n,
+                                               int(reduction == "mean"), int(tally is not None),
+                                               block=1)
+    return loss, dlogits
 
 
 # -- soft / one-hot targets ---------------------------------------------------------------------
