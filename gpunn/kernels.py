@@ -220,7 +220,8 @@ class Kernel:
     kernels, so every grid-stride loop really strides).
     """
 
-    __slots__ = ("file", "name", "sig", "emulated", "max_blocks", "_fn", "_check", "_convert")
+    __slots__ = ("file", "name", "sig", "emulated", "max_blocks", "_fn", "_check", "_convert",
+                 "_fast")
 
     def __init__(self, file: str, sig: KernelSig, fn, emulated: bool, array_type,
                  max_blocks: int = MAX_BLOCKS):
@@ -232,6 +233,7 @@ class Kernel:
         self._fn = fn
         self._check = make_checker(sig, array_type=array_type)
         self._convert = tuple(None if p.pointer else p.dtype for p in sig.params)
+        self._fast = tuple(None if dt is None else _fast_spec(dt) for dt in self._convert)
 
     def __repr__(self) -> str:
         kind = "emulated" if self.emulated else "cuda"
@@ -251,7 +253,34 @@ class Kernel:
     def marshal(self, *values) -> tuple:
         """Arguments in the kernel's exact types: numbers become ``numpy.int32`` /
         ``numpy.int64`` / ``numpy.float32`` / ... per parameter (integers range-checked);
-        arrays pass through unchanged (they are checked at the call)."""
+        arrays pass through unchanged (they are checked at the call).
+
+        On a GPU an eager step pays this per launch, beside CuPy's own call, so the common
+        case (Python ints and bools in range, Python floats) takes a loop over precomputed
+        types and bounds (~3 us for 14 arguments instead of ~11); anything else (NumPy
+        integers, a HostValue, a bad value) takes the general path, which words the errors."""
+        fast = self._fast
+        if len(values) == len(fast):
+            out = []
+            for spec, v in zip(fast, values):
+                if spec is None:
+                    out.append(v)
+                    continue
+                t, lo, hi = spec
+                tv = type(v)
+                if tv is int or tv is bool:
+                    if lo is None or lo <= v <= hi:
+                        out.append(t(v))
+                        continue
+                elif tv is float and lo is None:
+                    out.append(t(v))
+                    continue
+                break
+            else:
+                return tuple(out)
+        return self._marshal_general(values)
+
+    def _marshal_general(self, values) -> tuple:
         if len(values) != len(self._convert):
             raise ArgumentTypeError(f"{self.name} takes {len(self._convert)} arguments "
                                     f"({', '.join(str(p) for p in self.sig.params)}), got "
@@ -271,6 +300,14 @@ class Kernel:
             else:
                 out.append(dt.type(v))
         return tuple(out)
+
+
+def _fast_spec(dt) -> tuple:
+    """(scalar type, min, max) of an integer parameter; (scalar type, None, None) of a float."""
+    if dt.kind in "iu":
+        info = np.iinfo(dt)
+        return dt.type, int(info.min), int(info.max)
+    return dt.type, None, None
 
 
 # -- finding and compiling --------------------------------------------------------------------

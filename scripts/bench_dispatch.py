@@ -1,5 +1,8 @@
 """Per-op dispatch overhead on the CPU: an op called through gpunn against its bare NumPy body,
 on arrays small enough that the body costs almost nothing, and a whole model4 training step.
+Then the host work gpunn adds to each CUDA kernel launch (no GPU needed: argument marshalling,
+the argument check, the grid), the general argument path against the fast one side by side,
+and the launches of one eager model4 step on the CUDA path (counted under emulation).
 
     python scripts/bench_dispatch.py [--repeat 7]
 
@@ -66,6 +69,49 @@ def main():
         step()
         n = 2000 if batch == 1 else 50
         print(f"{'model4 SGD step, batch ' + str(batch):36s} {per_call(step, n, r) * 1e6:10.1f}")
+
+    launch_rows(r)
+
+
+def launch_rows(r):
+    """What gpunn's Kernel.launch does on the host before CuPy's call, per launch."""
+    from gpunn import kernels
+    from gpunn.testing import emulated_cuda, emulated_kernel
+    x = np.zeros((2, 8, 14, 14), np.float32)
+    col = np.zeros((72, 2 * 14 * 14), np.float32)
+    rows = [("im2col (2 arrays, 12 ints)", "im2col", (x, col, 2, 8, 14, 14, 3, 3, 1, 1, 1, 1, 14, 14)),
+            ("conv_output_forward (3 arrays, 3 ints, 2 bools)", "conv_output_forward",
+             (col, x, x, 2, 8, 196, True, False)),
+            ("softmax_xent_finish (5 arrays, 3 ints)", "softmax_xent_finish",
+             (x, x, x, x, x, 100, 1, 1))]
+    print(f"\n{'kernel launch, host side':48s} {'general us':>10s} {'fast us':>10s} "
+          f"{'check us':>9s} {'grid us':>8s}")
+    for name, base, vals in rows:
+        k = emulated_kernel(base, np.float32)
+        t_gen = per_call(lambda: k._marshal_general(vals), 20000, r) * 1e6
+        t_fast = per_call(lambda: k.marshal(*vals), 20000, r) * 1e6
+        args = k._marshal_general(vals)
+        # (the other rows' stand-in arrays have the wrong dtypes for the check)
+        chk = f"{per_call(lambda: k._check(args), 20000, r) * 1e6:9.2f}" if base == "im2col" else f"{'-':>9s}"
+        t_grid = per_call(lambda: kernels.launch_config(100000), 20000, r) * 1e6
+        print(f"{name:48s} {t_gen:10.2f} {t_fast:10.2f} {chk} {t_grid:8.2f}")
+
+    import gpunn
+    from gpunn.fuse import fuse
+    from gpunn.optim import SGD
+    from gpunn.train.step import TrainStep
+    from gpunn.zoo import build_model
+    model = fuse(build_model("model4", (1, 28, 28), 10, seed=0))
+    xb = np.random.default_rng(1).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    yb = np.arange(4) % 10
+    with emulated_cuda():
+        step = TrainStep(model, gpunn.CrossEntropyLoss(), SGD(model.parameters(), lr=0.01,
+                                                              momentum=0.9))
+        step(xb, yb)
+        kernels.reset_launch_counts()
+        step(xb, yb)
+    print(f"gpunn kernel launches in one eager model4 step on the CUDA path: "
+          f"{sum(kernels.count_launches().values())}")
 
 
 if __name__ == "__main__":

@@ -861,6 +861,32 @@ def test_emulated_backend_switch_and_marshal():
         emulated_cuda(order="sideways").__enter__()
 
 
+def test_marshal_fast_path_gives_what_the_general_path_gives():
+    """Kernel.marshal's fast path (Python ints, bools and floats) converts exactly as the
+    general one; NumPy numbers, HostValues and out-of-range values take the general path,
+    errors included."""
+    from gpunn.graphs import HostValue
+    k = K("optim.cu", "sgd_momentum_update", np.float32, "forward")
+    p = np.zeros(3, np.float32)
+    # (p, g, v, n: int64, lr, mu, wd: float32, nesterov, ema: int32)
+    cases = [(p, p, p, 3, 0.1, 0.9, 0.0, True, False),
+             (p, p, p, True, 1, -2, 0, 0, 1),                      # ints for floats, bools
+             (p, p, p, np.int64(3), np.float64(0.1), np.float32(0.9), 0.0, np.int32(0), 1),
+             (p, p, p, 3, HostValue(lambda: 0.25), 0.9, 0.0, 1, 0),
+             (p, p, p, 2**63 - 1, 1e30, 0.9, 0.0, 2**31 - 1, -2**31)]
+    for vals in cases:
+        fast, general = k.marshal(*vals), k._marshal_general(vals)
+        assert [type(a) for a in fast] == [type(a) for a in general]
+        for a, b in zip(fast, general):
+            assert a is b if isinstance(a, np.ndarray) else a.tobytes() == b.tobytes()
+    for bad, match in [((p, p, p, 3, 0.1, 0.9, 0.0, 2**31, 0), "does not fit"),
+                       ((p, p, p, -1 - 2**63, 0.1, 0.9, 0.0, 0, 0), "does not fit"),
+                       ((p, p, p, 3, 0.1, 0.9, 0.0, 0, -1 - 2**31), "does not fit"),
+                       ((p, p, p, 2.5, 0.1, 0.9, 0.0, 0, 0), "needs an integer")]:
+        with pytest.raises(ArgumentTypeError, match=match):
+            k.marshal(*bad)
+
+
 def test_loader_base_name_dtype_and_launch_counter():
     """kernel_file from the parsed sources, kernel_entry, count_launches."""
     assert kernels.kernel_file("col2im") == "im2col.cu"
