@@ -453,7 +453,8 @@ def test_softmax_xent(dtype, order, rng):
         assert (k <= 2 or hits[0] == 0) and hits[-1] == 1
 
 
-def test_softmax_xent_hits_follow_numpy_argmax_on_nan_and_ties():
+@pytest.mark.parametrize("order", RUNS)
+def test_softmax_xent_hits_follow_numpy_argmax_on_nan_and_ties(order):
     nan = np.nan
     z = np.array([[1.0, nan, 3.0, nan],      # first NaN wins: 1
                   [nan, 5.0, 6.0, 7.0],      # 0
@@ -463,14 +464,15 @@ def test_softmax_xent_hits_follow_numpy_argmax_on_nan_and_ties():
     for labels in ([1, 0, 0, 0, 1], [2, 3, 1, 1, 3]):
         labels = np.array(labels)
         hits = np.full(5, -1, dtype=np.int32)
-        K("softmax_xent.cu", "softmax_xent", np.float64, "shuffled")(
+        K("softmax_xent.cu", "softmax_xent", np.float64, order)(
             (2,), (3,), (z, labels, np.zeros(5), hits, np.zeros_like(z), np.int32(5),
                          np.int32(4), np.float64(1.0)))
         np.testing.assert_array_equal(hits, ref.softmax_xent_hits(z, labels))
 
 
+@pytest.mark.parametrize("order", RUNS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_xent_finish(dtype, rng):
+def test_softmax_xent_finish(dtype, order, rng):
     """The loss in a fixed order (so the CPU emulation and a GPU agree bit for bit) and the
     running sums, exactly as the reference adds them; N around the 32-row load batches and
     the 8 running sums."""
@@ -483,7 +485,7 @@ def test_softmax_xent_finish(dtype, rng):
                 loss = np.full((), np.nan, dtype=dtype)
                 loss_sum, correct = np.array(12.25), np.array(5, dtype=np.int64)
                 # a grid of many threads: only thread 0 of block 0 works
-                K("softmax_xent.cu", "softmax_xent_finish", dtype, "shuffled")(
+                K("softmax_xent.cu", "softmax_xent_finish", dtype, order)(
                     (2,), (4,), (rows, hits, loss, loss_sum, correct, np.int32(n),
                                  np.int32(mean), np.int32(tally)))
                 want = ref.softmax_xent_finish(rows, hits, mean, 12.25, 5)

@@ -280,6 +280,27 @@ def test_cuda_matches_numpy(rng, dtype):
         np.testing.assert_allclose(b.backward().get(), a.backward(), **tol)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_forward_tally_counts_as_numpy(rng, dtype):
+    """The fused loss with the running sums on a GPU: the same count as NumPy's argmax, the
+    loss sum within rounding, int64 and int32 labels alike."""
+    import cupy
+    z = (rng.standard_normal((300, 10)) * 2).astype(dtype)
+    z[:5] = z[:5, :1]                                   # rows of ties
+    y = rng.integers(0, 10, size=300)
+    want_sum, want_correct = np.zeros(()), np.zeros((), np.int64)
+    CrossEntropyLoss().forward_tally(z, y, want_sum, want_correct)
+    for labels in (y, y.astype(np.int32)):
+        loss_sum, correct = cupy.zeros(()), cupy.zeros((), np.int64)
+        for _ in range(2):                              # sums accumulate
+            CrossEntropyLoss().forward_tally(cupy.asarray(z), cupy.asarray(labels),
+                                             loss_sum, correct)
+        assert int(correct) == 2 * int(want_correct)
+        np.testing.assert_allclose(float(loss_sum), 2 * float(want_sum),
+                                   rtol=1e-12 if dtype == np.float64 else 1e-5)
+
+
 def test_old_name_is_an_alias():
     assert SoftmaxCrossEntropy is CrossEntropyLoss
     z = np.array([[1.0, 2.0, 0.5]])
