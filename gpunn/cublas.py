@@ -171,11 +171,12 @@ class Cublas:
                 raise ValueError(f"cuBLAS gemm: {what} is on cuda:{arr.device.id}, the handle "
                                  f"is for cuda:{self.device_index}")
         self._bind(cupy.cuda.get_current_stream().ptr)
-        _check(fn(self.handle, op_a, op_b, m, n, k, ctypes.byref(self._one[C.dtype]),
-                  ctypes.c_void_p(A.data.ptr), lda, ctypes.c_void_p(B.data.ptr), ldb,
-                  ctypes.byref(self._zero[C.dtype]), ctypes.c_void_p(C.data.ptr), ldc),
-               f"cublas{'S' if C.dtype.itemsize == 4 else 'D'}gemm_v2 "
-               f"(m={m}, n={n}, k={k}, lda={lda}, ldb={ldb}, ldc={ldc})")
+        status = fn(self.handle, op_a, op_b, m, n, k, ctypes.byref(self._one[C.dtype]),
+                    ctypes.c_void_p(A.data.ptr), lda, ctypes.c_void_p(B.data.ptr), ldb,
+                    ctypes.byref(self._zero[C.dtype]), ctypes.c_void_p(C.data.ptr), ldc)
+        if status:                            # (the message is built only when it is needed)
+            _check(status, f"cublas{'S' if C.dtype.itemsize == 4 else 'D'}gemm_v2 "
+                           f"(m={m}, n={n}, k={k}, lda={lda}, ldb={ldb}, ldc={ldc})")
 
 
 class CupyMatmul:

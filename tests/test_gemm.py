@@ -1,6 +1,7 @@
 """The GEMM op: its NumPy body is the layers' old products bit for bit, and its CUDA body's
 row-major -> column-major cuBLAS marshalling is checked through the column-major interpreter
 of the emulated backend (gpunn/testing/cublas_emu.py); on a GPU, against cupy.matmul."""
+import ctypes
 import itertools
 
 import numpy as np
@@ -174,3 +175,58 @@ def test_gpu_gemm_is_captured_in_a_graph():
     graph.launch(stream=cupy.cuda.get_current_stream())
     cupy.cuda.get_current_stream().synchronize()
     np.testing.assert_allclose(c.get(), (a @ b).get(), rtol=1e-12)
+
+
+def test_cublas_gemm_binds_the_stream_once_and_reports_a_failed_status(monkeypatch):
+    """gpunn.cublas.Cublas.gemm against a stand-in library (no GPU here): the stream and
+    workspace are bound when the stream changes, not per call; a non-zero status raises
+    CublasError naming the call and its sizes; the arguments reach cuBLAS in its order."""
+    import types
+    cupy = pytest.importorskip("cupy")
+    from gpunn import cublas
+    calls = []
+
+    class Lib:
+        status = 0
+
+        def cublasSetStream_v2(self, h, s):
+            calls.append(("stream", s.value))
+            return 0
+
+        def cublasSetWorkspace_v2(self, h, p, n):
+            calls.append(("workspace", n))
+            return 0
+
+        def cublasSgemm_v2(self, h, op_a, op_b, m, n, k, *rest):
+            calls.append(("sgemm", op_a, op_b, m, n, k))
+            return self.status
+
+    class Arr:
+        def __init__(self, ptr, dtype=np.float32):
+            self.device = types.SimpleNamespace(id=0)
+            self.data = types.SimpleNamespace(ptr=ptr)
+            self.dtype = np.dtype(dtype)
+
+    stream = types.SimpleNamespace(ptr=1234)
+    monkeypatch.setattr(cupy.cuda, "get_current_stream", lambda: stream)
+    blas = object.__new__(cublas.Cublas)
+    lib = Lib()
+    blas.lib, blas.device_index, blas.handle, blas._stream = lib, 0, None, None
+    blas.workspace = Arr(99)
+    blas._one = {np.dtype(np.float32): ctypes.c_float(1.0)}
+    blas._zero = {np.dtype(np.float32): ctypes.c_float(0.0)}
+    blas._fn = {np.dtype(np.float32): lib.cublasSgemm_v2}
+    a, b, c = Arr(8), Arr(16), Arr(24)
+    blas.gemm(1, 0, 3, 4, 5, a, 3, b, 5, c, 3)
+    blas.gemm(0, 0, 3, 4, 5, a, 3, b, 5, c, 3)
+    assert calls == [("stream", 1234), ("workspace", cublas.WORKSPACE_BYTES),
+                     ("sgemm", 1, 0, 3, 4, 5), ("sgemm", 0, 0, 3, 4, 5)]
+    stream.ptr = 5678                                  # another stream: bound again
+    lib.status = 13                                    # CUBLAS_STATUS_EXECUTION_FAILED
+    with pytest.raises(cublas.CublasError, match=r"cublasSgemm_v2 \(m=3, n=4, k=5, lda=3, "
+                                                 r"ldb=5, ldc=3\) failed"):
+        blas.gemm(0, 0, 3, 4, 5, a, 3, b, 5, c, 3)
+    assert calls[-3:] == [("stream", 5678), ("workspace", cublas.WORKSPACE_BYTES),
+                          ("sgemm", 0, 0, 3, 4, 5)]
+    with pytest.raises(TypeError, match="float32 or float64 only"):
+        blas.gemm(0, 0, 3, 4, 5, a, 3, b, 5, Arr(32, np.float16), 3)
