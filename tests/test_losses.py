@@ -378,3 +378,25 @@ def test_tally_arrays_are_checked(emulated):
         for tally, err, msg in bad:
             with pytest.raises(err, match=msg):
                 softmax_cross_entropy(z, y, tally=tally)
+
+
+@pytest.mark.parametrize("loss_fn", [CrossEntropyLoss, _PlainCrossEntropy])
+def test_train_step_counts_a_batch_with_its_sums_even_when_the_step_then_fails(loss_fn):
+    """The running loss, the correct count and `seen` take a batch together, as soon as its
+    loss is known: a hook that raises later in the step leaves them consistent."""
+    from gpunn.optim import SGD
+    from gpunn.train.step import TrainStep
+    net = Sequential(Linear(4, 3, rng=np.random.default_rng(1), dtype=np.float64))
+    step = TrainStep(net, loss_fn(), SGD(net.parameters(), lr=0.1))
+    x, y = np.random.default_rng(2).standard_normal((8, 4)), np.arange(8) % 3
+    first = float(step(x, y))
+
+    def fail(_):
+        raise RuntimeError("a hook failed")
+    step.after_backward.append(fail)
+    with pytest.raises(RuntimeError, match="a hook failed"):
+        step(x, y)
+    second = float(CrossEntropyLoss().forward(net.forward(x), y))  # (no update happened)
+    assert step.seen == 16
+    loss, acc = step.metrics()
+    assert loss == pytest.approx((first + second) / 2, rel=1e-12) and 0 <= acc <= 1

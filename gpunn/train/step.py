@@ -44,11 +44,17 @@ class TrainStep:
         logits = self.model.forward(xb, train=True)
         if self.loss_sum is None:
             self.reset_metrics(get_array_module(logits))
+        # the running sums take the batch as soon as its loss is known, and `seen` with them,
+        # so the three stay consistent even when a later part of the step raises
+        n = len(xb)
         tally = getattr(self.loss_fn, "forward_tally", None)
         if tally is not None:       # the loss adds to the running sums itself (fewer launches)
             loss = tally(logits, yb, self.loss_sum, self.correct)
         else:
             loss = self.loss_fn.forward(logits, yb)
+            self.loss_sum += loss * n
+            self.correct += (logits.argmax(axis=1) == yb).sum()
+        self.seen += n
         self.loss = loss
         if isinstance(self.model, Sequential):       # the data needs no gradient
             self.model.backward(self.loss_fn.backward(), input_grad=False,
@@ -60,11 +66,6 @@ class TrainStep:
         for hook in self.after_backward:
             hook(self)
         self.update()
-        n = len(xb)
-        if tally is None:
-            self.loss_sum += loss * n
-            self.correct += (logits.argmax(axis=1) == yb).sum()
-        self.seen += n
         return loss
 
     def update(self) -> None:
